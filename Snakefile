@@ -1,0 +1,35 @@
+# u2seg: unsupervised universal image segmentation (U2Seg) as a resumable Snakemake pipeline.
+#   snakemake --cores 2                      # the default target `all` on config `dataset`
+#   snakemake --cores 2 extract_features     # one stage's target (see README: Targets)
+# The logic lives in the `u2seg` package (workflow/u2seg); rules only call its CLI.
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+# Validate (and fill defaults) before any job runs: unknown keys and bad values fail here, naming the key.
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "rules/common.smk"
+
+
+# The default target: pseudo-labels, the trained model and its predictions on `dataset`.
+rule all:
+    input:
+        f"{RES}/{DS}/pseudo/instances.json",
+        f"{RES}/{DS}/pseudo/panoptic.json",
+        f"{RES}/{DS}/train/r{config['train']['rounds']}/model_final.pth",
+        f"{RES}/{DS}/predict/{DS}-r{config['train']['rounds']}/instances_results.json",
+    default_target: True
+
+
+for _stage in ["ingest", "features", "maskcut", "pseudo_labels", "train", "evaluate", "finetune", "report"]:
+    if Path(workflow.basedir, "rules", f"{_stage}.smk").exists():
+
+        include: f"rules/{_stage}.smk"

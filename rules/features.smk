@@ -1,0 +1,38 @@
+# Feature extraction: one zarr v3 store per shard of `features.shard_size` images.
+
+_features_out = directory(f"{RES}/{{ds}}/features/shard_{{shard}}.zarr")
+
+
+rule features_shard:
+    input:
+        manifest=f"{RES}/{{ds}}/manifest.json",
+    output:
+        _features_out if config["features"]["keep_features"] else temp(_features_out),
+    params:
+        shard=lambda wc: int(wc.shard),
+        shard_size=config["features"]["shard_size"],
+        backbone=config["backbone"],
+        weights=config["weights"] or "",
+        input_size=config["features"]["input_size"],
+        batch_size=config["features"]["batch_size"],
+        device=config["features"]["device"],
+    threads: 2
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=30,
+    log:
+        f"{RES}/logs/{{ds}}/features/shard_{{shard}}.log",
+    benchmark:
+        f"{RES}/benchmarks/{{ds}}/features/shard_{{shard}}.tsv"
+    shell:
+        "{U2SEG} features --manifest {input.manifest:q} --shard {params.shard}"
+        " --shard-size {params.shard_size} --backbone {params.backbone:q}"
+        " --weights={params.weights:q}"
+        " --input-size {params.input_size} --batch-size {params.batch_size} --device {params.device}"
+        " --threads {threads} --out {output:q} > {log:q} 2>&1"
+
+
+# Target: every feature shard of the configured dataset.
+rule extract_features:
+    input:
+        lambda wc: [f"{RES}/{DS}/features/shard_{s}.zarr" for s in shard_ids(DS)],

@@ -1,0 +1,26 @@
+# Ingestion: one manifest per dataset (a checkpoint: the number of feature shards depends on it).
+
+
+checkpoint ingest:
+    output:
+        manifest=f"{RES}/{{ds}}/manifest.json",
+        skipped=f"{RES}/{{ds}}/skipped.json",
+    params:
+        dataset=dataset_args,
+        samples_dir=lambda wc: f"{RES}/{wc.ds}/images",
+        max_side=config["ingest"]["max_side"],
+        min_side=config["ingest"]["min_side"],
+        max_skipped=config["ingest"]["max_skipped_fraction"],
+    threads: 2
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=60,
+    log:
+        f"{RES}/logs/{{ds}}/ingest.log",
+    benchmark:
+        f"{RES}/benchmarks/{{ds}}/ingest.tsv"
+    shell:
+        "{U2SEG} ingest {params.dataset} --samples-dir {params.samples_dir:q}"
+        " --max-side {params.max_side} --min-side {params.min_side}"
+        " --max-skipped-fraction {params.max_skipped} --workers {threads}"
+        " --manifest {output.manifest:q} --skipped {output.skipped:q} > {log:q} 2>&1"

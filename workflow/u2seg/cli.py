@@ -1,0 +1,75 @@
+"""Command-line entry point: ``u2seg <stage> [options]``.
+
+Each stage lives in its own module exposing ``add_arguments(parser)`` and ``run(args)``;
+modules are imported lazily so ``u2seg --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from u2seg.errors import UserError
+
+# stage name -> (module, one-line help)
+STAGES: dict[str, tuple[str, str]] = {
+    "ingest": ("u2seg.ingest", "list a dataset's images into a manifest (robust image reading)"),
+    "features": ("u2seg.features", "extract backbone features of one shard into a zarr v3 store"),
+    "maskcut": ("u2seg.maskcut.cli", "MaskCut class-agnostic masks for one feature shard"),
+    "merge-masks": ("u2seg.maskcut.merge", "merge per-shard MaskCut jsons into one COCO json"),
+    "embed": ("u2seg.pseudo.embed_cli", "per-instance embeddings of the MaskCut masks of one shard"),
+    "cluster-instances": ("u2seg.pseudo.cluster_cli", "k-means over instance embeddings -> class-aware json"),
+    "cluster-stuff": ("u2seg.pseudo.stuff_cli", "k-means over dense patch features -> stuff label maps"),
+    "merge-panoptic": ("u2seg.pseudo.merge_cli", "merge instances + stuff into COCO panoptic pseudo-labels"),
+    "validate-panoptic": ("u2seg.pseudo.validate", "check a COCO panoptic json + PNG folder for consistency"),
+    "train": ("u2seg.detector.train_cli", "train the panoptic cascade mask R-CNN on pseudo-labels"),
+    "predict": ("u2seg.detector.predict_cli", "run a trained model: COCO results json + panoptic PNGs"),
+    "self-train-labels": ("u2seg.detector.selftrain_cli", "next-round pseudo-labels from predictions"),
+    "import-d2": ("u2seg.detector.d2_import", "convert a detectron2 U2Seg/CutLER checkpoint"),
+    "evaluate": ("u2seg.evaluation.cli", "class-agnostic / matched AP, PQ and mIoU against COCO GT"),
+    "finetune": ("u2seg.finetune.cli", "few-shot fine-tuning on a labelled COCO subset"),
+    "report": ("u2seg.report", "stage summaries and galleries for the HTML report"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Top-level parser with one sub-command per registered stage (help texts only)."""
+    parser = argparse.ArgumentParser(prog="u2seg", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="stage", metavar="<stage>")
+    for name, (_, help_text) in STAGES.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``u2seg <stage> ...`` to the stage module."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = False
+    while argv and argv[0] in ("-v", "--verbose"):
+        verbose = True
+        argv.pop(0)
+    if not argv or argv[0] not in STAGES:
+        build_parser().print_help()
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    name, rest = argv[0], argv[1:]
+    module_name, help_text = STAGES[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"u2seg {name}", description=help_text)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result = module.run(args)
+    except UserError as exc:  # clear message, no traceback
+        logging.getLogger("u2seg").error("%s", exc)
+        return 1
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""``u2seg features``: backbone features of one shard of the manifest, stored as a zarr v3 group.
+
+Each shard is an independent job: an interrupted run recomputes only the shards that are missing.
+The store is written into a temporary folder and renamed into place when complete.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from tqdm import tqdm
+
+from u2seg import __version__
+from u2seg.atomic import atomic_path
+from u2seg.backbones import Backbone, build_backbone
+from u2seg.errors import UserError
+from u2seg.images import load_rgb
+from u2seg.manifest import image_path, load_manifest, num_shards, shard_images
+
+log = logging.getLogger(__name__)
+
+
+def write_shard(path: str | Path, dense: np.ndarray, global_: np.ndarray, image_ids: np.ndarray,
+                orig_sizes: np.ndarray, attrs: dict[str, Any]) -> None:
+    """Atomically write a feature shard (zarr v3 group; layout in docs/architecture.md)."""
+    n = len(image_ids)
+    if not (dense.shape[0] == global_.shape[0] == orig_sizes.shape[0] == n):
+        raise ValueError("dense, global_, image_ids and orig_sizes must have the same length")
+    with atomic_path(path, directory=True) as tmp:
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        chunk_n = max(1, min(n, 4))
+        group.create_array("dense", data=np.asarray(dense, dtype=np.float16),
+                           chunks=(chunk_n,) + tuple(dense.shape[1:]))
+        group.create_array("global", data=np.asarray(global_, dtype=np.float32))
+        group.create_array("image_id", data=np.asarray(image_ids, dtype=np.int64))
+        group.create_array("orig_size", data=np.asarray(orig_sizes, dtype=np.int32).reshape(n, 2))
+        group.attrs.update(dict(attrs, n_images=n, feature_dim=int(dense.shape[1]),
+                                global_dim=int(global_.shape[1]), u2seg_version=__version__))
+
+
+def open_shard(path: str | Path) -> zarr.Group:
+    """Open a finished feature shard read-only."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"feature shard not found: {path}")
+    return zarr.open_group(str(path), mode="r")
+
+
+@torch.inference_mode()
+def extract(backbone: Backbone, images: list[np.ndarray], size: int,
+            batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dense (n, C, h, w) float16 and global (n, D) float32 features of RGB images (pure)."""
+    device = next(backbone.parameters()).device
+    dense_out, glob_out = [], []
+    for start in range(0, len(images), batch_size):
+        x = backbone.preprocess(images[start:start + batch_size], size).to(device)
+        dense, glob = backbone(x)
+        dense_out.append(dense.float().cpu().numpy().astype(np.float16))
+        glob_out.append(glob.float().cpu().numpy().astype(np.float32))
+    return np.concatenate(dense_out), np.concatenate(glob_out)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--shard", type=int, required=True, help="shard index")
+    parser.add_argument("--shard-size", type=int, required=True)
+    parser.add_argument("--backbone", required=True)
+    parser.add_argument("--weights", default=None, help="weights path or URL (DINO backbones); empty = default")
+    parser.add_argument("--input-size", type=int, default=480)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    parser.add_argument("--out", type=Path, required=True, help="output zarr store")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    manifest = load_manifest(args.manifest)
+    total = num_shards(manifest, args.shard_size)
+    images_meta = shard_images(manifest, args.shard, args.shard_size)
+    backbone = build_backbone(args.backbone, args.weights or None, args.device)
+    t0 = time.perf_counter()
+    dense_parts, glob_parts = [], []
+    bar = tqdm(total=len(images_meta), desc=f"features shard {args.shard + 1}/{total}", unit="img")
+    for start in range(0, len(images_meta), args.batch_size):
+        batch_meta = images_meta[start:start + args.batch_size]
+        rgb = [load_rgb(image_path(manifest, im)) for im in batch_meta]
+        for im, arr in zip(batch_meta, rgb):
+            if arr.shape[:2] != (im["height"], im["width"]):
+                raise UserError(f"{im['file_name']}: size changed since ingestion "
+                                f"({arr.shape[1]}x{arr.shape[0]} vs {im['width']}x{im['height']}); rerun ingest")
+        dense, glob = extract(backbone, rgb, args.input_size, args.batch_size)
+        dense_parts.append(dense)
+        glob_parts.append(glob)
+        bar.update(len(batch_meta))
+    bar.close()
+    attrs = {
+        "backbone": backbone.name,
+        "weights_sha256": backbone.weights_id,
+        "input_size": args.input_size,
+        "stride": backbone.stride,
+        "shard_index": args.shard,
+        "shard_size": args.shard_size,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    write_shard(args.out, np.concatenate(dense_parts), np.concatenate(glob_parts),
+                np.array([im["id"] for im in images_meta]),
+                np.array([[im["height"], im["width"]] for im in images_meta]), attrs)
+    log.info("shard %d: %d images in %.1f s -> %s", args.shard, len(images_meta), attrs["seconds"], args.out)
+    return 0

@@ -1,0 +1,86 @@
+"""Robust image reading: EXIF orientation, any mode -> RGB uint8, clear errors for bad files."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from u2seg.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
+
+
+class ImageReadError(UserError):
+    """An image file that cannot be used; the message is the reason."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F, 1, ...) to 8-bit RGB."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16"):
+            arr = arr / 65535.0 * 255.0
+        elif img.mode == "I":
+            arr = arr / max(arr.max(), 1.0) * 255.0 if arr.max() > 255 else arr
+        else:  # float images: assume [0, 1] when in range, else rescale by max
+            arr = arr * 255.0 if arr.max() <= 1.0 else arr / max(arr.max(), 1e-12) * 255.0
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_rgb(path: str | Path, max_side: int = 20000, min_side: int = 1) -> np.ndarray:
+    """Read an image as uint8 RGB (H, W, 3) with its EXIF orientation applied.
+
+    Raises ImageReadError (with the reason) for empty, truncated, corrupt, non-image,
+    too large (decompression-bomb guard: a side > ``max_side``) or too small images.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if max(width, height) > max_side:
+                    raise ImageReadError(
+                        f"{path}: {width}x{height} px exceeds max_side={max_side} (decompression-bomb guard)")
+                ImageFile.LOAD_TRUNCATED_IMAGES = False
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                rgb = _to_rgb(img)
+                arr = np.array(rgb, dtype=np.uint8)
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageReadError(f"{path}: too many pixels (decompression-bomb guard: {exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageReadError(f"{path}: not a recognised image format") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"{path}: corrupt or truncated image ({exc})") from exc
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ImageReadError(f"{path}: unexpected decoded shape {arr.shape}")
+    if min(arr.shape[:2]) < min_side:
+        raise ImageReadError(
+            f"{path}: {arr.shape[1]}x{arr.shape[0]} px is smaller than min_side={min_side}")
+    return arr
+
+
+def resize_square(img: np.ndarray, size: int) -> np.ndarray:
+    """LANCZOS resize to ``size`` x ``size`` (aspect ratio not kept, as MaskCut does; spec 2.1)."""
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.LANCZOS))

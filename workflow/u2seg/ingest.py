@@ -1,0 +1,189 @@
+"""``u2seg ingest``: list a dataset's images into a manifest, reading every image robustly.
+
+Unreadable images are listed with their reason in ``skipped.json``; the stage fails when more
+than ``--max-skipped-fraction`` of the images are unreadable. Nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from u2seg import atomic
+from u2seg.errors import UserError
+from u2seg.images import IMAGE_SUFFIXES, ImageReadError, load_rgb
+
+log = logging.getLogger(__name__)
+
+
+
+def _sample_loaders() -> dict[str, Callable[[], np.ndarray]]:
+    import skimage.data as data
+
+    return {
+        "astronaut": data.astronaut,
+        "chelsea": data.chelsea,
+        "coffee": data.coffee,
+        "rocket": data.rocket,
+        "motorcycle": lambda: data.stereo_motorcycle()[0],
+        "hubble_deep_field": data.hubble_deep_field,
+        "immunohistochemistry": data.immunohistochemistry,
+        "retina": data.retina,
+    }
+
+
+def materialise_samples(out_dir: Path) -> Path:
+    """Write the scikit-image sample photos as PNGs into ``out_dir`` (atomically, once)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, loader in _sample_loaders().items():
+        target = out_dir / f"{name}.png"
+        if not target.exists():
+            atomic.save_png(target, np.ascontiguousarray(loader()[..., :3]))
+    return out_dir
+
+
+def list_images(root: Path) -> list[str]:
+    """Relative paths (posix) of every image file under ``root``, recursively, sorted."""
+    if not root.is_dir():
+        raise UserError(f"images folder not found: {root}")
+    files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+             and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    return sorted(p.relative_to(root).as_posix() for p in files)
+
+
+def coco_paths(root: Path, split: str) -> dict[str, Path | None]:
+    """Locations of a COCO split's images, instance json and (optional) panoptic GT."""
+    ann = root / "annotations"
+    pan_json = ann / f"panoptic_{split}2017.json"
+    pan_dir = ann / f"panoptic_{split}2017"
+    return {
+        "images": root / f"{split}2017",
+        "instances": ann / f"instances_{split}2017.json",
+        "panoptic_json": pan_json if pan_json.is_file() and pan_dir.is_dir() else None,
+        "panoptic_dir": pan_dir if pan_json.is_file() and pan_dir.is_dir() else None,
+    }
+
+
+def _probe(root: Path, rel: str, max_side: int, min_side: int) -> tuple[str, tuple[int, int] | str]:
+    try:
+        arr = load_rgb(root / rel, max_side=max_side, min_side=min_side)
+    except ImageReadError as exc:
+        return rel, str(exc).replace(str(root / rel) + ": ", "")
+    return rel, (int(arr.shape[1]), int(arr.shape[0]))
+
+
+def probe_images(root: Path, rel_paths: list[str], max_side: int, min_side: int,
+                 workers: int = 2) -> tuple[dict[str, tuple[int, int]], list[dict[str, str]]]:
+    """Decode every image once: returns ({rel: (width, height)}, skipped [{file_name, reason}])."""
+    sizes: dict[str, tuple[int, int]] = {}
+    skipped: list[dict[str, str]] = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(lambda r: _probe(root, r, max_side, min_side), rel_paths)
+        for rel, res in tqdm(results, total=len(rel_paths), desc="ingest", unit="img"):
+            if isinstance(res, str):
+                skipped.append({"file_name": rel, "reason": res})
+            else:
+                sizes[rel] = res
+    return sizes, skipped
+
+
+def build_manifest(kind: str, root: Path, split: str | None = None, limit: int | None = None,
+                   max_side: int = 20000, min_side: int = 8, workers: int = 2,
+                   samples_dir: Path | None = None) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Build the manifest and the skipped list for a dataset (pure apart from reading images)."""
+    dataset: dict[str, Any] = {"kind": kind}
+    annotations = None
+    panoptic = None
+    if kind == "samples":
+        if samples_dir is None:
+            raise ValueError("samples need an output folder for the photos")
+        root = materialise_samples(samples_dir)
+        rel_paths = list_images(root)
+        ids = {rel: i + 1 for i, rel in enumerate(rel_paths)}
+    elif kind == "images":
+        rel_paths = list_images(root)
+        if not rel_paths:
+            raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
+        ids = {rel: i + 1 for i, rel in enumerate(rel_paths)}
+    elif kind == "coco":
+        if split is None:
+            raise UserError("dataset=coco needs a split (train or val)")
+        paths = coco_paths(root, split)
+        if not paths["instances"].is_file():
+            raise UserError(
+                f"COCO annotations not found: {paths['instances']} (set `coco_root` to a COCO root with "
+                f"{split}2017/ and annotations/instances_{split}2017.json)")
+        if not paths["images"].is_dir():
+            raise UserError(f"COCO images folder not found: {paths['images']}")
+        with open(paths["instances"]) as fh:
+            coco_images = sorted(json.load(fh)["images"], key=lambda im: im["id"])
+        if limit:
+            coco_images = coco_images[:limit]
+        rel_paths = [im["file_name"] for im in coco_images]
+        ids = {im["file_name"]: int(im["id"]) for im in coco_images}
+        dataset.update(split=split, limit=limit)
+        annotations = str(paths["instances"].resolve())
+        if paths["panoptic_json"] is not None:
+            panoptic = {"json": str(paths["panoptic_json"].resolve()),
+                        "png_dir": str(paths["panoptic_dir"].resolve())}
+        root = paths["images"]
+    else:
+        raise UserError(f"unknown dataset kind {kind!r} (samples, images or coco)")
+    root = root.resolve()
+    dataset["root"] = str(root)
+    sizes, skipped = probe_images(root, rel_paths, max_side, min_side, workers)
+    images = [{"id": ids[rel], "file_name": rel, "width": sizes[rel][0], "height": sizes[rel][1]}
+              for rel in rel_paths if rel in sizes]
+    manifest = {"dataset": dataset, "root": str(root), "images": images,
+                "annotations": annotations, "panoptic": panoptic,
+                "num_skipped": len(skipped)}
+    return manifest, skipped
+
+
+def check_skipped(n_total: int, skipped: list[dict[str, str]], max_fraction: float) -> None:
+    """Raise UserError when more than ``max_fraction`` of the images were unreadable."""
+    if n_total == 0:
+        raise UserError("the dataset has no images")
+    frac = len(skipped) / n_total
+    if frac > max_fraction or len(skipped) == n_total:
+        examples = "; ".join(f"{s['file_name']}: {s['reason']}" for s in skipped[:5])
+        raise UserError(
+            f"{len(skipped)} of {n_total} images ({frac:.1%}) could not be read, more than "
+            f"ingest.max_skipped_fraction={max_fraction}. First reasons: {examples}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kind", required=True, choices=["samples", "images", "coco"])
+    parser.add_argument("--root", type=Path, help="images folder (images) or COCO root (coco)")
+    parser.add_argument("--split", choices=["train", "val"], help="COCO split")
+    parser.add_argument("--limit", type=int, default=None, help="first N COCO images by id")
+    parser.add_argument("--samples-dir", type=Path, help="where the sample photos are written")
+    parser.add_argument("--max-side", type=int, default=20000)
+    parser.add_argument("--min-side", type=int, default=8)
+    parser.add_argument("--max-skipped-fraction", type=float, default=0.2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--manifest", type=Path, required=True, help="output manifest json")
+    parser.add_argument("--skipped", type=Path, required=True, help="output skipped json")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.kind != "samples" and args.root is None:
+        raise UserError(f"--root is required for dataset kind {args.kind}")
+    manifest, skipped = build_manifest(
+        args.kind, args.root or Path("."), split=args.split, limit=args.limit,
+        max_side=args.max_side, min_side=args.min_side, workers=args.workers,
+        samples_dir=args.samples_dir)
+    n_total = len(manifest["images"]) + len(skipped)
+    for s in skipped:
+        log.warning("skipped %s: %s", s["file_name"], s["reason"])
+    atomic.write_json(args.skipped, {"num_images": n_total, "skipped": skipped}, indent=1)
+    check_skipped(n_total, skipped, args.max_skipped_fraction)
+    atomic.write_json(args.manifest, manifest, indent=1)
+    log.info("manifest: %d images (%d skipped) -> %s", len(manifest["images"]), len(skipped), args.manifest)
+    return 0

@@ -1,0 +1,40 @@
+"""The dataset manifest: a COCO-style ``images`` list plus where the files live."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def load_manifest(path: str | Path) -> dict[str, Any]:
+    """Read a manifest written by ``u2seg ingest``."""
+    with open(path) as fh:
+        manifest = json.load(fh)
+    for key in ("root", "images"):
+        if key not in manifest:
+            raise ValueError(f"{path}: not a u2seg manifest (missing {key!r})")
+    return manifest
+
+
+def image_path(manifest: dict[str, Any], image: dict[str, Any]) -> Path:
+    """Absolute path of one manifest image."""
+    return Path(manifest["root"]) / image["file_name"]
+
+
+def num_shards(manifest: dict[str, Any], shard_size: int) -> int:
+    """Number of feature shards of ``shard_size`` images."""
+    return (len(manifest["images"]) + shard_size - 1) // shard_size
+
+
+def shard_images(manifest: dict[str, Any], shard_index: int, shard_size: int) -> list[dict[str, Any]]:
+    """The manifest images of shard ``shard_index`` (``images[i*S:(i+1)*S]``)."""
+    if shard_size < 1:
+        raise ValueError("shard_size must be >= 1")
+    if not 0 <= shard_index < max(num_shards(manifest, shard_size), 1):
+        raise ValueError(f"shard {shard_index} out of range for {len(manifest['images'])} images")
+    return manifest["images"][shard_index * shard_size:(shard_index + 1) * shard_size]
+
+
+def image_stem(image: dict[str, Any]) -> str:
+    """File-name stem used for per-image outputs (PNG names), unique within a manifest."""
+    return Path(image["file_name"]).with_suffix("").as_posix().replace("/", "__")
