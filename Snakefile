@@ -9,11 +9,11 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config.yaml"
+configfile: f"{workflow.basedir}/config.yaml"
 
 
 # Validate (and fill defaults) before any job runs: unknown keys and bad values fail here, naming the key.
-validate(config, "workflow/schemas/config.schema.yaml")
+validate(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 
 
 include: "rules/common.smk"

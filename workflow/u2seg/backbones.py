@@ -170,7 +170,10 @@ def build_dino(name: str, weights: str | None) -> ViTKeys:
     except Exception as exc:
         raise UserError(f"cannot load weights file {path}: {exc}") from exc
     sd = _clean_dino_state_dict(sd)
-    missing, unexpected = vit.load_state_dict(sd, strict=False)
+    try:
+        missing, unexpected = vit.load_state_dict(sd, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise UserError(f"weights {path} do not fit {name} ({VIT_ARCH[name]}): {str(exc)[:300]}") from exc
     if missing or unexpected:
         raise UserError(
             f"weights {path} do not fit {name} ({VIT_ARCH[name]}): missing {missing[:5]}, "
