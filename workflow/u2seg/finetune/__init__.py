@@ -1,0 +1,1 @@
+"""Few-shot fine-tuning: labelled COCO subsets and the fine-tuning driver."""
