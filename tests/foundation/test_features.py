@@ -65,3 +65,20 @@ def test_resume_recomputes_only_missing_shard(tmp_path):
     assert (shards[1] / "zarr.json").exists()
     log = (tmp_path / "results" / "logs" / "samples" / "features")
     assert sorted(p.name for p in log.iterdir()) == ["shard_00000.log", "shard_00001.log", "shard_00002.log"]
+
+
+def test_atomic_outputs_have_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from u2seg import atomic
+
+    old = os.umask(0o022)
+    try:
+        atomic.write_json(tmp_path / "a.json", {"x": 1})
+        with atomic.atomic_path(tmp_path / "d", directory=True) as tmp:
+            (tmp / "f").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755

@@ -1,0 +1,82 @@
+# MaskCut (spec section 3): class-agnostic masks per feature shard, merged into one COCO json.
+
+_mc = config["maskcut"]
+_mc_crf = _mc["crf"]
+
+
+rule maskcut:
+    input:
+        manifest=f"{RES}/{{ds}}/manifest.json",
+        features=f"{RES}/{{ds}}/features/shard_{{shard}}.zarr",
+    output:
+        json=f"{RES}/{{ds}}/maskcut/shard_{{shard}}.json",
+        gallery=directory(f"{RES}/{{ds}}/maskcut/shard_{{shard}}_gallery"),
+    params:
+        tau=_mc["tau"],
+        eps=_mc["eps"],
+        n_masks=_mc["n_masks"],
+        solver=_mc["solver"],
+        eigen_tol=_mc["eigen_tol"],
+        foreground_rule=_mc["foreground_rule"],
+        max_iou_previous=_mc["max_iou_previous"],
+        min_area_fraction=_mc["min_area_fraction"],
+        min_crf_iou=_mc["min_crf_iou"],
+        crf="--crf" if _mc_crf["enabled"] else "--no-crf",
+        gaussian_sxy=_mc_crf["gaussian_sxy"],
+        gaussian_compat=_mc_crf["gaussian_compat"],
+        bilateral_sxy=_mc_crf["bilateral_sxy"],
+        bilateral_srgb=_mc_crf["bilateral_srgb"],
+        bilateral_compat=_mc_crf["bilateral_compat"],
+        iterations=_mc_crf["iterations"],
+        gallery_size=_mc["gallery_size"],
+        batch_size=_mc["batch_size"],
+        device=_mc["device"],
+        seed=_mc["seed"],
+    threads: 2
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=60,
+    log:
+        f"{RES}/logs/{{ds}}/maskcut/shard_{{shard}}.log",
+    benchmark:
+        f"{RES}/benchmarks/{{ds}}/maskcut/shard_{{shard}}.tsv"
+    shell:
+        "{U2SEG} maskcut --manifest {input.manifest:q} --features {input.features:q}"
+        " --out {output.json:q} --gallery {output.gallery:q} --gallery-size {params.gallery_size:q}"
+        " --tau={params.tau:q} --eps={params.eps:q} --n-masks {params.n_masks:q}"
+        " --solver {params.solver:q} --eigen-tol={params.eigen_tol:q}"
+        " --foreground-rule {params.foreground_rule:q} --max-iou-previous={params.max_iou_previous:q}"
+        " --min-area-fraction={params.min_area_fraction:q} --min-crf-iou={params.min_crf_iou:q}"
+        " {params.crf} --crf-gaussian-sxy={params.gaussian_sxy:q} --crf-gaussian-compat={params.gaussian_compat:q}"
+        " --crf-bilateral-sxy={params.bilateral_sxy:q} --crf-bilateral-srgb={params.bilateral_srgb:q}"
+        " --crf-bilateral-compat={params.bilateral_compat:q} --crf-iterations {params.iterations:q}"
+        " --batch-size {params.batch_size:q} --device {params.device:q} --seed {params.seed:q}"
+        " --threads {threads} > {log:q} 2>&1"
+
+
+rule merge_masks:
+    input:
+        jsons=per_shard(f"{RES}/{{ds}}/maskcut/shard_{{shard}}.json"),
+        galleries=per_shard(f"{RES}/{{ds}}/maskcut/shard_{{shard}}_gallery"),
+    output:
+        masks=f"{RES}/{{ds}}/maskcut/masks.json",
+        summary=f"{RES}/{{ds}}/maskcut/summary.json",
+        gallery=directory(f"{RES}/{{ds}}/maskcut/gallery"),
+    threads: 1
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=10,
+    log:
+        f"{RES}/logs/{{ds}}/maskcut/merge.log",
+    benchmark:
+        f"{RES}/benchmarks/{{ds}}/maskcut/merge.tsv"
+    shell:
+        "{U2SEG} merge-masks --inputs {input.jsons:q} --galleries {input.galleries:q}"
+        " --out {output.masks:q} --summary {output.summary:q} --gallery-out {output.gallery:q}"
+        " > {log:q} 2>&1"
+
+
+# Target: the merged MaskCut masks of the configured dataset.
+rule maskcut_masks:
+    input:
+        f"{RES}/{DS}/maskcut/masks.json",

@@ -1,0 +1,80 @@
+"""Class-agnostic COCO AP of class-agnostic masks (CutLER protocol, spec 8.2; pycocotools).
+
+Every ground-truth category is collapsed into one ``fg`` class (crowd regions stay crowd); each
+MaskCut mask becomes a detection of that class. MaskCut masks carry no score: by default every
+mask scores 1.0 (pycocotools then ranks them in file order, stably); ``score="rank"`` scores the
+k-th mask of an image 1 / k instead.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
+
+
+def class_agnostic_gt(gt: dict[str, Any], image_ids: set[int] | None = None) -> dict[str, Any]:
+    """A copy of a COCO instances dict with every category collapsed to id 1 ``fg`` (iscrowd kept)."""
+    images = [im for im in gt["images"] if image_ids is None or im["id"] in image_ids]
+    keep = {im["id"] for im in images}
+    anns = []
+    for ann in gt["annotations"]:
+        if ann["image_id"] in keep:
+            a = copy.deepcopy(ann)
+            a["category_id"] = 1
+            a.setdefault("iscrowd", 0)
+            anns.append(a)
+    return {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "fg"}]}
+
+
+def masks_to_detections(masks: dict[str, Any], score: str = "one") -> list[dict[str, Any]]:
+    """COCO results (segmentation, bbox, score, category 1) from a MaskCut instances dict."""
+    rank: dict[int, int] = {}
+    out = []
+    for ann in masks["annotations"]:
+        k = rank[ann["image_id"]] = rank.get(ann["image_id"], 0) + 1
+        out.append({"image_id": ann["image_id"], "category_id": 1, "segmentation": ann["segmentation"],
+                    "bbox": ann["bbox"], "score": 1.0 if score == "one" else 1.0 / k})
+    return out
+
+
+def _coco(data: dict[str, Any]) -> COCO:
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def class_agnostic_ap(gt: dict[str, Any], masks: dict[str, Any], score: str = "one",
+                      iou_types: tuple[str, ...] = ("bbox", "segm")) -> dict[str, dict[str, float]]:
+    """Box and mask AP/AP50/AP75/AR of ``masks`` against ``gt`` on the images of ``masks`` (in %)."""
+    image_ids = {im["id"] for im in masks["images"]}
+    missing = image_ids - {im["id"] for im in gt["images"]}
+    if missing:
+        raise ValueError(f"{len(missing)} MaskCut images are not in the ground truth (e.g. {sorted(missing)[:3]})")
+    coco_gt = _coco(class_agnostic_gt(gt, image_ids))
+    dets = masks_to_detections(masks, score)
+    results: dict[str, dict[str, float]] = {}
+    for iou_type in iou_types:
+        if not dets:
+            results[iou_type] = {m: 0.0 for m in METRICS}
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):
+            # one field per IoU type, so that loadRes derives area (for the size ranges) from it
+            drop = "segmentation" if iou_type == "bbox" else "bbox"
+            coco_dt = coco_gt.loadRes([{k: v for k, v in d.items() if k != drop} for d in copy.deepcopy(dets)])
+            ev = COCOeval(coco_gt, coco_dt, iou_type)
+            ev.params.imgIds = sorted(image_ids)
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        stats = np.maximum(ev.stats, 0.0)  # -1 (no GT in an area range) -> 0
+        results[iou_type] = {m: round(float(v) * 100, 2) for m, v in zip(METRICS, stats)}
+    return results
