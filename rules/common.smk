@@ -62,3 +62,11 @@ def per_shard(pattern):
 def mem_mb(base):
     """Memory request that grows with Snakemake's retry attempt."""
     return lambda wildcards, attempt: int(base * (1 + 0.5 * (attempt - 1)))
+
+
+def gpu_request(device):
+    """`gpu` resource of a rule whose device setting is ``device``: 1 only for an explicit `cuda`.
+
+    (`auto` uses a GPU when the job finds one but does not ask the scheduler for one.)
+    """
+    return 1 if device == "cuda" else 0

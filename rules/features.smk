@@ -20,6 +20,7 @@ rule features_shard:
     resources:
         mem_mb=mem_mb(4000),
         runtime=30,
+        gpu=gpu_request(config["features"]["device"]),
     log:
         f"{RES}/logs/{{ds}}/features/shard_{{shard}}.log",
     benchmark:

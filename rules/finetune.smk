@@ -156,8 +156,13 @@ rule finetune:
         md=f"{_FT_DIR}/comparison.md",
         json=f"{_FT_DIR}/comparison.json",
     threads: 1
+    resources:
+        mem_mb=mem_mb(1000),
+        runtime=10,
     log:
         f"{RES}/logs/finetune/{_FT_TAG}/compare.log",
+    benchmark:
+        f"{RES}/benchmarks/finetune/{_FT_TAG}/compare.tsv"
     shell:
         "{U2SEG} finetune compare --metrics {input.metrics:q} --coverage {input.coverage:q}"
         " --out-md {output.md:q} --out-json {output.json:q} > {log:q} 2>&1"

@@ -36,6 +36,7 @@ rule maskcut:
     resources:
         mem_mb=mem_mb(4000),
         runtime=60,
+        gpu=gpu_request(config["maskcut"]["device"]),
     log:
         f"{RES}/logs/{{ds}}/maskcut/shard_{{shard}}.log",
     benchmark:

@@ -1,0 +1,1 @@
+"""Helpers of tests/test_slurm.py: a throw-away one-node Slurm cluster (cluster.py)."""
