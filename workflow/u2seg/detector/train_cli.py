@@ -1,0 +1,50 @@
+"""``u2seg train``: train the panoptic cascade Mask R-CNN on pseudo-labels (resumes from ``work/``).
+
+Single process:   u2seg train --instances I.json --semantic-dir S/ --manifest M.json --out-dir OUT ...
+Several GPUs:     torchrun --nproc_per_node=8 -m u2seg train ... (same flags; the batch is split)
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+
+from u2seg.detector.cliutil import add_dataclass_arguments, dataclass_from_args
+from u2seg.detector.model import ModelConfig
+from u2seg.detector.train import TrainConfig, file_digest, train
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Inputs, output folder, then one flag per model / solver setting."""
+    io = parser.add_argument_group("inputs and outputs")
+    io.add_argument("--instances", required=True, help="COCO instances json of the pseudo-labels (category 1..K)")
+    io.add_argument("--semantic-dir", default=None,
+                    help="folder of semantic PNGs <image stem>.png (0 = thing, 1..stuff, 255 = void)")
+    io.add_argument("--manifest", required=True, help="dataset manifest (image paths)")
+    io.add_argument("--out-dir", required=True,
+                    help="round folder: model_final.pth, metrics.jsonl, loss.png, summary.json, work/")
+    io.add_argument("--init", default=None, help="start from this model file (previous round)")
+    io.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    io.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_dataclass_arguments(parser.add_argument_group("model"), ModelConfig)
+    add_dataclass_arguments(parser.add_argument_group("solver and data"), TrainConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the dataset and train."""
+    from u2seg.detector.data import PseudoLabelDataset
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    model_cfg = dataclass_from_args(ModelConfig, args)
+    train_cfg = dataclass_from_args(TrainConfig, args)
+    dataset = PseudoLabelDataset(args.instances, args.manifest, args.semantic_dir, model_cfg.num_classes,
+                                 model_cfg.num_stuff)
+    summary = train(dataset, model_cfg, train_cfg, args.out_dir, init=args.init,
+                    data_digest=file_digest(args.instances), progress=not args.no_progress)
+    if summary:
+        log.info("summary: %s", summary)
+    return 0
