@@ -18,6 +18,7 @@ from tqdm import tqdm
 from u2seg import atomic
 from u2seg.errors import UserError
 from u2seg.images import IMAGE_SUFFIXES, ImageReadError, load_rgb
+from u2seg.manifest import assign_stems
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ def build_manifest(kind: str, root: Path, split: str | None = None, limit: int |
     sizes, skipped = probe_images(root, rel_paths, max_side, min_side, workers)
     images = [{"id": ids[rel], "file_name": rel, "width": sizes[rel][0], "height": sizes[rel][1]}
               for rel in rel_paths if rel in sizes]
+    assign_stems(images)  # a.jpg + a.png would otherwise share per-image output names
     manifest = {"dataset": dataset, "root": str(root), "images": images,
                 "annotations": annotations, "panoptic": panoptic,
                 "num_skipped": len(skipped)}

@@ -36,5 +36,35 @@ def shard_images(manifest: dict[str, Any], shard_index: int, shard_size: int) ->
 
 
 def image_stem(image: dict[str, Any]) -> str:
-    """File-name stem used for per-image outputs (PNG names), unique within a manifest."""
+    """File-name stem used for per-image outputs (PNG names), unique within a manifest.
+
+    Derived from ``file_name`` (``sub/a.jpg`` -> ``sub__a``) unless ingestion stored an explicit
+    ``stem`` because two derived stems would collide (``a.jpg`` and ``a.png``; see assign_stems).
+    """
+    if image.get("stem"):
+        return str(image["stem"])
+    return _derived_stem(image)
+
+
+def _derived_stem(image: dict[str, Any]) -> str:
     return Path(image["file_name"]).with_suffix("").as_posix().replace("/", "__")
+
+
+def assign_stems(images: list[dict[str, Any]]) -> None:
+    """Make :func:`image_stem` unique (also case-insensitively) over ``images``, in place.
+
+    The first image keeps its derived stem; a later one whose stem collides gets an explicit
+    ``stem`` = derived stem + ``__id{id}``. Images without a collision are left unchanged
+    (COCO file names never collide), so the manifest stays the same for ordinary datasets.
+    """
+    seen: set[str] = set()
+    for image in images:
+        stem = image_stem(image)
+        if stem.casefold() in seen:
+            base, n = f"{_derived_stem(image)}__id{image['id']}", 1
+            stem = base
+            while stem.casefold() in seen:
+                n += 1
+                stem = f"{base}_{n}"
+            image["stem"] = stem
+        seen.add(stem.casefold())
