@@ -46,7 +46,11 @@ rule all:
     default_target: True
 
 
-for _stage in ["ingest", "features", "maskcut", "pseudo_labels", "train", "evaluate", "finetune", "report"]:
-    if Path(workflow.basedir, "rules", f"{_stage}.smk").exists():
-
-        include: f"rules/{_stage}.smk"
+include: "rules/ingest.smk"
+include: "rules/features.smk"
+include: "rules/maskcut.smk"
+include: "rules/pseudo_labels.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/finetune.smk"
+include: "rules/report.smk"

@@ -1,0 +1,155 @@
+# Evaluation (spec 8): class-agnostic + cluster-matched AP, PQ / SQ / RQ, PixelAcc / mIoU against COCO GT.
+# Output: {RES}/eval/{ds}/{model}/metrics.json + metrics.md, with {model} a trained model
+# ({train ds}-r{n}, predictions from the `predict` rule), `maskcut` (class-agnostic AP of the
+# MaskCut masks) or `pseudo` (the pseudo-labels). Target: eval_coco.
+
+_EVAL = f"{RES}/eval/{{ds}}/{{model}}"
+_EVAL_CFG = config["evaluate"]
+
+
+def _protocol_flags():
+    """Protocol parameters as (flag, value) pairs; values quoted in the shell command."""
+    return dict(
+        maj_score=_EVAL_CFG["majority"]["min_score"],
+        maj_iou=_EVAL_CFG["majority"]["min_iou"],
+        maj_type=_EVAL_CFG["majority"]["iou_type"],
+        maj_crowd="include" if _EVAL_CFG["majority"]["include_crowd"] else "exclude",
+        hun_score=_EVAL_CFG["hungarian"]["min_score"],
+        hun_iou=_EVAL_CFG["hungarian"]["min_iou"],
+        hun_type=_EVAL_CFG["hungarian"]["iou_type"],
+        hun_crowd="include" if _EVAL_CFG["hungarian"]["include_crowd"] else "exclude",
+        vote_iou=_EVAL_CFG["semantic_vote_iou"],
+        max_dets=_EVAL_CFG["max_dets"],
+        num_stuff=config["stuff"]["k"],
+    )
+
+
+_PROTOCOL_SHELL = (
+    " --majority-min-score {params.maj_score:q} --majority-min-iou {params.maj_iou:q}"
+    " --majority-iou-type {params.maj_type:q} --majority-crowd {params.maj_crowd:q}"
+    " --hungarian-min-score {params.hun_score:q} --hungarian-min-iou {params.hun_iou:q}"
+    " --hungarian-iou-type {params.hun_type:q} --hungarian-crowd {params.hun_crowd:q}"
+    " --semantic-vote-iou {params.vote_iou:q} --max-dets {params.max_dets:q} --num-stuff {params.num_stuff:q}"
+)
+
+
+def coco_ready_input(wildcards):
+    """For coco-* datasets: the marker of `coco_ready` (the COCO root holds the split, downloaded if
+    needed). Meant as an input of the `ingest` checkpoint."""
+    if wildcards.ds.startswith("coco-"):
+        return [f"{RES}/coco/{wildcards.ds.split('-', 1)[1]}_ready.json"]
+    return []
+
+
+# Make sure coco_root holds {split}2017/ + annotations (downloads what is missing; never deletes).
+rule coco_ready:
+    output:
+        f"{RES}/coco/{{split}}_ready.json",
+    wildcard_constraints:
+        split="train|val",
+    params:
+        root=config["coco_root"],
+        no_download="" if _EVAL_CFG["download"] else "--no-download",
+        panoptic="--with-panoptic" if _EVAL_CFG["download_panoptic"] else "",
+        timeout=_EVAL_CFG["download_timeout"],
+    threads: 1
+    resources:
+        mem_mb=mem_mb(1000),
+        runtime=600,
+    log:
+        f"{RES}/logs/coco/{{split}}_ready.log",
+    benchmark:
+        f"{RES}/benchmarks/coco/{{split}}_ready.tsv"
+    shell:
+        "{U2SEG} evaluate --download-coco {params.root:q} --split {wildcards.split} {params.no_download}"
+        " {params.panoptic} --timeout {params.timeout:q} --ready {output:q} > {log:q} 2>&1"
+
+
+# A trained model's predictions on dataset {ds}.
+rule evaluate:
+    input:
+        manifest=f"{RES}/{{ds}}/manifest.json",
+        instances=f"{RES}/{{ds}}/predict/{{model}}/instances_results.json",
+        panoptic=f"{RES}/{{ds}}/predict/{{model}}/panoptic.json",
+    output:
+        json=f"{_EVAL}/metrics.json",
+        md=f"{_EVAL}/metrics.md",
+    wildcard_constraints:
+        model=r"(?!maskcut$|pseudo$)[^/]+",
+    params:
+        predictions=lambda wc: f"{RES}/{wc.ds}/predict/{wc.model}",
+        **_protocol_flags(),
+    threads: 2
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=120,
+    log:
+        f"{RES}/logs/eval/{{ds}}/{{model}}.log",
+    benchmark:
+        f"{RES}/benchmarks/eval/{{ds}}/{{model}}.tsv"
+    shell:
+        "{U2SEG} evaluate --manifest {input.manifest:q} --predictions {params.predictions:q}"
+        " --dataset {wildcards.ds:q} --model {wildcards.model:q}" + _PROTOCOL_SHELL +
+        " --workers {threads} --out-json {output.json:q} --out-md {output.md:q} > {log:q} 2>&1"
+
+
+# CutLER's "MaskCut" row: class-agnostic AP / AR of the MaskCut masks of dataset {ds}.
+rule evaluate_maskcut:
+    input:
+        manifest=f"{RES}/{{ds}}/manifest.json",
+        masks=f"{RES}/{{ds}}/maskcut/masks.json",
+    output:
+        json=f"{RES}/eval/{{ds}}/maskcut/metrics.json",
+        md=f"{RES}/eval/{{ds}}/maskcut/metrics.md",
+    params:
+        max_dets=_EVAL_CFG["max_dets"],
+    threads: 1
+    resources:
+        mem_mb=mem_mb(3000),
+        runtime=60,
+    log:
+        f"{RES}/logs/eval/{{ds}}/maskcut.log",
+    benchmark:
+        f"{RES}/benchmarks/eval/{{ds}}/maskcut.tsv"
+    shell:
+        "{U2SEG} evaluate --manifest {input.manifest:q} --instances {input.masks:q} --class-agnostic-only"
+        " --max-dets {params.max_dets:q} --dataset {wildcards.ds:q} --model maskcut"
+        " --out-json {output.json:q} --out-md {output.md:q} > {log:q} 2>&1"
+
+
+# The pseudo-labels of dataset {ds} evaluated as predictions (instances, panoptic, semantic).
+rule evaluate_pseudo:
+    input:
+        manifest=f"{RES}/{{ds}}/manifest.json",
+        instances=f"{RES}/{{ds}}/pseudo/instances.json",
+        panoptic=f"{RES}/{{ds}}/pseudo/panoptic.json",
+    output:
+        json=f"{RES}/eval/{{ds}}/pseudo/metrics.json",
+        md=f"{RES}/eval/{{ds}}/pseudo/metrics.md",
+    params:
+        panoptic_dir=lambda wc: f"{RES}/{wc.ds}/pseudo/panoptic",
+        semantic_dir=lambda wc: f"{RES}/{wc.ds}/pseudo/semantic",
+        **_protocol_flags(),
+    threads: 2
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=120,
+    log:
+        f"{RES}/logs/eval/{{ds}}/pseudo.log",
+    benchmark:
+        f"{RES}/benchmarks/eval/{{ds}}/pseudo.tsv"
+    shell:
+        "{U2SEG} evaluate --manifest {input.manifest:q} --instances {input.instances:q}"
+        " --panoptic-json {input.panoptic:q} --panoptic-dir {params.panoptic_dir:q}"
+        " --semantic-dir {params.semantic_dir:q} --dataset {wildcards.ds:q} --model pseudo" + _PROTOCOL_SHELL +
+        " --workers {threads} --out-json {output.json:q} --out-md {output.md:q} > {log:q} 2>&1"
+
+
+# Target: the whole chain on `coco_root` (pseudo-labels on train2017, training, prediction on val2017,
+# evaluation) plus the MaskCut row on val2017. Missing COCO data is downloaded when allowed.
+rule eval_coco:
+    input:
+        f"{RES}/coco/train_ready.json",
+        f"{RES}/coco/val_ready.json",
+        f"{RES}/eval/{COCO_VAL}/{COCO_TRAIN}-r{config['train']['rounds']}/metrics.json",
+        f"{RES}/eval/{COCO_VAL}/maskcut/metrics.json",

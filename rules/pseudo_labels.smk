@@ -1,0 +1,198 @@
+# Pseudo-labels (spec 4-6): per-shard instance embeddings, instance clustering (K = clustering.k),
+# stuff clustering (stuff.k), the panoptic merge and a format check. Target: pseudo_labels.
+
+_PSEUDO = f"{RES}/{{ds}}/pseudo"
+
+
+rule embed:
+    input:
+        manifest=f"{RES}/{{ds}}/manifest.json",
+        masks=f"{RES}/{{ds}}/maskcut/shard_{{shard}}.json",
+        features=f"{RES}/{{ds}}/features/shard_{{shard}}.zarr",
+    output:
+        f"{_PSEUDO}/embed/shard_{{shard}}.npz",
+    params:
+        shard=lambda wc: int(wc.shard),
+        shard_size=config["features"]["shard_size"],
+        method=config["embedding"]["method"],
+        backbone=config["backbone"],
+        weights=config["weights"] or "",
+        bg_r=config["embedding"]["background"][0],
+        bg_g=config["embedding"]["background"][1],
+        bg_b=config["embedding"]["background"][2],
+        margin=config["embedding"]["margin"],
+        crop_size=config["embedding"]["crop_size"],
+        batch_size=config["embedding"]["batch_size"],
+        device=config["features"]["device"],
+    threads: 2
+    resources:
+        mem_mb=mem_mb(3000),
+        runtime=30,
+    log:
+        f"{RES}/logs/{{ds}}/pseudo/embed_{{shard}}.log",
+    benchmark:
+        f"{RES}/benchmarks/{{ds}}/pseudo/embed_{{shard}}.tsv"
+    shell:
+        "{U2SEG} embed --manifest {input.manifest:q} --shard {params.shard} --shard-size {params.shard_size:q}"
+        " --masks {input.masks:q} --features {input.features:q} --method {params.method:q}"
+        " --backbone {params.backbone:q} --weights={params.weights:q}"
+        " --background {params.bg_r:q} {params.bg_g:q} {params.bg_b:q} --margin {params.margin:q}"
+        " --crop-size {params.crop_size:q} --batch-size {params.batch_size:q} --device {params.device:q}"
+        " --threads {threads} --out {output:q} > {log:q} 2>&1"
+
+
+rule cluster_instances:
+    input:
+        manifest=f"{RES}/{{ds}}/manifest.json",
+        embeddings=per_shard(f"{RES}/{{ds}}/pseudo/embed/shard_{{shard}}.npz"),
+        masks=per_shard(f"{RES}/{{ds}}/maskcut/shard_{{shard}}.json"),
+    output:
+        instances=f"{_PSEUDO}/instances.json",
+        centroids=f"{_PSEUDO}/centroids.npy",
+        summary=f"{_PSEUDO}/cluster_summary.json",
+    params:
+        embed_dir=lambda wc: f"{RES}/{wc.ds}/pseudo/embed",
+        masks_dir=lambda wc: f"{RES}/{wc.ds}/maskcut",
+        shard_size=config["features"]["shard_size"],
+        k=config["clustering"]["k"],
+        iterations=config["clustering"]["iterations"],
+        seed=config["clustering"]["seed"],
+        chunk_size=config["clustering"]["chunk_size"],
+        device=config["features"]["device"],
+    threads: 2
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=240,
+    log:
+        f"{RES}/logs/{{ds}}/pseudo/cluster_instances.log",
+    benchmark:
+        f"{RES}/benchmarks/{{ds}}/pseudo/cluster_instances.tsv"
+    shell:
+        "{U2SEG} cluster-instances --manifest {input.manifest:q} --shard-size {params.shard_size:q}"
+        " --embed-dir {params.embed_dir:q} --masks-dir {params.masks_dir:q} --k {params.k:q}"
+        " --iterations {params.iterations:q} --seed {params.seed:q} --chunk-size {params.chunk_size:q}"
+        " --device {params.device:q} --threads {threads} --out-instances {output.instances:q}"
+        " --out-centroids {output.centroids:q} --summary {output.summary:q} > {log:q} 2>&1"
+
+
+rule cluster_stuff:
+    input:
+        manifest=f"{RES}/{{ds}}/manifest.json",
+        features=per_shard(f"{RES}/{{ds}}/features/shard_{{shard}}.zarr"),
+    output:
+        model=f"{_PSEUDO}/stuff_model.npz",
+        maps=directory(f"{_PSEUDO}/stuff"),
+        summary=f"{_PSEUDO}/stuff_summary.json",
+    params:
+        features_dir=lambda wc: f"{RES}/{wc.ds}/features",
+        shard_size=config["features"]["shard_size"],
+        k=config["stuff"]["k"],
+        sample_patches=config["stuff"]["sample_patches"],
+        iterations=config["stuff"]["iterations"],
+        seed=config["stuff"]["seed"],
+        chunk_size=config["clustering"]["chunk_size"],
+        crf="--crf" if config["stuff"]["crf"]["enabled"] else "",
+        crf_gsxy=config["stuff"]["crf"]["gaussian_sxy"],
+        crf_gcompat=config["stuff"]["crf"]["gaussian_compat"],
+        crf_bsxy=config["stuff"]["crf"]["bilateral_sxy"],
+        crf_bsrgb=config["stuff"]["crf"]["bilateral_srgb"],
+        crf_bcompat=config["stuff"]["crf"]["bilateral_compat"],
+        crf_iters=config["stuff"]["crf"]["iterations"],
+        crf_alpha=config["stuff"]["crf"]["alpha"],
+        device=config["features"]["device"],
+    threads: 2
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=240,
+    log:
+        f"{RES}/logs/{{ds}}/pseudo/cluster_stuff.log",
+    benchmark:
+        f"{RES}/benchmarks/{{ds}}/pseudo/cluster_stuff.tsv"
+    shell:
+        "{U2SEG} cluster-stuff --manifest {input.manifest:q} --shard-size {params.shard_size:q}"
+        " --features-dir {params.features_dir:q} --k {params.k:q} --sample-patches {params.sample_patches:q}"
+        " --iterations {params.iterations:q} --seed {params.seed:q} --chunk-size {params.chunk_size:q}"
+        " {params.crf} --crf-gaussian-sxy {params.crf_gsxy:q} --crf-gaussian-compat {params.crf_gcompat:q}"
+        " --crf-bilateral-sxy {params.crf_bsxy:q} --crf-bilateral-srgb {params.crf_bsrgb:q}"
+        " --crf-bilateral-compat {params.crf_bcompat:q} --crf-iterations {params.crf_iters:q}"
+        " --crf-alpha {params.crf_alpha:q} --device {params.device:q} --threads {threads}"
+        " --out-model {output.model:q} --out-maps {output.maps:q} --summary {output.summary:q} > {log:q} 2>&1"
+
+
+rule merge_panoptic:
+    input:
+        manifest=f"{RES}/{{ds}}/manifest.json",
+        instances=f"{_PSEUDO}/instances.json",
+        stuff=f"{_PSEUDO}/stuff",
+        cluster_summary=f"{_PSEUDO}/cluster_summary.json",
+        stuff_summary=f"{_PSEUDO}/stuff_summary.json",
+    output:
+        json=f"{_PSEUDO}/panoptic.json",
+        panoptic=directory(f"{_PSEUDO}/panoptic"),
+        semantic=directory(f"{_PSEUDO}/semantic"),
+        gallery=directory(f"{_PSEUDO}/gallery"),
+        summary=f"{_PSEUDO}/summary.json",
+    params:
+        k=config["clustering"]["k"],
+        num_stuff=config["stuff"]["k"],
+        max_thing_overlap=config["panoptic"]["max_thing_overlap"],
+        gallery_size=config["panoptic"]["gallery_size"],
+    threads: 1
+    resources:
+        mem_mb=mem_mb(3000),
+        runtime=240,
+    log:
+        f"{RES}/logs/{{ds}}/pseudo/merge_panoptic.log",
+    benchmark:
+        f"{RES}/benchmarks/{{ds}}/pseudo/merge_panoptic.tsv"
+    shell:
+        "{U2SEG} merge-panoptic --manifest {input.manifest:q} --instances {input.instances:q}"
+        " --stuff-dir {input.stuff:q} --k {params.k:q} --num-stuff {params.num_stuff:q}"
+        " --max-thing-overlap {params.max_thing_overlap:q} --gallery-size {params.gallery_size:q}"
+        " --cluster-summary {input.cluster_summary:q} --stuff-summary {input.stuff_summary:q}"
+        " --out-json {output.json:q} --out-panoptic {output.panoptic:q} --out-semantic {output.semantic:q}"
+        " --gallery {output.gallery:q} --summary {output.summary:q} > {log:q} 2>&1"
+
+
+# Format check of the pseudo-labels (fails the run on any inconsistency).
+rule validate_pseudo:
+    input:
+        json=f"{_PSEUDO}/panoptic.json",
+        panoptic=f"{_PSEUDO}/panoptic",
+        semantic=f"{_PSEUDO}/semantic",
+        instances=f"{_PSEUDO}/instances.json",
+    output:
+        f"{_PSEUDO}/validation.json",
+    params:
+        k=config["clustering"]["k"],
+    threads: 1
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=60,
+    log:
+        f"{RES}/logs/{{ds}}/pseudo/validate.log",
+    benchmark:
+        f"{RES}/benchmarks/{{ds}}/pseudo/validate.tsv"
+    shell:
+        "{U2SEG} validate-panoptic --panoptic-json {input.json:q} --panoptic-dir {input.panoptic:q}"
+        " --semantic-dir {input.semantic:q} --instances {input.instances:q} --num-things {params.k:q}"
+        " --report {output:q} > {log:q} 2>&1"
+
+
+# Target: the pseudo-labels of the configured dataset (paths in docs/architecture.md).
+rule pseudo_labels:
+    input:
+        expand(
+            [
+                "{p}/instances.json",
+                "{p}/centroids.npy",
+                "{p}/panoptic.json",
+                "{p}/panoptic",
+                "{p}/semantic",
+                "{p}/stuff",
+                "{p}/gallery",
+                "{p}/summary.json",
+                "{p}/validation.json",
+            ],
+            p=f"{RES}/{DS}/pseudo",
+        ),
