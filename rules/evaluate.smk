@@ -42,6 +42,11 @@ def coco_ready_input(wildcards):
 
 
 # Make sure coco_root holds {split}2017/ + annotations (downloads what is missing; never deletes).
+# A local rule: on a cluster the download runs where Snakemake runs (compute nodes are often offline).
+localrules:
+    coco_ready,
+
+
 rule coco_ready:
     output:
         f"{RES}/coco/{{split}}_ready.json",

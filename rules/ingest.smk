@@ -2,6 +2,9 @@
 
 
 checkpoint ingest:
+    input:
+        # COCO datasets: the root holds the split (downloaded first when absent; rules/evaluate.smk)
+        lambda wc: coco_ready_input(wc),
     output:
         manifest=f"{RES}/{{ds}}/manifest.json",
         skipped=f"{RES}/{{ds}}/skipped.json",
