@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -53,17 +54,22 @@ def open_shard(path: str | Path) -> zarr.Group:
 
 
 @torch.inference_mode()
-def extract(backbone: Backbone, images: list[np.ndarray], size: int,
-            batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Dense (n, C, h, w) float16 and global (n, D) float32 features of RGB images (pure)."""
+def forward_batch(backbone: Backbone, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Dense (B, C, h, w) float16 and global (B, D) float32 features of a preprocessed batch."""
     device = next(backbone.parameters()).device
-    dense_out, glob_out = [], []
-    for start in range(0, len(images), batch_size):
-        x = backbone.preprocess(images[start:start + batch_size], size).to(device)
-        dense, glob = backbone(x)
-        dense_out.append(dense.float().cpu().numpy().astype(np.float16))
-        glob_out.append(glob.float().cpu().numpy().astype(np.float32))
-    return np.concatenate(dense_out), np.concatenate(glob_out)
+    dense, glob = backbone(x.to(device))
+    return dense.float().cpu().numpy().astype(np.float16), glob.float().cpu().numpy().astype(np.float32)
+
+
+def _load_batch(manifest: dict[str, Any], batch_meta: list[dict[str, Any]], backbone: Backbone,
+                size: int) -> torch.Tensor:
+    """Decode and preprocess one batch of manifest images (runs in the prefetch thread)."""
+    rgb = [load_rgb(image_path(manifest, im)) for im in batch_meta]
+    for im, arr in zip(batch_meta, rgb):
+        if arr.shape[:2] != (im["height"], im["width"]):
+            raise UserError(f"{im['file_name']}: size changed since ingestion "
+                            f"({arr.shape[1]}x{arr.shape[0]} vs {im['width']}x{im['height']}); rerun ingest")
+    return backbone.preprocess(rgb, size)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,17 +95,18 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     dense_parts, glob_parts = [], []
     bar = tqdm(total=len(images_meta), desc=f"features shard {args.shard + 1}/{total}", unit="img")
-    for start in range(0, len(images_meta), args.batch_size):
-        batch_meta = images_meta[start:start + args.batch_size]
-        rgb = [load_rgb(image_path(manifest, im)) for im in batch_meta]
-        for im, arr in zip(batch_meta, rgb):
-            if arr.shape[:2] != (im["height"], im["width"]):
-                raise UserError(f"{im['file_name']}: size changed since ingestion "
-                                f"({arr.shape[1]}x{arr.shape[0]} vs {im['width']}x{im['height']}); rerun ingest")
-        dense, glob = extract(backbone, rgb, args.input_size, args.batch_size)
-        dense_parts.append(dense)
-        glob_parts.append(glob)
-        bar.update(len(batch_meta))
+    batches = [images_meta[i:i + args.batch_size] for i in range(0, len(images_meta), args.batch_size)]
+    # Decoding + resizing of batch i + 1 overlaps the forward of batch i (PIL and torch release the GIL).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(_load_batch, manifest, batches[0], backbone, args.input_size)
+        for i, batch_meta in enumerate(batches):
+            x = pending.result()
+            if i + 1 < len(batches):
+                pending = pool.submit(_load_batch, manifest, batches[i + 1], backbone, args.input_size)
+            dense, glob = forward_batch(backbone, x)
+            dense_parts.append(dense)
+            glob_parts.append(glob)
+            bar.update(len(batch_meta))
     bar.close()
     attrs = {
         "backbone": backbone.name,
