@@ -49,7 +49,8 @@ def _perturbed(gt, seed=0):
 
 
 def _reference(gt, dets, iou_type):
-    """Plain pycocotools, categories collapsed by hand."""
+    """Plain pycocotools, categories collapsed by hand; mask AP gets detections without their box (as
+    detectron2's evaluator passes them) so that instances are sized by their mask area."""
     g = copy.deepcopy(gt)
     for a in g["annotations"]:
         a["category_id"] = 1
@@ -58,7 +59,9 @@ def _reference(gt, dets, iou_type):
         coco = COCO()
         coco.dataset = g
         coco.createIndex()
-        res = coco.loadRes([dict(d, category_id=1) for d in copy.deepcopy(dets)])
+        drop = "segmentation" if iou_type == "bbox" else "bbox"
+        res = coco.loadRes([{k: v for k, v in dict(d, category_id=1).items() if k != drop}
+                            for d in copy.deepcopy(dets)])
         ev = COCOeval(coco, res, iou_type)
         ev.evaluate()
         ev.accumulate()

@@ -16,6 +16,8 @@ def test_evaluate_maskcut_and_coco_ready_rules(tmp_path):
     images = sorted(json.loads(ann_path.read_text())["images"], key=lambda im: im["id"])[:4]
     work = tmp_path / "work dir"
     res = work / "results"
+    # the download step first (the ingest checkpoint depends on it), then a hand-made 4-image manifest
+    run_snakemake(work, [str(res / "coco" / "val_ready.json")], config={"coco_root": str(coco), "results": str(res)})
     manifest = {"dataset": {"kind": "coco", "split": "val", "limit": 4}, "root": str(coco / "val2017"),
                 "images": [{k: im[k] for k in ("id", "file_name", "width", "height")} for im in images],
                 "annotations": str(ann_path.resolve()), "panoptic": None}

@@ -37,6 +37,7 @@ import numpy as np
 
 from u2seg.atomic import atomic_path, write_json, write_text
 from u2seg.errors import UserError
+from u2seg.jsonio import load_json
 
 log = logging.getLogger(__name__)
 
@@ -214,14 +215,6 @@ def thumbnails(pngs: Sequence[Path], max_width: int = 560) -> str:
     figs = [f"<figure><img src='{_jpeg_data_uri(p, max_width)}' alt='{esc(p.stem)}'>"
             f"<figcaption>{esc(p.name)}</figcaption></figure>" for p in pngs]
     return "<div class='grid'>" + "".join(figs) + "</div>"
-
-
-def load_json(path: str | Path) -> Any:
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from exc
 
 
 def copy_gallery(src: Path | None, dst: Path) -> list[Path]:

@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from PIL import Image
 
 from u2seg.coco_format import decode_mask, rgb2id
 from u2seg.errors import UserError
+from u2seg.jsonio import load_json
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +76,6 @@ class PanopticGT:
         """Human-readable name of the GT kind (written into metrics.json / .md)."""
         return ("COCO panoptic GT" if self.kind == "coco_panoptic"
                 else "things-only GT (rasterised COCO instances; unlabelled pixels VOID)")
-
-
-def load_json(path: str | Path) -> Any:
-    """Read a JSON file with a clear error when it is missing or malformed."""
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except FileNotFoundError as exc:
-        raise UserError(f"file not found: {path}") from exc
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from exc
 
 
 def load_instances(path: str | Path, image_ids: Iterable[int]) -> dict[str, Any]:

@@ -96,7 +96,11 @@ def coco_eval(gt: dict[str, Any], dets: list[dict[str, Any]], iou_type: str,
     for i, ann in enumerate(gt["annotations"], start=1):
         ann.setdefault("id", i)
     coco_gt = _coco(gt)
-    usable = [d for d in dets if (iou_type == "bbox" and "bbox" in d) or (iou_type == "segm" and "segmentation" in d)]
+    # One geometry field per IoU type: loadRes derives each detection's area (the small / medium / large
+    # ranges) from the bbox when one is present, so mask AP would size instances by their boxes.
+    drop = "segmentation" if iou_type == "bbox" else "bbox"
+    usable = [{k: v for k, v in d.items() if k != drop} for d in dets
+              if (iou_type == "bbox" and "bbox" in d) or (iou_type == "segm" and "segmentation" in d)]
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         if usable:

@@ -7,14 +7,9 @@ k-th mask of an image 1 / k instead.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 from typing import Any
 
-import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
 
@@ -44,37 +39,20 @@ def masks_to_detections(masks: dict[str, Any], score: str = "one") -> list[dict[
     return out
 
 
-def _coco(data: dict[str, Any]) -> COCO:
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
-
-
 def class_agnostic_ap(gt: dict[str, Any], masks: dict[str, Any], score: str = "one",
                       iou_types: tuple[str, ...] = ("bbox", "segm")) -> dict[str, dict[str, float]]:
     """Box and mask AP/AP50/AP75/AR of ``masks`` against ``gt`` on the images of ``masks`` (in %)."""
+    from u2seg.evaluation.instance import coco_eval
+
     image_ids = {im["id"] for im in masks["images"]}
     missing = image_ids - {im["id"] for im in gt["images"]}
     if missing:
         raise ValueError(f"{len(missing)} MaskCut images are not in the ground truth (e.g. {sorted(missing)[:3]})")
-    coco_gt = _coco(class_agnostic_gt(gt, image_ids))
+    cgt = class_agnostic_gt(gt, image_ids)
     dets = masks_to_detections(masks, score)
     results: dict[str, dict[str, float]] = {}
     for iou_type in iou_types:
-        if not dets:
-            results[iou_type] = {m: 0.0 for m in METRICS}
-            continue
-        with contextlib.redirect_stdout(io.StringIO()):
-            # one field per IoU type, so that loadRes derives area (for the size ranges) from it
-            drop = "segmentation" if iou_type == "bbox" else "bbox"
-            coco_dt = coco_gt.loadRes([{k: v for k, v in d.items() if k != drop} for d in copy.deepcopy(dets)])
-            ev = COCOeval(coco_gt, coco_dt, iou_type)
-            ev.params.imgIds = sorted(image_ids)
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-        stats = np.maximum(ev.stats, 0.0)  # -1 (no GT in an area range) -> 0
-        results[iou_type] = {m: round(float(v) * 100, 2) for m, v in zip(METRICS, stats)}
+        stats = coco_eval(cgt, dets, iou_type)
+        # None (no GT in an area range) -> 0
+        results[iou_type] = {m: round(stats[m] or 0.0, 2) for m in METRICS}
     return results

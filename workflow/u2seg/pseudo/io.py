@@ -1,7 +1,6 @@
 """Shared I/O of the pseudo-label CLIs: shard lists, MaskCut fragments, feature shards, PNG folders."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -10,6 +9,7 @@ import torch
 from PIL import Image
 
 from u2seg.errors import UserError
+from u2seg.jsonio import load_json
 from u2seg.features import open_shard
 from u2seg.manifest import image_stem, load_manifest, num_shards, shard_images
 
@@ -34,17 +34,6 @@ def shard_files(manifest: dict[str, Any], shard_size: int, folder: Path, suffix:
     if missing:
         raise UserError(f"{len(missing)} shard file(s) missing, e.g. {missing[0]}")
     return paths
-
-
-def load_json(path: Path) -> Any:
-    """Read a json file with a clear error when missing or malformed."""
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except FileNotFoundError as exc:
-        raise UserError(f"file not found: {path}") from exc
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid json ({exc})") from exc
 
 
 def shard_annotations(masks: dict[str, Any], images: list[dict[str, Any]],
