@@ -64,13 +64,26 @@ def test_converges_early_and_labels_are_nearest():
 
 def test_empty_clusters_are_reseeded_never_nan():
     x = blobs(n=500)
-    init = np.repeat(x[:1], 5, axis=0)  # 5 identical centroids -> 4 empty after the first pass
+    # one centroid on the data, four far away from every row: exactly 4 empty after the first pass
+    far = 1000.0 + 10.0 * np.arange(1, 5, dtype=np.float32)[:, None] * np.ones((1, x.shape[1]), np.float32)
+    init = np.concatenate([x[:1], far])
     res = kmeans(ArraySource(x, 128), 5, 10, init=init, progress=False)
-    assert res.reseeded >= 4
+    assert res.history[0]["reseeded"] == 4 and res.reseeded >= 4
     assert np.isfinite(res.centroids).all()
     assert len({tuple(r) for r in res.centroids}) == 5
     sizes = np.bincount(predict(x, res.centroids), minlength=5)
     assert (sizes > 0).all()
+
+
+def test_identical_initial_centroids_end_distinct_and_finite():
+    # 5 identical centroids: the float32 GEMM may break the ties in any order, but every cluster
+    # that ends up empty is re-seeded, so all 5 end distinct, finite and non-empty
+    x = blobs(n=500)
+    res = kmeans(ArraySource(x, 128), 5, 10, init=np.repeat(x[:1], 5, axis=0), progress=False)
+    assert res.reseeded >= 1 and res.unresolved_empty == 0
+    assert np.isfinite(res.centroids).all()
+    assert len({tuple(r) for r in res.centroids}) == 5
+    assert (np.bincount(predict(x, res.centroids), minlength=5) > 0).all()
 
 
 def test_duplicate_rows_cannot_fill_all_clusters_reported_not_nan():

@@ -39,7 +39,7 @@ def odd_run(tmp_path_factory) -> Run:
     helpers.make_odd_images(images_dir)
     workdir = base / "work"
     results = base / INJECT_RESULTS
-    target = helpers.furthest_target()
+    target = "pseudo_labels"
     cfg = dict(helpers.SMALL, dataset="images", images_dir=str(images_dir), results=str(results),
                weights=INJECT_WEIGHTS, ingest={"max_skipped_fraction": 0.5},
                features=dict(helpers.SMALL["features"], shard_size=16))
@@ -53,21 +53,20 @@ def _clean_run(tmp_path_factory, name: str, target: str) -> Run:
     return Run(workdir, workdir / "results", "samples", target, proc)
 
 
-def main_target() -> str:
-    """What the reference and the interrupted run build: training when it exists, else pseudo-labels."""
-    return "train" if helpers.train_available() else helpers.furthest_target()
+# What the reference and the interrupted run build.
+MAIN_TARGET = "train"
 
 
 @pytest.fixture(scope="session")
 def clean_run_a(tmp_path_factory) -> Run:
-    """A clean run on the sample photos (SMALL config) up to training (or the furthest stage there is)."""
-    return _clean_run(tmp_path_factory, "clean_a", main_target())
+    """A clean run on the sample photos (SMALL config) up to training."""
+    return _clean_run(tmp_path_factory, "clean_a", MAIN_TARGET)
 
 
 @pytest.fixture(scope="session")
 def clean_run_b(tmp_path_factory) -> Run:
     """A second, independent clean run with the same config, up to the pseudo-labels."""
-    return _clean_run(tmp_path_factory, "clean_b", helpers.furthest_target())
+    return _clean_run(tmp_path_factory, "clean_b", "pseudo_labels")
 
 
 @dataclass
@@ -75,7 +74,7 @@ class Interrupted:
     run: Run
     features_kill: dict  # what the tree looked like right after the SIGKILL during feature extraction
     locked_rerun: subprocess.CompletedProcess  # a rerun before `--unlock`
-    train_kill: dict | None  # right after the SIGKILL during training (None: no train rules yet)
+    train_kill: dict  # right after the SIGKILL during training
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +86,7 @@ def interrupted_run(tmp_path_factory) -> Interrupted:
     """
     workdir = tmp_path_factory.mktemp("interrupted")
     cfg = dict(helpers.SMALL, dataset="samples")
-    target = main_target()
+    target = MAIN_TARGET
     res = workdir / "results"
     feats = res / "samples" / "features"
     flogs = res / "logs" / "samples" / "features"
@@ -114,17 +113,15 @@ def interrupted_run(tmp_path_factory) -> Interrupted:
     locked = helpers.run(workdir, [target], cfg, check=False)
     helpers.run(workdir, [target], cfg, extra=["--unlock"])
 
-    train_kill = None
-    if helpers.train_available():
-        work = res / "samples" / "train" / "r1" / "work"
-        out2, _ = helpers.run_and_kill(workdir, [target], cfg, when=lambda: (work / "last_checkpoint").is_file())
-        train_kill = {
-            "output": out2,
-            "work": sorted(p.name for p in work.iterdir()),
-            "pointer": (work / "last_checkpoint").read_text().strip(),
-            "final_exists": (res / "samples" / "train" / "r1" / "model_final.pth").exists(),
-        }
-        helpers.run(workdir, [target], cfg, extra=["--unlock"])
+    work = res / "samples" / "train" / "r1" / "work"
+    out2, _ = helpers.run_and_kill(workdir, [target], cfg, when=lambda: (work / "last_checkpoint").is_file())
+    train_kill = {
+        "output": out2,
+        "work": sorted(p.name for p in work.iterdir()),
+        "pointer": (work / "last_checkpoint").read_text().strip(),
+        "final_exists": (res / "samples" / "train" / "r1" / "model_final.pth").exists(),
+    }
+    helpers.run(workdir, [target], cfg, extra=["--unlock"])
 
     proc = helpers.run(workdir, [target], cfg)
     return Interrupted(Run(workdir, res, "samples", target, proc), features_kill, locked, train_kill)

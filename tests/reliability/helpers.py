@@ -36,24 +36,6 @@ SMALL = {
 }
 
 
-def has_rules(*names: str) -> bool:
-    """Whether every ``rules/<name>.smk`` is in the tree (stages land one by one)."""
-    return all((REPO / "rules" / f"{n}.smk").is_file() for n in names)
-
-
-def pseudo_available() -> bool:
-    return has_rules("maskcut", "pseudo_labels")
-
-
-def train_available() -> bool:
-    return pseudo_available() and has_rules("train")
-
-
-def furthest_target() -> str:
-    """The furthest pipeline target whose rules exist now."""
-    return "pseudo_labels" if pseudo_available() else "extract_features"
-
-
 def snakemake_cmd(workdir: Path, targets: list[str], config: dict[str, Any],
                   extra: list[str] | None = None) -> list[str]:
     """The command running the repo's Snakefile in ``workdir`` with ``config`` as one YAML config file.

@@ -54,8 +54,6 @@ def test_features_cover_exactly_the_ingested_images(odd_run):
     assert np.isfinite(dense).all() and np.isfinite(g["global"][:]).all()
 
 
-@pytest.mark.skipif(not helpers.pseudo_available(),
-                    reason="rules/maskcut.smk not in the tree yet: the odd images run stops at extract_features")
 def test_pseudo_labels_cover_the_ingested_images(odd_run):
     manifest = json.loads((odd_run.out / "manifest.json").read_text())
     panoptic = json.loads((odd_run.out / "pseudo" / "panoptic.json").read_text())

@@ -24,7 +24,6 @@ def test_features_are_identical(clean_run_a, clean_run_b):
     assert ma["images"] == mb["images"]
 
 
-@pytest.mark.skipif(not helpers.pseudo_available(), reason="rules/maskcut.smk or rules/pseudo_labels.smk not in the tree yet")
 def test_pseudo_labels_are_byte_identical(clean_run_a, clean_run_b):
     for sub in ("maskcut", "pseudo"):
         diffs, timing_only = helpers.compare_trees(clean_run_a.out / sub, clean_run_b.out / sub)

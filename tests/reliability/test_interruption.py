@@ -52,7 +52,6 @@ def test_killed_shard_is_recomputed(interrupted_run, clean_run_a):
     assert diffs == []
 
 
-@pytest.mark.skipif(not helpers.pseudo_available(), reason="rules/maskcut.smk or rules/pseudo_labels.smk not in the tree yet")
 def test_interrupted_run_gives_the_same_pseudo_labels(interrupted_run, clean_run_a):
     for sub in ("maskcut", "pseudo"):
         diffs, _ = helpers.compare_trees(clean_run_a.out / sub, interrupted_run.run.out / sub)
@@ -61,7 +60,6 @@ def test_interrupted_run_gives_the_same_pseudo_labels(interrupted_run, clean_run
         assert (clean_run_a.out / rel).read_bytes() == (interrupted_run.run.out / rel).read_bytes()
 
 
-@pytest.mark.skipif(not helpers.train_available(), reason="rules/train.smk not in the tree yet")
 def test_training_resumes_from_its_last_checkpoint(interrupted_run, clean_run_a):
     state = interrupted_run.train_kill
     assert state is not None and not state["final_exists"]  # killed before the end

@@ -5,7 +5,8 @@ Memory is bounded by the centroids (k x d), the per-cluster sums (k x d, float64
 
 * init: k distinct rows drawn with ``numpy.random.default_rng(seed)`` (one streaming pass);
 * assignment: nearest centroid by squared Euclidean distance ``||x||^2 - 2 x.c + ||c||^2``
-  (float32 GEMM; ties go to the lower cluster index);
+  (float32 GEMM; equal distances go to the lower cluster index, but the GEMM may round the
+  distances to identical centroids differently in the last bit);
 * update: mean of the members, accumulated chunk by chunk (exact Lloyd, not mini-batch);
 * acceleration (``accelerate=True``, default): Hamerly's bounds, used once few labels change per
   iteration (full passes before that, and again whenever the bounds stop pruning). Each row keeps its label, an upper
