@@ -126,6 +126,8 @@ def test_threshold_in_row_blocks_and_with_zero_features():
     feats[:, :, 5:20] = 0.0
     for tau in (0.0, 0.3):
         want = (cosine_similarity(feats) > tau).numpy()
-        np.testing.assert_array_equal(similarity_above(feats, tau, block_rows=7).numpy(), want)
+        blocks = similarity_above(feats, tau, block_rows=7)
+        np.testing.assert_array_equal(blocks.numpy(), want)
+        assert torch.equal(blocks, blocks.transpose(-1, -2))  # upper half computed, lower mirrored
         np.testing.assert_array_equal(similarity_above(feats, tau).numpy(), want)
     assert not similarity_above(feats, 0.0)[0, 5:20].any()  # cosine 0 with a zero patch is not > 0

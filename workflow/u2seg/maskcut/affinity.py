@@ -38,12 +38,14 @@ def cosine_similarity(feats: torch.Tensor) -> torch.Tensor:
     return f.transpose(-1, -2) @ f
 
 
-def similarity_above(feats: torch.Tensor, tau: float, block_rows: int = 1024) -> torch.Tensor:
+def similarity_above(feats: torch.Tensor, tau: float, block_rows: int = 512) -> torch.Tensor:
     """(B, C, n) features -> (B, n, n) bool ``cos(f_i, f_j) > tau``, as decided in float64.
 
     float32 product first; the error of a float32 dot product of two unit vectors of length C is at
     most about C * u32 (u32 = 2^-24), so pairs within 2 C u32 + 1e-6 of tau are recomputed in float64.
     Works on blocks of ``block_rows`` rows, so temporaries stay small even when many pairs are near tau.
+    S is symmetric: each row block is computed from its diagonal onwards and mirrored below it, which
+    halves the product (the float64 recomputation is symmetric too, so the result is exactly symmetric).
     """
     f64 = normalize_columns(feats.to(torch.float64))
     f32 = f64.to(torch.float32)
@@ -54,13 +56,15 @@ def similarity_above(feats: torch.Tensor, tau: float, block_rows: int = 1024) ->
     above = torch.empty(bsz, n, n, dtype=torch.bool, device=feats.device)
     for b in range(bsz):
         for r0 in range(0, n, block_rows):
-            s32 = rows32[b, r0:r0 + block_rows] @ f32[b]  # (rows, n)
+            r1 = min(r0 + block_rows, n)
+            s32 = rows32[b, r0:r1] @ f32[b, :, r0:]  # (rows, n - r0): columns from the diagonal on
             blk = s32 > tau
             near = ((s32 - tau).abs_() <= margin).nonzero()
             for start in range(0, len(near), _REFINE_CHUNK):
                 i, j = near[start:start + _REFINE_CHUNK].unbind(1)
-                blk[i, j] = (rows64[b, r0 + i] * rows64[b, j]).sum(-1) > tau
-            above[b, r0:r0 + block_rows] = blk
+                blk[i, j] = (rows64[b, r0 + i] * rows64[b, r0 + j]).sum(-1) > tau
+            above[b, r0:r1, r0:] = blk
+            above[b, r1:, r0:r1] = blk[:, r1 - r0:].T
     return above
 
 
