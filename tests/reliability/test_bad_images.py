@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from tests.reliability import helpers
 from tests.reliability.helpers import ODD_IMAGES, expected_split
