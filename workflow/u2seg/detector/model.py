@@ -185,8 +185,7 @@ def read_backbone_weights(name: str, weights: str) -> dict[str, Tensor]:
 class TimmBackbone(nn.Module):
     """timm ``features_only`` network returning the stride 4, 8, 16, 32 maps."""
 
-    def __init__(self, name: str, norm: str = "frozen_bn", weights: str | None = None,
-                 warn_random: bool = True):
+    def __init__(self, name: str, norm: str = "frozen_bn", weights: str | None = None):
         super().__init__()
         import timm
 
@@ -199,8 +198,6 @@ class TimmBackbone(nn.Module):
         self.channels = list(self.body.feature_info.channels())
         if weights:
             self.load_pretrained(name, weights)
-        elif warn_random:  # not when a checkpoint's weights are loaded over it right after
-            log.warning("detector backbone %s starts from random weights", name)
         if norm == "frozen_bn":
             from timm.layers import freeze_batch_norm_2d
 
@@ -530,8 +527,9 @@ class PanopticCascadeRCNN(nn.Module):
     def __init__(self, cfg: ModelConfig, load_pretrained: bool = True):
         super().__init__()
         self.cfg = cfg
-        self.backbone = TimmBackbone(cfg.backbone, cfg.norm, cfg.backbone_weights if load_pretrained else None,
-                                     warn_random=load_pretrained)
+        if load_pretrained and not cfg.backbone_weights:  # (without load_pretrained a checkpoint follows)
+            log.warning("detector backbone %s starts from random weights", cfg.backbone)
+        self.backbone = TimmBackbone(cfg.backbone, cfg.norm, cfg.backbone_weights if load_pretrained else None)
         fpn_norm = {"none": None, "bn": nn.BatchNorm2d, "frozen_bn": FrozenBatchNorm2d}[cfg.fpn_norm]
         c = cfg.fpn_channels
         self.fpn = FeaturePyramidNetwork(self.backbone.channels, c, extra_blocks=LastLevelMaxPool(),
