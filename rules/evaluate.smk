@@ -36,7 +36,7 @@ _PROTOCOL_SHELL = (
 def coco_ready_input(wildcards):
     """For coco-* datasets: the marker of `coco_ready` (the COCO root holds the split, downloaded if
     needed). Meant as an input of the `ingest` checkpoint."""
-    if wildcards.ds.startswith("coco-"):
+    if wildcards.ds in (COCO_TRAIN, COCO_VAL):
         return [f"{RES}/coco/{wildcards.ds.split('-', 1)[1]}_ready.json"]
     return []
 
@@ -83,6 +83,7 @@ rule evaluate:
         model=r"(?!maskcut$|pseudo$)[^/]+",
     params:
         predictions=lambda wc: f"{RES}/{wc.ds}/predict/{wc.model}",
+        extra=lambda wc: " ".join(f"--protocol {shlex.quote(p)}" for p in dataset_protocols(wc.ds)),
         **_protocol_flags(),
     threads: 2
     resources:
@@ -94,7 +95,7 @@ rule evaluate:
         f"{RES}/benchmarks/eval/{{ds}}/{{model}}.tsv"
     shell:
         "{U2SEG} evaluate --manifest {input.manifest:q} --predictions {params.predictions:q}"
-        " --dataset {wildcards.ds:q} --model {wildcards.model:q}" + _PROTOCOL_SHELL +
+        " --dataset {wildcards.ds:q} --model {wildcards.model:q}" + _PROTOCOL_SHELL + " {params.extra}"
         " --workers {threads} --out-json {output.json:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
@@ -134,6 +135,7 @@ rule evaluate_pseudo:
     params:
         panoptic_dir=lambda wc: f"{RES}/{wc.ds}/pseudo/panoptic",
         semantic_dir=lambda wc: f"{RES}/{wc.ds}/pseudo/semantic",
+        extra=lambda wc: " ".join(f"--protocol {shlex.quote(p)}" for p in dataset_protocols(wc.ds)),
         **_protocol_flags(),
     threads: 2
     resources:
@@ -147,6 +149,7 @@ rule evaluate_pseudo:
         "{U2SEG} evaluate --manifest {input.manifest:q} --instances {input.instances:q}"
         " --panoptic-json {input.panoptic:q} --panoptic-dir {params.panoptic_dir:q}"
         " --semantic-dir {params.semantic_dir:q} --dataset {wildcards.ds:q} --model pseudo" + _PROTOCOL_SHELL +
+        " {params.extra}"
         " --workers {threads} --out-json {output.json:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 

@@ -18,9 +18,10 @@ _CAT_EVAL = "6. Evaluation"
 
 
 def has_ground_truth(ds):
-    """Whether dataset ``ds`` has COCO instance annotations (read from its ingest manifest)."""
+    """Whether dataset ``ds`` has COCO instance or panoptic annotations (read from its ingest manifest)."""
     with open(checkpoints.ingest.get(ds=ds).output.manifest) as fh:
-        return bool(json.load(fh).get("annotations"))
+        manifest = json.load(fh)
+    return bool(manifest.get("annotations") or manifest.get("panoptic"))
 
 
 def evaluated_metrics(ds):

@@ -13,7 +13,7 @@ _SELF = config["train"].get("self_training", {})
 _TRAIN_NOT_FLAGS = {"rounds", "threads", "self_training"}
 # self_training.* keys that override train.* / model.* for rounds >= 2
 _SELF_LABEL_KEYS = {"score_thresholds", "max_per_image", "iou_thresh"}
-_MODEL_FILE = re.compile(r"^(samples|images|coco-train|coco-val)-r([1-9]\d*)$")
+_MODEL_FILE = re.compile(rf"^({DS_PATTERN})-r([1-9]\d*)$")  # DS_PATTERN: every dataset key (common.smk)
 
 
 def _cli_flags(values):

@@ -32,7 +32,7 @@ def _fails_before_any_job(workdir: Path, config: dict, *needles: str) -> str:
 @pytest.mark.parametrize("config,needles", [
     ({"features": dict(helpers.SMALL["features"], input_size=100)}, ["Error validating config", "input_size", "100"]),
     ({"ingest": {"max_skiped_fraction": 0.1}}, ["Error validating config", "max_skiped_fraction"]),
-    ({"dataset": "folder"}, ["Error validating config", "folder"]),
+    ({"split": "folder"}, ["Error validating config", "folder"]),
 ], ids=["invalid-value", "unknown-key", "invalid-enum"])
 def test_schema_errors(tmp_path, config, needles):
     _fails_before_any_job(tmp_path, config, *needles)
@@ -54,9 +54,13 @@ def test_missing_folder_weights_and_unwritable_results_are_all_named(tmp_path):
     ({"dataset": "images", "images_dir": None}, ["dataset=images needs `images_dir`"]),
     ({"dataset": "coco", "split": "val", "coco_root": "COCO", "evaluate": {"download": False}},
      ["coco_root='COCO'", "instances_val2017.json", "val2017/ images folder", "evaluate.download"]),
+    ({"dataset": "folder"}, ["dataset='folder' is not samples, images, coco or a name under `datasets`"]),
+    ({"dataset": "voc", "datasets": {"voc": {"images": "VOC", "panoptic": "p.json"}}},
+     ["datasets.voc.images='VOC' is not an existing folder", "`panoptic_dir`", "datasets.voc.panoptic='p.json'"]),
     ({"results": "/proc/u2seg-results"}, ["results='/proc/u2seg-results'", "cannot be created in /proc"]),
     ({"results": "out/{ds}"}, ["results='out/{ds}'", "may not contain"]),
-], ids=["images-dir-unset", "coco-split-missing", "results-unwritable", "results-braces"])
+], ids=["images-dir-unset", "coco-split-missing", "dataset-unknown", "coco-format-missing", "results-unwritable",
+        "results-braces"])
 def test_environment_errors(tmp_path, config, needles):
     (tmp_path / "COCO" / "annotations").mkdir(parents=True)  # a COCO root without the split
     _fails_before_any_job(tmp_path, config, *needles)

@@ -18,10 +18,13 @@ from tqdm import tqdm
 from u2seg import atomic
 from u2seg.errors import UserError
 from u2seg.images import IMAGE_SUFFIXES, ImageReadError, load_rgb
+from u2seg.jsonio import load_json
 from u2seg.manifest import assign_stems
 
 log = logging.getLogger(__name__)
 
+# Manifest / CLI kind of a COCO-format dataset named in config `datasets` (coco is its special case).
+COCO_FORMAT = "coco-format"
 
 
 def _sample_loaders() -> dict[str, Callable[[], np.ndarray]]:
@@ -71,6 +74,60 @@ def coco_paths(root: Path, split: str) -> dict[str, Path | None]:
     }
 
 
+def _coco_json(path: Path, what: str) -> dict[str, Any]:
+    """A COCO json (instances or panoptic) whose ``images`` entries have an id and a file_name."""
+    data = load_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise UserError(f"{path}: not a COCO {what} json (no `images` list)")
+    for im in data["images"]:
+        if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
+            raise UserError(f"{path}: every entry of `images` needs `id` and `file_name` (got {str(im)[:120]})")
+    return data
+
+
+def coco_format_sources(images_dir: Path, instances: Path | None, panoptic_json: Path | None,
+                        panoptic_dir: Path | None, limit: int | None = None
+                        ) -> tuple[Path, list[str], dict[str, int], str | None, dict[str, str] | None]:
+    """Images and ground truth of a COCO-format dataset.
+
+    Images (and their ids) come from the instances json, else from the panoptic json; sorted by id,
+    the first ``limit`` kept. A panoptic json must annotate every listed image. Returns
+    (images folder, relative paths, {path: id}, instances json or None, {json, png_dir} or None).
+    """
+    if instances is None and panoptic_json is None:
+        raise UserError("a COCO-format dataset needs `instances` (COCO instances json) and/or `panoptic` "
+                        "(COCO panoptic json) + `panoptic_dir`")
+    if (panoptic_json is None) != (panoptic_dir is None):
+        raise UserError("a COCO panoptic ground truth needs both `panoptic` (the json) and `panoptic_dir` "
+                        "(the folder of its PNGs)")
+    if not Path(images_dir).is_dir():
+        raise UserError(f"images folder not found: {images_dir}")
+    for path, key in ((instances, "instances"), (panoptic_json, "panoptic")):
+        if path is not None and not Path(path).is_file():
+            raise UserError(f"{key} json not found: {path}")
+    if panoptic_dir is not None and not Path(panoptic_dir).is_dir():
+        raise UserError(f"panoptic_dir (folder of panoptic PNGs) not found: {panoptic_dir}")
+    pan = _coco_json(Path(panoptic_json), "panoptic") if panoptic_json is not None else None
+    images = (_coco_json(Path(instances), "instances") if instances is not None else pan)["images"]
+    images = sorted(images, key=lambda im: int(im["id"]))
+    if limit:
+        images = images[:limit]
+    if pan is not None:
+        annotated = {int(a["image_id"]) for a in pan.get("annotations", [])}
+        missing = [int(im["id"]) for im in images if int(im["id"]) not in annotated]
+        if missing:
+            raise UserError(f"{panoptic_json}: {len(missing)} images have no panoptic annotation "
+                            f"(e.g. image id {missing[0]})")
+    rel_paths = [str(im["file_name"]) for im in images]
+    ids = {str(im["file_name"]): int(im["id"]) for im in images}
+    if len(ids) != len(images):
+        raise UserError("the COCO json lists the same file_name twice")
+    panoptic = ({"json": str(Path(panoptic_json).resolve()), "png_dir": str(Path(panoptic_dir).resolve())}
+                if panoptic_json is not None else None)
+    return (Path(images_dir), rel_paths, ids, str(Path(instances).resolve()) if instances is not None else None,
+            panoptic)
+
+
 def _probe(root: Path, rel: str, max_side: int, min_side: int) -> tuple[str, tuple[int, int] | str]:
     try:
         arr = load_rgb(root / rel, max_side=max_side, min_side=min_side)
@@ -96,8 +153,14 @@ def probe_images(root: Path, rel_paths: list[str], max_side: int, min_side: int,
 
 def build_manifest(kind: str, root: Path, split: str | None = None, limit: int | None = None,
                    max_side: int = 20000, min_side: int = 8, workers: int = 2,
-                   samples_dir: Path | None = None) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    """Build the manifest and the skipped list for a dataset (pure apart from reading images)."""
+                   samples_dir: Path | None = None, instances: Path | None = None,
+                   panoptic_json: Path | None = None, panoptic_dir: Path | None = None,
+                   name: str | None = None) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Build the manifest and the skipped list for a dataset (pure apart from reading images).
+
+    ``kind`` coco-format: ``root`` is the image folder, ``instances`` and/or ``panoptic_json`` +
+    ``panoptic_dir`` the ground truth (``name`` is recorded in the manifest).
+    """
     dataset: dict[str, Any] = {"kind": kind}
     annotations = None
     panoptic = None
@@ -122,20 +185,16 @@ def build_manifest(kind: str, root: Path, split: str | None = None, limit: int |
                 f"{split}2017/ and annotations/instances_{split}2017.json)")
         if not paths["images"].is_dir():
             raise UserError(f"COCO images folder not found: {paths['images']}")
-        with open(paths["instances"]) as fh:
-            coco_images = sorted(json.load(fh)["images"], key=lambda im: im["id"])
-        if limit:
-            coco_images = coco_images[:limit]
-        rel_paths = [im["file_name"] for im in coco_images]
-        ids = {im["file_name"]: int(im["id"]) for im in coco_images}
+        root, rel_paths, ids, annotations, panoptic = coco_format_sources(
+            paths["images"], paths["instances"], paths["panoptic_json"], paths["panoptic_dir"], limit)
         dataset.update(split=split, limit=limit)
-        annotations = str(paths["instances"].resolve())
-        if paths["panoptic_json"] is not None:
-            panoptic = {"json": str(paths["panoptic_json"].resolve()),
-                        "png_dir": str(paths["panoptic_dir"].resolve())}
-        root = paths["images"]
+    elif kind == COCO_FORMAT:
+        # any image folder + a COCO instances json and/or a COCO panoptic json + PNG folder
+        root, rel_paths, ids, annotations, panoptic = coco_format_sources(
+            root, instances, panoptic_json, panoptic_dir, limit)
+        dataset.update(name=name, limit=limit)
     else:
-        raise UserError(f"unknown dataset kind {kind!r} (samples, images or coco)")
+        raise UserError(f"unknown dataset kind {kind!r} (samples, images, coco or {COCO_FORMAT})")
     root = root.resolve()
     dataset["root"] = str(root)
     sizes, skipped = probe_images(root, rel_paths, max_side, min_side, workers)
@@ -161,10 +220,14 @@ def check_skipped(n_total: int, skipped: list[dict[str, str]], max_fraction: flo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kind", required=True, choices=["samples", "images", "coco"])
-    parser.add_argument("--root", type=Path, help="images folder (images) or COCO root (coco)")
+    parser.add_argument("--kind", required=True, choices=["samples", "images", "coco", COCO_FORMAT])
+    parser.add_argument("--root", type=Path, help="images folder (images, coco-format) or COCO root (coco)")
+    parser.add_argument("--instances", type=Path, help="coco-format: COCO instances json")
+    parser.add_argument("--panoptic-json", type=Path, help="coco-format: COCO panoptic json")
+    parser.add_argument("--panoptic-dir", type=Path, help="coco-format: folder of the panoptic PNGs")
+    parser.add_argument("--name", help="coco-format: the dataset's name in config `datasets`")
     parser.add_argument("--split", choices=["train", "val"], help="COCO split")
-    parser.add_argument("--limit", type=int, default=None, help="first N COCO images by id")
+    parser.add_argument("--limit", type=int, default=None, help="first N COCO (coco-format) images by id")
     parser.add_argument("--samples-dir", type=Path, help="where the sample photos are written")
     parser.add_argument("--max-side", type=int, default=20000)
     parser.add_argument("--min-side", type=int, default=8)
@@ -180,7 +243,8 @@ def run(args: argparse.Namespace) -> int:
     manifest, skipped = build_manifest(
         args.kind, args.root or Path("."), split=args.split, limit=args.limit,
         max_side=args.max_side, min_side=args.min_side, workers=args.workers,
-        samples_dir=args.samples_dir)
+        samples_dir=args.samples_dir, instances=args.instances, panoptic_json=args.panoptic_json,
+        panoptic_dir=args.panoptic_dir, name=args.name)
     n_total = len(manifest["images"]) + len(skipped)
     for s in skipped:
         log.warning("skipped %s: %s", s["file_name"], s["reason"])

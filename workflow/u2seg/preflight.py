@@ -52,6 +52,12 @@ def check_dataset(config: dict[str, Any]) -> list[str]:
     """The configured ``dataset``'s own source exists (images_dir, or the COCO root's split unless
     ``evaluate.download`` lets rule ``coco_ready`` fetch it)."""
     kind = config.get("dataset")
+    named = config.get("datasets") or {}
+    problems = check_dataset_names(config)
+    if problems:
+        return problems
+    if kind in named:
+        return check_coco_format(kind, named[kind])
     if kind == "images":
         images_dir = config.get("images_dir")
         if not images_dir:
@@ -76,6 +82,48 @@ def check_dataset(config: dict[str, Any]) -> list[str]:
                             f"(dataset=coco, split={split}){hint}")
         return problems
     return []
+
+
+BUILTIN_DATASETS = ("samples", "images", "coco")
+COCO_KEYS = ("coco-train", "coco-val")
+
+
+def check_dataset_names(config: dict[str, Any]) -> list[str]:
+    """``dataset`` and the ``zero_shot`` sets name a built-in dataset or an entry of ``datasets``."""
+    named = config.get("datasets") or {}
+    known = ", ".join([*BUILTIN_DATASETS, *named]) or "-"
+    problems = []
+    if config.get("dataset") not in (*BUILTIN_DATASETS, *named):
+        problems.append(f"dataset={config.get('dataset')!r} is not samples, images, coco or a name under "
+                        f"`datasets` (configured: {known}); add it under `datasets` (README: Your own dataset)")
+    zero = config.get("zero_shot") or {}
+    train = zero.get("train")
+    if train is not None and train not in ("samples", "images", *COCO_KEYS, *named):
+        problems.append(f"zero_shot.train={train!r} is not samples, images, coco-train, coco-val or a name under "
+                        "`datasets`")
+    for name in zero.get("eval") or []:
+        if name not in (*COCO_KEYS, *named):
+            problems.append(f"zero_shot.eval: {name!r} is not coco-val, coco-train or a name under `datasets` "
+                            "(evaluation sets need ground truth)")
+    return problems
+
+
+def check_coco_format(name: str, entry: dict[str, Any]) -> list[str]:
+    """The files of COCO-format dataset ``name`` (``datasets.<name>``) exist."""
+    key = f"datasets.{name}"
+    problems = []
+    if not Path(str(entry.get("images"))).expanduser().is_dir():
+        problems.append(f"{key}.images={entry.get('images')!r} is not an existing folder")
+    if not entry.get("instances") and not entry.get("panoptic"):
+        problems.append(f"{key} needs `instances` (COCO instances json) and/or `panoptic` (COCO panoptic json)")
+    if bool(entry.get("panoptic")) != bool(entry.get("panoptic_dir")):
+        problems.append(f"{key}: `panoptic` (json) and `panoptic_dir` (its PNG folder) go together")
+    for field, test, what in (("instances", Path.is_file, "file"), ("panoptic", Path.is_file, "file"),
+                              ("panoptic_dir", Path.is_dir, "folder")):
+        value = entry.get(field)
+        if value and not test(Path(str(value)).expanduser()):
+            problems.append(f"{key}.{field}={value!r} is not an existing {what}")
+    return problems
 
 
 def check_backbone(config: dict[str, Any]) -> list[str]:
