@@ -66,6 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--max-dets", type=int, default=d["max_dets"], help="COCOeval detections per image")
     p.add_argument("--num-stuff", type=int, default=27, help="stuff clusters in the semantic PNGs")
     p.add_argument("--workers", type=int, default=1, help="processes for PQ / semantic passes")
+    p.add_argument("--protocol", action="append", default=[], metavar="NAME",
+                   help="an extra protocol of the dataset (repeatable): " + ", ".join(protocols.EXTRA_PROTOCOLS))
     dl = parser.add_argument_group("COCO download mode")
     dl.add_argument("--download-coco", type=Path, metavar="ROOT",
                     help="make sure this COCO root holds --split (download what is missing), then exit")
@@ -131,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         manifest, args.dataset or str(manifest.get("dataset", {}).get("kind", "")), args.model,
         instances_data=instances_data, panoptic_json=inputs["panoptic_json"], panoptic_dir=inputs["panoptic_dir"],
         semantic_dir=inputs["semantic_dir"], class_agnostic_only=args.class_agnostic_only,
-        num_stuff=args.num_stuff, settings=settings)
+        num_stuff=args.num_stuff, settings=settings, extra_protocols=args.protocol)
     metrics["inputs"] = {k: (str(v) if v is not None else None) for k, v in inputs.items()}
     atomic.write_json(args.out_json, metrics, indent=1)
     md = tables.markdown(metrics)

@@ -29,7 +29,7 @@ import numpy as np
 
 from u2seg.errors import UserError
 from u2seg.evaluation import gt as gtmod
-from u2seg.evaluation import instance, matching, panoptic, semantic
+from u2seg.evaluation import dataset_gt, instance, matching, panoptic, semantic
 from u2seg.manifest import image_stem
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,11 @@ PROTOCOLS = {
                           "(stuff labels x stuff super-categories, pixel overlap); segments of unmatched "
                           "clusters are false positives; GT stuff merged per super-category and image",
 }
+
+
+# Protocols a dataset opts into (config `datasets.<name>.protocols`): name -> function(panoptic GT,
+# panoptic predictions, predicted categories, instance/majority cluster -> class map, workers) -> results.
+EXTRA_PROTOCOLS: dict[str, Any] = {}
 
 
 def default_settings() -> dict[str, Any]:
@@ -126,17 +131,18 @@ def _semantic_sources(images: list[dict[str, Any]], semantic_dir: Path | None,
 def evaluate(manifest: dict[str, Any], dataset: str, model: str, instances_data: Any | None = None,
              panoptic_json: Path | None = None, panoptic_dir: Path | None = None,
              semantic_dir: Path | None = None, class_agnostic_only: bool = False, num_stuff: int = 27,
-             settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run every applicable protocol; returns the metrics dict (see module docstring)."""
+             settings: dict[str, Any] | None = None, extra_protocols: list[str] | None = None) -> dict[str, Any]:
+    """Run every applicable protocol; returns the metrics dict (see module docstring).
+
+    ``extra_protocols``: names in :data:`EXTRA_PROTOCOLS` (e.g. the Cityscapes ones), run after the
+    others on the panoptic prediction; results under ``metrics["protocols"][name]``.
+    """
     settings = {**default_settings(), **(settings or {})}
     images = manifest["images"]
     if not images:
         raise UserError("the manifest has no images to evaluate")
-    if not manifest.get("annotations"):
-        raise UserError("the dataset has no ground truth (manifest `annotations` is null): evaluate needs COCO "
-                        "instance annotations")
     image_ids = [int(im["id"]) for im in images]
-    gt = gtmod.load_instances(manifest["annotations"], image_ids)
+    gt, gt_source = dataset_gt.manifest_instances(manifest, image_ids)  # instances json, or from panoptic GT
     sizes = {int(im["id"]): (int(im["height"]), int(im["width"])) for im in gt["images"]}
     bad = [im["id"] for im in images if sizes[int(im["id"])] != (int(im["height"]), int(im["width"]))]
     if bad:
@@ -146,7 +152,7 @@ def evaluate(manifest: dict[str, Any], dataset: str, model: str, instances_data:
            else gtmod.things_only_panoptic(gt))
     metrics: dict[str, Any] = {
         "dataset": dataset, "model": model, "images": len(images),
-        "ground_truth": {"instances": str(manifest["annotations"]),
+        "ground_truth": {"instances": gt_source,
                          "panoptic": {"kind": pgt.label, "json": pan_info["json"] if pan_info else None}},
         "mappings_fitted_on": "the evaluated set itself (as U2Seg)",
         "settings": settings, "notes": [],
@@ -182,7 +188,13 @@ def evaluate(manifest: dict[str, Any], dataset: str, model: str, instances_data:
     # semantic: from semantic PNGs, else from the panoptic prediction
     sem_assign16 = None
     conf27 = None
-    if semantic_dir is not None or pan_preds is not None:
+    # the semantic and panoptic protocols below group GT classes by COCO super-category
+    coco_classes = dataset_gt.coco_super_categories(pgt.categories)
+    if not coco_classes and (semantic_dir is not None or pan_preds is not None):
+        metrics["notes"].append("semantic / panoptic: skipped, the GT categories are not COCO's (their "
+                                "super-categories are not COCO-Stuff-27's); instance protocols only"
+                                + (", plus the dataset's own protocols" if extra_protocols else ""))
+    if coco_classes and (semantic_dir is not None or pan_preds is not None):
         lut27 = gtmod.semantic_lut(pgt.categories, "cocostuff27")
         sources, missing = _semantic_sources(images, semantic_dir, pan_preds, stuff_label)
         if missing:
@@ -210,14 +222,21 @@ def evaluate(manifest: dict[str, Any], dataset: str, model: str, instances_data:
             metrics["notes"].append("semantic: things-only GT, stuff pixels unlabelled (ignored); stego27 scores "
                                     "the 12 thing super-categories only, u2seg16 is skipped")
 
-    if pan_preds is not None and instances_data is not None:
+    if pan_preds is not None and instances_data is not None and coco_classes:
         metrics["panoptic"] = _panoptic_protocols(pgt, pan_preds, thing_cats, stuff_cats, maps, sem_assign16,
                                                   conf27, settings["workers"])
         if pgt.kind == "things_only":
             metrics["notes"].append("panoptic: things-only GT (rasterised instances, smaller on top, crowd as "
                                     "crowd, unlabelled pixels VOID): predicted stuff segments are not scored")
-    elif pan_preds is not None:
+    elif pan_preds is not None and coco_classes:
         metrics["notes"].append("panoptic: skipped (needs instance predictions for the thing mapping)")
+    for name in extra_protocols or []:
+        if name not in EXTRA_PROTOCOLS:
+            raise UserError(f"unknown evaluation protocol {name!r} (known: {', '.join(EXTRA_PROTOCOLS)})")
+        if pan_preds is None:
+            raise UserError(f"protocol {name} needs a panoptic prediction (panoptic.json + PNGs)")
+        metrics.setdefault("protocols", {})[name] = EXTRA_PROTOCOLS[name](
+            pgt, pan_preds, pred_cats or [], maps.get("majority", {}), settings["workers"])
     return metrics
 
 
