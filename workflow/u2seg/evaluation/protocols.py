@@ -29,7 +29,7 @@ import numpy as np
 
 from u2seg.errors import UserError
 from u2seg.evaluation import gt as gtmod
-from u2seg.evaluation import dataset_gt, instance, matching, panoptic, semantic
+from u2seg.evaluation import cityscapes, dataset_gt, instance, matching, panoptic, semantic
 from u2seg.manifest import image_stem
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ PROTOCOLS = {
 
 # Protocols a dataset opts into (config `datasets.<name>.protocols`): name -> function(panoptic GT,
 # panoptic predictions, predicted categories, instance/majority cluster -> class map, workers) -> results.
-EXTRA_PROTOCOLS: dict[str, Any] = {}
+EXTRA_PROTOCOLS: dict[str, Any] = dict(cityscapes.PROTOCOLS)
 
 
 def default_settings() -> dict[str, Any]:

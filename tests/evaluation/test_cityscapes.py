@@ -1,0 +1,102 @@
+"""Cityscapes protocols on a synthetic Cityscapes-like panoptic set, against hand-computed values.
+
+One 16 x 32 image. GT: sky (rows 0-7, 256 px), and in rows 8-15 a car (cols 0-7, 64 px), road
+(cols 8-23, 128 px), parking (cols 24-31, 64 px; a 27-class label, VOID in the 19 classes).
+Prediction: thing cluster 1 = the car; stuff labels 101 = sky cols 12-31 (160 px), 103 = sky
+cols 0-11 (96 px), 102 = road + parking (192 px).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from u2seg import atomic
+from u2seg.coco_format import id2rgb, instance_annotation
+from u2seg.evaluation import cityscapes, protocols
+from u2seg.ingest import build_manifest
+
+H, W = 16, 32
+
+
+def _dataset(tmp_path):
+    gt = np.zeros((H, W), np.int64)
+    gt[:8] = 1          # sky
+    gt[8:, :8] = 2      # car
+    gt[8:, 8:24] = 3    # road
+    gt[8:, 24:] = 4     # parking
+    (tmp_path / "gt").mkdir()
+    atomic.save_png(tmp_path / "gt" / "f_000001_000001_gtFine_panoptic.png", id2rgb(gt))
+    atomic.save_png(tmp_path / "imgs" / "f" / "f_000001_000001_leftImg8bit.png", np.zeros((H, W, 3), np.uint8))
+    segs = [{"id": 1, "category_id": 23}, {"id": 2, "category_id": 26}, {"id": 3, "category_id": 7},
+            {"id": 4, "category_id": 9}]
+    for s in segs:
+        s.update(area=int((gt == s["id"]).sum()), iscrowd=0)
+    cats = [{"id": i, "name": n, "supercategory": c, "isthing": int(t)} for i, n, _, c, t in cityscapes.LABELS_27]
+    atomic.write_json(tmp_path / "gt.json", {
+        "images": [{"id": 1, "file_name": "f/f_000001_000001_leftImg8bit.png", "width": W, "height": H}],
+        "annotations": [{"image_id": 1, "file_name": "f_000001_000001_gtFine_panoptic.png", "segments_info": segs}],
+        "categories": cats})
+    man, skipped = build_manifest("coco-format", tmp_path / "imgs", panoptic_json=tmp_path / "gt.json",
+                                  panoptic_dir=tmp_path / "gt", name="cs")
+    assert not skipped
+    pred = np.zeros((H, W), np.int64)
+    pred[:8, 12:] = 2   # label 101
+    pred[:8, :12] = 4   # label 103
+    pred[8:, :8] = 1    # car cluster 1
+    pred[8:, 8:] = 3    # label 102
+    (tmp_path / "pred").mkdir()
+    atomic.save_png(tmp_path / "pred" / "p.png", id2rgb(pred))
+    atomic.write_json(tmp_path / "pred.json", {
+        "annotations": [{"image_id": 1, "file_name": "p.png", "segments_info": [
+            {"id": 1, "category_id": 1}, {"id": 2, "category_id": 101}, {"id": 3, "category_id": 102},
+            {"id": 4, "category_id": 103}]}],
+        "categories": [{"id": 1, "isthing": 1}, {"id": 101, "isthing": 0}, {"id": 102, "isthing": 0},
+                       {"id": 103, "isthing": 0}]})
+    dets = [dict(instance_annotation(pred == 1, 1, 1, 1), score=0.9)]
+    return man, dets
+
+
+def test_cityscapes_protocols_hand_computed(tmp_path):
+    man, dets = _dataset(tmp_path)
+    m = protocols.evaluate(man, "cs", "m", instances_data=dets, panoptic_json=tmp_path / "pred.json",
+                           panoptic_dir=tmp_path / "pred", extra_protocols=list(cityscapes.PROTOCOLS))
+    assert m["instance"]["majority"]["mapping"]["1"]["class"] == "car"
+    assert "panoptic" not in m  # not COCO classes: the COCO protocols are skipped
+    p = m["protocols"]
+    approx = pytest.approx
+
+    # CUPS 27: 101 -> sky, 102 -> road, 1 -> car, 103 unmatched (VOID); parking missed.
+    # PQ: sky 160/256, road 128/192 (parking pixels of 102 are not VOID here), parking 0, car 1.
+    c27 = p["cityscapes/cups27"]
+    assert c27["mapping"] == {"1": "car", "101": "sky", "102": "road"}
+    assert c27["panoptic"]["all"]["pq"] == approx(100 * (0.625 + 2 / 3 + 0 + 1) / 4)
+    assert c27["panoptic"]["things"]["pq"] == approx(100.0)
+    assert c27["panoptic"]["stuff"]["pq"] == approx(100 * (0.625 + 2 / 3) / 3)
+    # mIoU: sky 160/256, road 128/192, parking 0, car 1; PixelAcc = (160 + 128 + 64) / 512
+    assert c27["semantic"]["miou"] == approx(100 * (0.625 + 2 / 3 + 0 + 1) / 4)
+    assert c27["semantic"]["pixel_acc"] == approx(100 * 352 / 512)
+
+    # CUPS 19: parking is VOID, so 102 fits road exactly
+    c19 = p["cityscapes/cups19"]
+    assert c19["panoptic"]["all"]["pq"] == approx(100 * (0.625 + 1 + 1) / 3)
+    assert c19["semantic"]["miou"] == approx(100 * (0.625 + 1 + 1) / 3)
+    assert c19["semantic"]["pixel_acc"] == approx(100 * 352 / 448)
+
+    # U2Seg: 103 also votes sky (IoU 96/256 > 0.15) -> a second sky segment, a false positive:
+    # PQ_sky = 0.625 / (1 + 0.5); road 1; car 1 (majority mapping).
+    u = p["cityscapes/u2seg"]
+    assert u["mapping"] == {"1": "car", "101": "sky", "102": "road", "103": "sky"}
+    assert u["panoptic"]["all"]["pq"] == approx(100 * (0.625 / 1.5 + 1 + 1) / 3)
+    assert u["panoptic"]["stuff"]["pq"] == approx(100 * (0.625 / 1.5 + 1) / 2)
+    assert u["panoptic"]["things"]["n"] == 1 and u["panoptic"]["stuff"]["n"] == 2
+
+
+def test_class_sets_and_bad_categories():
+    c19, c27 = cityscapes.class_set(19), cityscapes.class_set(27)
+    assert (len(c19), sum(c.isthing for c in c19)) == (19, 8)
+    assert (len(c27), sum(c.isthing for c in c27)) == (27, 10)
+    from u2seg.errors import UserError
+    from u2seg.evaluation.gt import Category
+
+    with pytest.raises(UserError, match="Cityscapes labels"):
+        cityscapes.gt_class_map([Category(1, "boat", True, "vessel")], c19)
