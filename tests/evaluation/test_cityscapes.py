@@ -100,3 +100,37 @@ def test_class_sets_and_bad_categories():
 
     with pytest.raises(UserError, match="Cityscapes labels"):
         cityscapes.gt_class_map([Category(1, "boat", True, "vessel")], c19)
+
+
+def test_gtfine_conversion_and_cityscapesscripts_relayout(tmp_path):
+    from PIL import Image
+
+    from u2seg.cityscapes_panoptic import from_gtfine, relay
+
+    values = np.zeros((8, 10), np.int32)   # 0: unlabeled (VOID); saved as 16-bit PNG as Cityscapes
+    values[:4] = 23                        # sky
+    values[4:, :3] = 26 * 1000 + 1         # car instance 1
+    values[4:, 3:6] = 26                   # car pixels without instance id: crowd
+    values[4:, 6:8] = 9                    # parking (a 27-class label)
+    values[4:, 8:] = 3                     # out of roi (label 3): VOID
+    (tmp_path / "gtFine" / "val" / "ulm").mkdir(parents=True)
+    Image.fromarray(values.astype(np.uint16)).save(tmp_path / "gtFine" / "val" / "ulm" / "ulm_000001_000002_gtFine_instanceIds.png")
+    data = from_gtfine(tmp_path / "gtFine" / "val", tmp_path / "pan")
+    assert len(data["categories"]) == 27
+    assert data["images"] == [{"id": 1, "file_name": "ulm/ulm_000001_000002_leftImg8bit.png", "height": 8, "width": 10}]
+    segs = {s["id"]: s for s in data["annotations"][0]["segments_info"]}
+    assert set(segs) == {23, 26001, 26, 9}
+    assert (segs[26001]["iscrowd"], segs[26]["iscrowd"], segs[9]["iscrowd"]) == (0, 1, 0)
+    assert segs[23]["area"] == 40 and segs[26001]["bbox"] == [0, 4, 3, 4]
+    from u2seg.evaluation.gt import read_panoptic_png
+
+    ids = read_panoptic_png(tmp_path / "pan" / "ulm_000001_000002_gtFine_panoptic.png")
+    assert (ids[4:, 8:] == 0).all() and (ids[:4] == 23).all()
+    cs = {"images": [{"id": "ulm_000001_000002", "file_name": "ulm_000001_000002_leftImg8bit.png"},
+                     {"id": "aachen_000000_000019", "file_name": "aachen_000000_000019_leftImg8bit.png"}],
+          "annotations": [{"image_id": "ulm_000001_000002", "segments_info": []},
+                          {"image_id": "aachen_000000_000019", "segments_info": []}], "categories": []}
+    out = relay(cs)
+    assert [(im["id"], im["file_name"]) for im in out["images"]] == [
+        (1, "aachen/aachen_000000_000019_leftImg8bit.png"), (2, "ulm/ulm_000001_000002_leftImg8bit.png")]
+    assert [a["image_id"] for a in out["annotations"]] == [2, 1]

@@ -34,6 +34,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "self-train-labels": ("u2seg.detector.selftrain_cli", "next-round pseudo-labels from predictions"),
     "import-d2": ("u2seg.detector.d2_import", "convert a detectron2 U2Seg/CutLER checkpoint"),
     "evaluate": ("u2seg.evaluation.cli", "class-agnostic / matched AP, PQ and mIoU against COCO GT"),
+    "cityscapes-panoptic": ("u2seg.cityscapes_panoptic", "Cityscapes gtFine -> COCO panoptic GT (27 classes)"),
     "zero-shot-table": ("u2seg.evaluation.zero_shot", "one table of a model's metrics across evaluation sets"),
     "finetune": ("u2seg.finetune.cli", "few-shot fine-tuning on a labelled COCO subset"),
     "report": ("u2seg.report", "stage summaries and galleries for the HTML report"),

@@ -82,6 +82,9 @@ def _coco_json(path: Path, what: str) -> dict[str, Any]:
     for im in data["images"]:
         if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
             raise UserError(f"{path}: every entry of `images` needs `id` and `file_name` (got {str(im)[:120]})")
+        if not isinstance(im["id"], int) or isinstance(im["id"], bool):
+            raise UserError(f"{path}: image ids must be integers (got {im['id']!r}); a cityscapesScripts json: "
+                            "re-lay it with `u2seg cityscapes-panoptic --from-cityscapesscripts`")
     return data
 
 
