@@ -89,6 +89,10 @@ def test_cityscapes_protocols_hand_computed(tmp_path):
     assert u["panoptic"]["all"]["pq"] == approx(100 * (0.625 / 1.5 + 1 + 1) / 3)
     assert u["panoptic"]["stuff"]["pq"] == approx(100 * (0.625 / 1.5 + 1) / 2)
     assert u["panoptic"]["things"]["n"] == 1 and u["panoptic"]["stuff"]["n"] == 2
+    from u2seg.evaluation.tables import markdown
+
+    md = markdown(m)
+    assert "| cityscapes/cups19 | 87.5 | 100.0 | 81.2 | 78.6 | 87.5 |" in md
 
 
 def test_class_sets_and_bad_categories():

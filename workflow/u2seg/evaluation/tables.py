@@ -62,6 +62,15 @@ def markdown(metrics: dict[str, Any]) -> str:
                 skipped = f" (skipped: {res['skipped']})" if "skipped" in res else ""
                 lines.append(f"- `{name}`: {res['protocol']}{skipped}")
         lines.append("")
+    extra = metrics.get("protocols")
+    if extra:  # the dataset's own protocols (e.g. Cityscapes)
+        lines += ["## Dataset protocols (x100)", "", "| protocol | PQ | PQ_th | PQ_st | PixelAcc | mIoU |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for name, res in extra.items():
+            pan, sem = res.get("panoptic", {}), res.get("semantic", {})
+            lines.append(f"| {name} | {_f(pan.get('all', {}).get('pq'))} | {_f(pan.get('things', {}).get('pq'))} | "
+                         f"{_f(pan.get('stuff', {}).get('pq'))} | {_f(sem.get('pixel_acc'))} | {_f(sem.get('miou'))} |")
+        lines += [""] + [f"- `{name}`: {res['protocol']}" for name, res in extra.items()] + [""]
     for note in metrics.get("notes", []):
         lines.append(f"> {note}")
     return "\n".join(lines).rstrip() + "\n"
