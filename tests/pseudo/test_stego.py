@@ -110,10 +110,10 @@ def test_cluster_probe_hard_and_soft_loss():
     with torch.no_grad():
         probe.clusters.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))  # normalised: e0, e1
     code = torch.tensor([[3.0, 1.0], [4.0, 0.0]])[None, :, None, :]  # points (3, 4) and (1, 0)
-    assert float(probe.loss(code)) == pytest.approx(-(0.8 + 1.0) / 2)
+    assert probe.loss(code).item() == pytest.approx(-(0.8 + 1.0) / 2)
     soft = [(math.exp(1.2) * 0.6 + math.exp(1.6) * 0.8) / (math.exp(1.2) + math.exp(1.6)),
             (math.exp(2.0) * 1.0 + 1.0 * 0.0) / (math.exp(2.0) + 1.0)]
-    assert float(probe.loss(code, alpha=2.0)) == pytest.approx(-sum(soft) / 2)
+    assert probe.loss(code, alpha=2.0).item() == pytest.approx(-sum(soft) / 2)
 
 
 # --------------------------------------------------------------------------------- crops and kNN

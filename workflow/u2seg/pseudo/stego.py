@@ -149,8 +149,8 @@ class CorrespondenceTerms:
     total: torch.Tensor
 
     def as_floats(self) -> dict[str, float]:
-        return {"self": float(self.self_loss), "knn": float(self.knn_loss), "rand": float(self.rand_loss),
-                "corr": float(self.total)}
+        return {"self": self.self_loss.item(), "knn": self.knn_loss.item(), "rand": self.rand_loss.item(),
+                "corr": self.total.item()}
 
 
 def correspondence_loss(feats: torch.Tensor, feats_pos: torch.Tensor, code: torch.Tensor,

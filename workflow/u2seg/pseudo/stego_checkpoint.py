@@ -37,6 +37,11 @@ _TENSOR_GLOBALS = {("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_re
                    ("torch._utils", "_rebuild_tensor"), ("collections", "OrderedDict"),
                    ("torch", "Size"), ("builtins", "set"), ("builtins", "frozenset")}
 
+_STORAGE_DTYPES = {"FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
+                   "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
+                   "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+                   "BoolStorage": torch.bool}
+
 
 class Opaque:
     """Placeholder for any non-tensor object in a checkpoint: keeps its class name, args and state."""
@@ -62,8 +67,8 @@ class _TensorsOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _TENSOR_GLOBALS:
             return super().find_class(module, name)
-        if module == "torch" and name.endswith("Storage") and hasattr(torch, name):
-            return getattr(torch, name)  # a storage type (its dtype names the element type)
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]  # a storage type stands for its element dtype
         if module == "torch" and name in ("float32", "float16", "bfloat16", "float64", "int64", "int32",
                                           "uint8", "int8", "bool"):
             return getattr(torch, name)
@@ -75,7 +80,9 @@ class _TensorsOnlyUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"unsupported persistent id {kind!r}")
         if key not in self.storages:
             raw = self.zf.read(f"{self.prefix}/data/{key}")
-            dtype = storage_type if isinstance(storage_type, torch.dtype) else storage_type.dtype
+            if not isinstance(storage_type, torch.dtype):
+                raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r}")
+            dtype = storage_type
             untyped = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw else torch.UntypedStorage(0)
             self.storages[key] = torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
         return self.storages[key]

@@ -151,7 +151,7 @@ def train_stego(store: CropStore, nns: np.ndarray, in_channels: int, p: StegoTra
         loss.backward()
         opt_head.step()
         opt_probe.step()
-        vals = dict(terms.as_floats(), cluster=float(cluster), total=float(loss))
+        vals = dict(terms.as_floats(), cluster=cluster.item(), total=loss.item())
         for k, v in vals.items():
             acc[k] = acc.get(k, 0.0) + v
         count += 1
