@@ -5,6 +5,10 @@
 _STEGO = f"{RES}/{{ds}}/pseudo/stego"
 _SG = config["stuff"]["stego"]
 
+if config["stuff"]["model"] == "stego_checkpoint" and not config["stuff"]["checkpoint"]:
+    raise WorkflowError("stuff.model: stego_checkpoint needs stuff.checkpoint (path or URL of an official STEGO "
+                        ".ckpt, e.g. cocostuff27_vit_base_5.ckpt)")
+
 
 def stego_stuff_inputs(wildcards):
     """Extra inputs of `cluster_stuff`: nothing for kmeans, the per-shard maps + model for stego*."""
