@@ -89,7 +89,7 @@ def palette(labels: np.ndarray) -> np.ndarray:
     return colours[labels]
 
 
-def gallery(manifest: Path, dirs: list[Path], out: Path, n: int = 4, height: int = 150) -> None:
+def gallery(manifest: Path, dirs: list[Path], out: Path, n: int = 3, height: int = 120) -> None:
     """Rows of (image | k-means | STEGO) for the first ``n`` images."""
     from u2seg.manifest import image_path
     from u2seg.pseudo.io import png_name
@@ -105,7 +105,7 @@ def gallery(manifest: Path, dirs: list[Path], out: Path, n: int = 4, height: int
         rows.append(np.concatenate(tiles, axis=1))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    Image.fromarray(np.concatenate(rows)).save(out, optimize=True)
+    Image.fromarray(np.concatenate(rows)).quantize(colors=128).save(out, optimize=True)  # small palette PNG
 
 
 def main() -> int:
