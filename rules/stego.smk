@@ -87,7 +87,7 @@ rule stego_train:
     resources:
         mem_mb=mem_mb(6000),
         runtime=24 * 60,
-        gpu=1 if config["features"]["device"] == "cuda" else 0,
+        gpu=gpu_request(config["features"]["device"]),
     log:
         f"{RES}/logs/{{ds}}/pseudo/stego_train.log",
     benchmark:
@@ -141,6 +141,7 @@ rule stego_infer:
     resources:
         mem_mb=mem_mb(4000),
         runtime=120,
+        gpu=gpu_request(config["features"]["device"]),
     log:
         f"{RES}/logs/{{ds}}/pseudo/stego_infer_{{shard}}.log",
     benchmark:

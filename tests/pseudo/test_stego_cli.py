@@ -92,8 +92,31 @@ class FakeDictConfig:
         return (_mark, ({"model_type": "vit_small", "dino_patch_size": 8, "dim": 6},))
 
 
+class FakeNode:
+    """Like OmegaConf's ValueNode: pickled by its state ({'_val': ...}); unpickling imports this module."""
+
+    def __init__(self, value):
+        self._val = value
+
+    def __setstate__(self, state):
+        MARKER.append("node executed")
+        self.__dict__.update(state)
+
+
+class FakeDictConfigState:
+    """Like a DictConfig: state {'_content': {key: node}}."""
+
+    def __init__(self, content):
+        self._content = {k: FakeNode(v) for k, v in content.items()}
+        self._metadata = FakeNode("meta")
+
+    def __setstate__(self, state):
+        MARKER.append("config executed")
+        self.__dict__.update(state)
+
+
 def official_like_checkpoint(path: Path, embed: int = 64, depth: int = 2, patch: int = 8, dim: int = 6,
-                             k: int = 4) -> dict[str, torch.Tensor]:
+                             k: int = 4, cfg=None) -> dict[str, torch.Tensor]:
     """A LitUnsupervisedSegmenter-shaped Lightning checkpoint with random weights (small ViT)."""
     from timm.models.vision_transformer import VisionTransformer
 
@@ -109,7 +132,7 @@ def official_like_checkpoint(path: Path, embed: int = 64, depth: int = 2, patch:
                "decoder.weight": torch.randn(embed, dim, 1, 1), "decoder.bias": torch.randn(embed)})
     torch.save({"epoch": 0, "global_step": 7000, "pytorch-lightning_version": "1.4.9", "state_dict": sd,
                 "optimizer_states": [], "lr_schedulers": [],
-                "hyper_parameters": {"n_classes": k, "cfg": FakeDictConfig()}}, path)
+                "hyper_parameters": {"n_classes": k, "cfg": FakeDictConfig() if cfg is None else cfg}}, path)
     return sd
 
 
@@ -139,6 +162,30 @@ def test_official_checkpoint_loads_without_executing_code(tmp_path: Path):
 
     feats = image_tokens(tokens, [np.zeros((30, 50, 3), np.uint8)], 64)
     assert feats.shape == (1, 64, 8, 8)
+
+
+def test_checkpoint_hyper_parameters_in_config_nodes(tmp_path: Path):
+    from u2seg.pseudo.stego_checkpoint import hyper_parameter, read_checkpoint
+
+    path = tmp_path / "nodes.ckpt"
+    official_like_checkpoint(path, cfg=FakeDictConfigState({"model_type": "vit_base", "dino_patch_size": 8}))
+    MARKER.clear()
+    obj = read_checkpoint(path)
+    assert MARKER == []
+    assert hyper_parameter(obj, "model_type") == "vit_base" and hyper_parameter(obj, "dino_patch_size") == 8
+    assert hyper_parameter(obj, "missing") is None
+
+
+def test_checkpoint_with_a_real_omegaconf_dictconfig(tmp_path: Path):
+    omegaconf = pytest.importorskip("omegaconf", reason="omegaconf not installed (only needed to build this file)")
+    from u2seg.pseudo.stego_checkpoint import hyper_parameter, load_stego_checkpoint, read_checkpoint
+
+    path = tmp_path / "omegaconf.ckpt"
+    official_like_checkpoint(path, cfg=omegaconf.OmegaConf.create({"model_type": "vit_base", "dim": 6,
+                                                                   "pos_inter_weight": 1.0}))
+    obj = read_checkpoint(path)
+    assert hyper_parameter(obj, "model_type") == "vit_base" and hyper_parameter(obj, "dim") == 6
+    assert load_stego_checkpoint(str(path))[0].head.dim == 6
 
 
 def test_stego_import_and_checkpoint_infer(synthetic: Synthetic, tmp_path: Path):

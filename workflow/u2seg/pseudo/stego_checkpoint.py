@@ -48,8 +48,13 @@ class Opaque:
 
     qualname = ""
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Opaque":
+        obj = super().__new__(cls)  # pickle's NEWOBJ calls only __new__
+        obj.args, obj.kwargs, obj.state = args, kwargs, None
+        return obj
+
     def __init__(self, *args: Any, **kwargs: Any):
-        self.args, self.kwargs, self.state = args, kwargs, None
+        pass
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
@@ -136,17 +141,25 @@ def hyper_parameter(obj: dict[str, Any], name: str) -> Any:
     """A value of the checkpoint's ``hyper_parameters`` cfg (DictConfig placeholder or dict), or None."""
     hp = obj.get("hyper_parameters")
     cfg = hp.get("cfg") if isinstance(hp, dict) else None
-    seen = [cfg]
-    while seen:
-        cur = seen.pop()
+    todo, visited = [cfg], set()
+    while todo:
+        cur = todo.pop()
+        if id(cur) in visited:  # config nodes point back at their parents
+            continue
+        visited.add(id(cur))
         if isinstance(cur, dict):
-            if name in cur and not isinstance(cur[name], (dict, Opaque)):
-                return cur[name]
-            seen.extend(cur.values())
+            if name in cur:
+                value = cur[name]
+                # an OmegaConf DictConfig keeps each value in a node object whose state holds `_val`
+                if isinstance(value, Opaque) and isinstance(value.state, dict) and "_val" in value.state:
+                    value = value.state["_val"]
+                if not isinstance(value, (dict, list, tuple, Opaque)):
+                    return value
+            todo.extend(cur.values())
         elif isinstance(cur, Opaque):
-            seen.extend([cur.state, *cur.args])
+            todo.extend([cur.state, *cur.args])
         elif isinstance(cur, (list, tuple)):
-            seen.extend(cur)
+            todo.extend(cur)
     return None
 
 
