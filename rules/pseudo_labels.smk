@@ -79,6 +79,7 @@ rule cluster_stuff:
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
         features=per_shard(f"{RES}/{{ds}}/features/shard_{{shard}}.zarr"),
+        stego=lambda wc: stego_stuff_inputs(wc),  # stuff.model stego*: per-shard maps (rules/stego.smk)
     output:
         model=f"{_PSEUDO}/stuff_model.npz",
         maps=directory(f"{_PSEUDO}/stuff"),
@@ -100,6 +101,7 @@ rule cluster_stuff:
         crf_iters=config["stuff"]["crf"]["iterations"],
         crf_alpha=config["stuff"]["crf"]["alpha"],
         device=config["features"]["device"],
+        model=lambda wc: stego_stuff_flags(wc),
     threads: 2
     resources:
         mem_mb=mem_mb(4000),
@@ -115,7 +117,7 @@ rule cluster_stuff:
         " {params.crf} --crf-gaussian-sxy {params.crf_gsxy:q} --crf-gaussian-compat {params.crf_gcompat:q}"
         " --crf-bilateral-sxy {params.crf_bsxy:q} --crf-bilateral-srgb {params.crf_bsrgb:q}"
         " --crf-bilateral-compat {params.crf_bcompat:q} --crf-iterations {params.crf_iters:q}"
-        " --crf-alpha {params.crf_alpha:q} --device {params.device:q} --threads {threads}"
+        " --crf-alpha {params.crf_alpha:q} --device {params.device:q} --threads {threads} {params.model}"
         " --out-model {output.model:q} --out-maps {output.maps:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 

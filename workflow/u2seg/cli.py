@@ -27,6 +27,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "embed": ("u2seg.pseudo.embed_cli", "per-instance embeddings of the MaskCut masks of one shard"),
     "cluster-instances": ("u2seg.pseudo.cluster_cli", "k-means over instance embeddings -> class-aware json"),
     "cluster-stuff": ("u2seg.pseudo.stuff_cli", "k-means over dense patch features -> stuff label maps"),
+    "stego": ("u2seg.pseudo.stego_cli", "STEGO stuff model: crop kNN table, head training, per-shard maps"),
     "merge-panoptic": ("u2seg.pseudo.merge_cli", "merge instances + stuff into COCO panoptic pseudo-labels"),
     "validate-panoptic": ("u2seg.pseudo.validate", "check a COCO panoptic json + PNG folder for consistency"),
     "train": ("u2seg.detector.train_cli", "train the panoptic cascade mask R-CNN on pseudo-labels"),

@@ -40,6 +40,11 @@ class StuffModel(ABC):
         """Label map (h, w) int64 in 0..S-1 of a dense map (C, h, w)."""
         return self.scores(dense).argmax(axis=0).astype(np.int64)
 
+    def upsampled_scores(self, dense: np.ndarray, height: int, width: int) -> np.ndarray | None:
+        """Scores (S, height, width) at image size when the model upsamples before scoring (STEGO
+        upsamples its code); None = score the grid, then upsample the labels (k-means)."""
+        return None
+
     @abstractmethod
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """(json-able meta, arrays) that :func:`load_stuff_model` rebuilds the model from."""
@@ -102,6 +107,10 @@ def load_stuff_model(path: str | Path) -> StuffModel:
         model = KMeansStuffModel(meta["k"], meta["iterations"], meta["seed"], centroids=arrays["centroids"])
         model.fit_info = meta.get("fit", {})
         return model
+    if meta.get("kind") == "stego":
+        from u2seg.pseudo.stego import StegoStuffModel  # lazy: stego imports this module
+
+        return StegoStuffModel.from_state(meta, arrays)
     raise ValueError(f"{path}: unknown stuff model kind {meta.get('kind')!r}")
 
 
@@ -196,8 +205,11 @@ def crf_refine(image: np.ndarray, scores: np.ndarray, params: CRFParams) -> np.n
 def stuff_map(model: StuffModel, dense: np.ndarray, height: int, width: int,
               image: np.ndarray | None = None, crf: CRFParams | None = None) -> np.ndarray:
     """Stuff label map (height, width) uint8 in 0..S-1 of one image (CRF needs ``image``)."""
+    full = model.upsampled_scores(dense, height, width)
     if crf is not None:
         if image is None or image.shape[:2] != (height, width):
             raise ValueError("the CRF needs the RGB image at (height, width)")
-        return crf_refine(image, model.scores(dense), crf).astype(np.uint8)
+        return crf_refine(image, model.scores(dense) if full is None else full, crf).astype(np.uint8)
+    if full is not None:
+        return full.argmax(axis=0).astype(np.uint8)
     return upsample_nearest(model.predict(dense), height, width).astype(np.uint8)

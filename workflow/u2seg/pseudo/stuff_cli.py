@@ -31,6 +31,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chunk-size", type=int, default=65536, help="rows per streamed k-means chunk")
+    add_crf_arguments(parser)
+    parser.add_argument("--model", default="kmeans", choices=["kmeans", "stego", "stego_checkpoint"],
+                        help="stuff model (config stuff.model); stego*: gather the maps of `u2seg stego infer`")
+    parser.add_argument("--stego-maps-dir", type=Path, default=None, help="stego*: folder of shard_XXXXX/ maps")
+    parser.add_argument("--stego-model", type=Path, default=None, help="stego*: the STEGO stuff model (.npz)")
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--out-model", type=Path, required=True, help="stuff model (.npz)")
+    parser.add_argument("--out-maps", type=Path, required=True, help="folder of stuff PNGs")
+    parser.add_argument("--summary", type=Path, required=True, help="stuff summary json")
+
+
+def add_crf_arguments(parser: argparse.ArgumentParser) -> None:
+    """The dense-CRF flags (config stuff.crf)."""
     parser.add_argument("--crf", action="store_true", help="refine the maps with a dense CRF")
     parser.add_argument("--crf-gaussian-sxy", type=float, default=1.0)
     parser.add_argument("--crf-gaussian-compat", type=float, default=3.0)
@@ -39,14 +53,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crf-bilateral-compat", type=float, default=4.0)
     parser.add_argument("--crf-iterations", type=int, default=10)
     parser.add_argument("--crf-alpha", type=float, default=2.0, help="probabilities = softmax(alpha * cosine)")
-    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--out-model", type=Path, required=True, help="stuff model (.npz)")
-    parser.add_argument("--out-maps", type=Path, required=True, help="folder of stuff PNGs")
-    parser.add_argument("--summary", type=Path, required=True, help="stuff summary json")
+
+
+def crf_params(args: argparse.Namespace) -> CRFParams | None:
+    """CRFParams of the CRF flags, None when --crf is off."""
+    if not args.crf:
+        return None
+    return CRFParams(args.crf_gaussian_sxy, args.crf_gaussian_compat, args.crf_bilateral_sxy,
+                     args.crf_bilateral_srgb, args.crf_bilateral_compat, args.crf_iterations, args.crf_alpha)
+
+
+def run_gather(args: argparse.Namespace) -> int:
+    """stego / stego_checkpoint: collect the per-shard maps into the k-means model's outputs."""
+    from u2seg.pseudo.stego_cli import gather_maps
+    from u2seg.pseudo.stuff import load_stuff_model
+
+    if args.stego_maps_dir is None or args.stego_model is None:
+        raise UserError(f"--model {args.model} needs --stego-maps-dir and --stego-model")
+    manifest = read_manifest(args.manifest)
+    model = load_stuff_model(args.stego_model)
+    if model.num_classes != args.k:
+        raise UserError(f"the STEGO model has {model.num_classes} clusters, stuff.k is {args.k}")
+    t0 = time.perf_counter()
+    pixels, n_images = gather_maps(manifest, args.shard_size, args.stego_maps_dir, args.out_maps)
+    model.save(args.out_model)
+    meta, _ = model.state()
+    summary = {
+        "model": args.model, "k": args.k, "feature_dim": int(meta["in_channels"]), "code_dim": int(meta["dim"]),
+        "crf": bool(args.crf), "images": n_images,
+        "pixel_fraction": (pixels / max(pixels.sum(), 1)).round(6).tolist(),
+        "empty_clusters": int((pixels == 0).sum()), "seconds": {"gather": round(time.perf_counter() - t0, 3)},
+    }
+    write_json(args.summary, summary, indent=1)
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.model != "kmeans":
+        return run_gather(args)
     set_threads(args.threads)
     from u2seg.backbones import resolve_device
 
@@ -81,10 +125,7 @@ def run(args: argparse.Namespace) -> int:
     del sample
     timings["fit"] = time.perf_counter() - t0
 
-    crf = None
-    if args.crf:
-        crf = CRFParams(args.crf_gaussian_sxy, args.crf_gaussian_compat, args.crf_bilateral_sxy,
-                        args.crf_bilateral_srgb, args.crf_bilateral_compat, args.crf_iterations, args.crf_alpha)
+    crf = crf_params(args)
     t0 = time.perf_counter()
     pixels = np.zeros(args.k, dtype=np.int64)
     n_images = sum(len(im) for _, im in shards)
