@@ -21,6 +21,7 @@ def _protocol_flags():
         vote_iou=_EVAL_CFG["semantic_vote_iou"],
         max_dets=_EVAL_CFG["max_dets"],
         num_stuff=config["stuff"]["k"],
+        crowd_rule=_EVAL_CFG["pq_crowd_rule"],
     )
 
 
@@ -30,6 +31,7 @@ _PROTOCOL_SHELL = (
     " --hungarian-min-score {params.hun_score:q} --hungarian-min-iou {params.hun_iou:q}"
     " --hungarian-iou-type {params.hun_type:q} --hungarian-crowd {params.hun_crowd:q}"
     " --semantic-vote-iou {params.vote_iou:q} --max-dets {params.max_dets:q} --num-stuff {params.num_stuff:q}"
+    " --pq-crowd-rule {params.crowd_rule:q}"
 )
 
 
