@@ -2,6 +2,7 @@
 #   snakemake --cores 2                      # the default target `all` on config `dataset`
 #   snakemake --cores 2 extract_features     # one stage's target (see README: Targets)
 # The logic lives in the `u2seg` package (workflow/u2seg); rules only call its CLI.
+import sys
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
@@ -13,7 +14,18 @@ configfile: f"{workflow.basedir}/config.yaml"
 
 
 # Validate (and fill defaults) before any job runs: unknown keys and bad values fail here, naming the key.
-validate(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
+# The jsonschema error (hundreds of lines: schema + config dump) becomes one line: key, value, allowed.
+from snakemake.exceptions import WorkflowError
+
+from u2seg.preflight import describe_config_error as _describe_config_error
+
+_config_error = None
+try:
+    validate(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
+except WorkflowError as _exc:
+    _config_error = _describe_config_error(_exc)
+if _config_error:  # raised outside the handler: Snakemake would print the chained original too
+    raise WorkflowError(_config_error)
 
 # ---- reliability (issue 8): environment checks before any job starts -------------------------
 # Missing dataset folder / COCO split, missing local weights file, unwritable results folder:
@@ -27,6 +39,10 @@ try:
     _preflight_check(config)
 except UserError as _exc:
     raise WorkflowError(str(_exc))
+from u2seg.preflight import download_notices as _download_notices
+
+for _notice in _download_notices(config):  # say what is downloaded, where and how big, before it starts
+    print(_notice, file=sys.stderr)
 # ---- end reliability block --------------------------------------------------------------------
 
 

@@ -49,7 +49,21 @@ localrules:
     coco_ready,
 
 
+def _coco_root_checked(wildcards):
+    """No inputs; raises (while the DAG is built, before any job) when coco_root lacks the split and
+    `evaluate.download` is off: a typo in coco_root must not start a download."""
+    from u2seg.preflight import check_coco
+
+    found = check_coco(config, wildcards.split)
+    if found:
+        raise WorkflowError("configuration cannot run:\n  - " + "\n  - ".join(found))
+    return []
+
+
 rule coco_ready:
+    """Check that coco_root holds COCO {split}2017 (downloads it only with evaluate.download: true)."""
+    input:
+        _coco_root_checked,
     output:
         f"{RES}/coco/{{split}}_ready.json",
     wildcard_constraints:
