@@ -52,6 +52,7 @@ include: "rules/common.smk"
 # The default target: pseudo-labels, the trained model, its predictions and the report pages on `dataset`.
 # Afterwards `snakemake --report results/report.html` builds the HTML report of all of it.
 rule all:
+    """Default target: pseudo-labels, the trained model, its predictions and the report pages on `dataset`."""
     input:
         f"{RES}/{DS}/pseudo/instances.json",
         f"{RES}/{DS}/pseudo/panoptic.json",
@@ -70,3 +71,26 @@ include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/finetune.smk"
 include: "rules/report.smk"
+
+
+# ---- a mistyped target (issue 16): list the targets instead of "No rule to produce ..." -----------
+def _unknown_target(wildcards):
+    """Input function of the catch-all rule below: raises (before any job) naming the targets."""
+    import difflib
+
+    targets = sorted(r.name for r in workflow.rules
+                     if (r.docstring or "").lstrip().lower().startswith(("target", "default target")))
+    close = difflib.get_close_matches(wildcards.name, targets, n=1)
+    hint = f" Did you mean `{close[0]}`?" if close else ""
+    raise WorkflowError(f"unknown target {wildcards.name!r}.{hint} Targets: {', '.join(targets)} "
+                        "(snakemake --list-rules explains every rule)")
+
+
+rule unknown_target:
+    """Catch-all for a bare word that is no rule and no file: lists the targets."""
+    input:
+        _unknown_target,
+    output:
+        "{name}",
+    wildcard_constraints:
+        name=r"[A-Za-z][A-Za-z0-9_-]*",

@@ -88,6 +88,7 @@ rule coco_ready:
 
 # A trained model's predictions on dataset {ds}.
 rule evaluate:
+    """AP / PQ / mIoU of a trained model's predictions on dataset {ds} -> results/eval/{ds}/{model}/metrics.json + .md."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
         instances=f"{RES}/{{ds}}/predict/{{model}}/instances_results.json",
@@ -116,6 +117,7 @@ rule evaluate:
 
 # CutLER's "MaskCut" row: class-agnostic AP / AR of the MaskCut masks of dataset {ds}.
 rule evaluate_maskcut:
+    """CutLER's MaskCut row: class-agnostic AP / AR of the MaskCut masks of dataset {ds}."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
         masks=f"{RES}/{{ds}}/maskcut/masks.json",
@@ -140,6 +142,7 @@ rule evaluate_maskcut:
 
 # The pseudo-labels of dataset {ds} evaluated as predictions (instances, panoptic, semantic).
 rule evaluate_pseudo:
+    """The pseudo-labels of dataset {ds} evaluated as predictions (instances, panoptic, semantic)."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
         instances=f"{RES}/{{ds}}/pseudo/instances.json",
@@ -169,6 +172,7 @@ rule evaluate_pseudo:
 # Target: the whole chain on `coco_root` (pseudo-labels on train2017, training, prediction on val2017,
 # evaluation) plus the MaskCut row on val2017. Missing COCO data is downloaded when allowed.
 rule eval_coco:
+    """Target: the whole chain on COCO (pseudo-labels on train2017, training, prediction and evaluation on val2017)."""
     input:
         f"{RES}/coco/train_ready.json",
         f"{RES}/coco/val_ready.json",

@@ -50,3 +50,17 @@ def test_download_is_announced_with_what_where_and_size(tmp_path):
     assert preflight.download_notices(dict(cfg, evaluate={"download": False})) == []
     assert preflight.check_coco(dict(cfg, evaluate={"download": False}), "train")  # off: an error
     assert not root.exists()
+
+
+def test_list_rules_explains_every_rule_and_a_mistyped_target_lists_the_targets(tmp_path):
+    proc = helpers.run(tmp_path, ["--list-rules"], SMALL)
+    rules = [line for line in proc.stdout.splitlines() if line and not line.startswith(("Using ", "Config "))]
+    assert len(rules) > 30
+    undocumented = [line for line in rules if "(" not in line]
+    assert not undocumented, undocumented
+    proc = helpers.run(tmp_path, ["extract_feature"], SMALL, extra=["-n"], check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "unknown target 'extract_feature'. Did you mean `extract_features`?" in out, out[-2000:]
+    for target in ("all", "extract_features", "maskcut_masks", "pseudo_labels", "train", "eval_coco", "inspect"):
+        assert target in out.split("Targets:")[1]

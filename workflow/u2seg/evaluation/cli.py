@@ -72,10 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dl = parser.add_argument_group("COCO download mode")
     dl.add_argument("--download-coco", type=Path, metavar="ROOT",
                     help="make sure this COCO root holds --split (download what is missing), then exit")
-    dl.add_argument("--split", choices=["train", "val"], default="val")
+    dl.add_argument("--split", choices=["train", "val"], default="val", help="COCO split to make sure of")
     dl.add_argument("--with-panoptic", action="store_true", help="also the panoptic GT of the split")
     dl.add_argument("--no-download", action="store_true", help="fail instead of downloading")
-    dl.add_argument("--base-url", default=download.BASE_URL)
+    dl.add_argument("--base-url", default=download.BASE_URL, help="where the COCO archives are downloaded from")
     dl.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds")
     dl.add_argument("--ready", type=Path, help="json written when the root is complete")
 
