@@ -13,6 +13,17 @@ min_version("9.0")
 configfile: f"{workflow.basedir}/config.yaml"
 
 
+# `snakemake --report` without --config / --configfile: the report of the last successful run
+# (its config, recorded by onsuccess below in {results}/last_run.yaml), not of config.yaml's dataset.
+from u2seg.next_steps import report_config as _report_config
+
+_last_run = _report_config(sys.argv, str(config.get("results", "results")))
+if _last_run:
+    print(f"u2seg: the report of the last run (dataset {_last_run.get('dataset')!r}; config recorded in "
+          f"{config.get('results', 'results')}/last_run.yaml)", file=sys.stderr)
+    config.update(_last_run)
+
+
 # Validate (and fill defaults) before any job runs: unknown keys and bad values fail here, naming the key.
 # The jsonschema error (hundreds of lines: schema + config dump) becomes one line: key, value, allowed.
 from snakemake.exceptions import WorkflowError
@@ -71,6 +82,16 @@ include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/finetune.smk"
 include: "rules/report.smk"
+
+
+# The end of a successful run: record its config (for the report) and say where the results are,
+# what to open first and how to build the HTML report.
+onsuccess:
+    from u2seg.next_steps import LAST_RUN, record_run, summary_lines
+
+    _last = record_run(config, f"{RES}/{LAST_RUN}")
+    _targets = sorted(workflow.dag_settings.targets) if workflow.dag_settings is not None else []
+    print("\n".join(summary_lines(RES, DS, int(config["train"]["rounds"]), _targets, _last)), file=sys.stderr)
 
 
 # ---- a mistyped target (issue 16): list the targets instead of "No rule to produce ..." -----------

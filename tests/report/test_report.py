@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
-from tests.conftest import run_snakemake
+from tests.conftest import REPO, run_snakemake
 from tests.report.cdp import Chromium
 from u2seg.report.images import MAX_PIXELS, MAX_SIDE
 
@@ -98,14 +101,30 @@ FRAME_STATE = r"""
 def samples_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("report_samples")
     t0 = time.perf_counter()
-    run_snakemake(work, ["inspect"], CONFIG)
+    run = run_snakemake(work, ["inspect"], CONFIG)
     t1 = time.perf_counter()
     html = work / "results" / "report.html"
     proc = run_snakemake(work, ["inspect"], CONFIG, extra=["--report", str(html)])
     t2 = time.perf_counter()
     assert html.is_file(), proc.stderr[-3000:]
     print(f"samples pipeline + report items: {t1 - t0:.0f} s; snakemake --report: {t2 - t1:.0f} s")
-    return {"work": work, "res": work / "results", "html": html}
+    return {"work": work, "res": work / "results", "html": html, "run": run}
+
+
+def test_the_end_of_the_run_says_where_and_a_plain_report_command_works(samples_run):
+    """Issue 16: the run ends with the results' place and the report command; `snakemake --report`
+    without --config builds the report of that run (its config recorded in results/last_run.yaml)."""
+    work, res = samples_run["work"], samples_run["res"]
+    err = samples_run["run"].stderr
+    assert f"Results of dataset `samples` are under {res / 'samples'}/" in err and "Open first:" in err
+    assert f"--configfile {res / 'last_run.yaml'}" in err
+    recorded = yaml.safe_load((res / "last_run.yaml").read_text())
+    assert recorded["clustering"]["k"] == CONFIG["clustering"]["k"] and recorded["results"] == str(res)
+    html = work / "plain-report.html"
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+                           str(work), "--report", str(html)], cwd=work, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the report of the last run (dataset 'samples'" in proc.stderr and html.stat().st_size > 100_000
 
 
 def _stems(folder: Path, suffix: str) -> list[str]:

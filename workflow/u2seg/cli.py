@@ -12,7 +12,8 @@ import os
 import sys
 
 # Idle OpenMP threads sleep instead of spinning. When several jobs share the cores (Snakemake running
-# jobs side by side, shared cluster nodes) spinning threads made the MaskCut eigensolver ~15x slower.
+# jobs side by side, shared cluster nodes) spinning threads made the MaskCut eigensolver 17x slower
+# (two 2-thread processes on 2 cores; docs/benchmarks.md, "Claims checked").
 # Set before any stage imports torch; an explicit OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -3,7 +3,7 @@ class-aware COCO instance json (``category_id`` = cluster + 1, categories 1..K) 
 
 The per-shard embeddings are first copied into one float32 ``.npy`` file (in a temporary folder next
 to the outputs) that every Lloyd iteration streams in chunks of ``--chunk-size`` rows (plain reads
-into one buffer: about 10x faster than zarr chunk reads); in memory there are the centroids, one
+into one buffer: 15-50x faster than zarr chunk reads, docs/benchmarks.md); in memory there are the centroids, one
 chunk and, at the end, a label per instance (int32).
 The instance json is written streaming (one annotation at a time).
 """
