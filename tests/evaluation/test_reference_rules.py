@@ -164,3 +164,36 @@ def test_stego27_without_extra_clusters_keeps_every_label_below_27():
     res = semantic.stego_unsupervised_metrics(semantic.confusion(pred, gt, 27, 27))
     assert res["extra_clusters"] == 0 and res["pixels"] == 7 and res["pixel_acc"] == pytest.approx(100.0)
     assert res["miou"] == pytest.approx(100.0) and res["assignment"][1] == SKY and res["assignment"][2] == WALL
+
+
+def test_sample_ground_truth_with_a_crowd_split_in_two(tmp_path):
+    """The COCO panoptic sample's person crowd (image 142238) split into two crowd segments, the
+    larger listed first; the unmodified GT as the prediction (the crowd area predicted as one person
+    segment). panopticapi counts only the last crowd segment: that segment is a false positive."""
+    import json
+
+    from tests.conftest import COCO_PANOPTIC_SAMPLE, require_shared
+
+    root = require_shared(COCO_PANOPTIC_SAMPLE) / "annotations"
+    data = json.loads((root / "panoptic_val2017.json").read_text())
+    ids_all = [int(im["id"]) for im in data["images"]]
+    pgt = gtmod.load_panoptic(root / "panoptic_val2017.json", root / "panoptic_val2017", ids_all)
+    ids, segs = gtmod.panoptic_image(pgt.sources[142238])
+    crowd = next(s for s in segs if s["iscrowd"] and s["category_id"] == 1)
+    ys, xs = np.nonzero(ids == crowd["id"])
+    cut = np.quantile(xs, 0.7)  # 70 % of the crowd keeps its id, 30 % (listed last) gets a new one
+    split = ids.copy()
+    split[ys[xs > cut], xs[xs > cut]] = 999
+    small = int((split == 999).sum())
+    gt_segs = [dict(s, area=s["area"] - small) if s is crowd else dict(s) for s in segs]
+    gt_segs.append(dict(crowd, id=999, area=small))
+    atomic.save_png(tmp_path / "gt.png", id2rgb(split))
+    sources = {142238: ("png", str(tmp_path / "gt.png"), gt_segs)}
+    atomic.save_png(tmp_path / "pred.png", id2rgb(ids))
+    preds = {142238: (str(tmp_path / "pred.png"), [{"id": s["id"], "category_id": s["category_id"]} for s in segs])}
+    last = pq_compute(sources, preds, pgt.categories)
+    summed = pq_compute(sources, preds, pgt.categories, crowd_rule="sum")
+    assert summed["all"]["pq"] == pytest.approx(100.0)
+    assert last["per_category"]["person"]["fp"] == 1 and last["all"]["pq"] < 100.0
+    # unsplit, both rules agree: the crowd region excuses the prediction
+    assert pq_compute({142238: pgt.sources[142238]}, preds, pgt.categories)["all"]["pq"] == pytest.approx(100.0)
