@@ -21,6 +21,7 @@ def _protocol_flags():
         vote_iou=_EVAL_CFG["semantic_vote_iou"],
         max_dets=_EVAL_CFG["max_dets"],
         num_stuff=config["stuff"]["k"],
+        crowd_rule=_EVAL_CFG["pq_crowd_rule"],
     )
 
 
@@ -30,6 +31,7 @@ _PROTOCOL_SHELL = (
     " --hungarian-min-score {params.hun_score:q} --hungarian-min-iou {params.hun_iou:q}"
     " --hungarian-iou-type {params.hun_type:q} --hungarian-crowd {params.hun_crowd:q}"
     " --semantic-vote-iou {params.vote_iou:q} --max-dets {params.max_dets:q} --num-stuff {params.num_stuff:q}"
+    " --pq-crowd-rule {params.crowd_rule:q}"
 )
 
 
@@ -47,7 +49,21 @@ localrules:
     coco_ready,
 
 
+def _coco_root_checked(wildcards):
+    """No inputs; raises (while the DAG is built, before any job) when coco_root lacks the split and
+    `evaluate.download` is off: a typo in coco_root must not start a download."""
+    from u2seg.preflight import check_coco
+
+    found = check_coco(config, wildcards.split)
+    if found:
+        raise WorkflowError("configuration cannot run:\n  - " + "\n  - ".join(found))
+    return []
+
+
 rule coco_ready:
+    """Check that coco_root holds COCO {split}2017 (downloads it only with evaluate.download: true)."""
+    input:
+        _coco_root_checked,
     output:
         f"{RES}/coco/{{split}}_ready.json",
     wildcard_constraints:
@@ -72,6 +88,7 @@ rule coco_ready:
 
 # A trained model's predictions on dataset {ds}.
 rule evaluate:
+    """AP / PQ / mIoU of a trained model's predictions on dataset {ds} -> results/eval/{ds}/{model}/metrics.json + .md."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
         instances=f"{RES}/{{ds}}/predict/{{model}}/instances_results.json",
@@ -101,6 +118,7 @@ rule evaluate:
 
 # CutLER's "MaskCut" row: class-agnostic AP / AR of the MaskCut masks of dataset {ds}.
 rule evaluate_maskcut:
+    """CutLER's MaskCut row: class-agnostic AP / AR of the MaskCut masks of dataset {ds}."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
         masks=f"{RES}/{{ds}}/maskcut/masks.json",
@@ -125,6 +143,7 @@ rule evaluate_maskcut:
 
 # The pseudo-labels of dataset {ds} evaluated as predictions (instances, panoptic, semantic).
 rule evaluate_pseudo:
+    """The pseudo-labels of dataset {ds} evaluated as predictions (instances, panoptic, semantic)."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
         instances=f"{RES}/{{ds}}/pseudo/instances.json",
@@ -156,6 +175,7 @@ rule evaluate_pseudo:
 # Target: the whole chain on `coco_root` (pseudo-labels on train2017, training, prediction on val2017,
 # evaluation) plus the MaskCut row on val2017. Missing COCO data is downloaded when allowed.
 rule eval_coco:
+    """Target: the whole chain on COCO (pseudo-labels on train2017, training, prediction and evaluation on val2017)."""
     input:
         f"{RES}/coco/train_ready.json",
         f"{RES}/coco/val_ready.json",

@@ -4,6 +4,7 @@ _features_out = directory(f"{RES}/{{ds}}/features/shard_{{shard}}.zarr")
 
 
 rule features_shard:
+    """Backbone features of one shard of images -> a zarr v3 store (dense features, global embeddings)."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
     output:
@@ -35,5 +36,6 @@ rule features_shard:
 
 # Target: every feature shard of the configured dataset.
 rule extract_features:
+    """Target: every feature shard of the configured dataset."""
     input:
         lambda wc: [f"{RES}/{DS}/features/shard_{s}.zarr" for s in shard_ids(DS)],

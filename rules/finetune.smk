@@ -20,6 +20,7 @@ def _finetune_flags():
 
 
 rule finetune_split:
+    """Seeded labelled subset of COCO train (finetune.seed, fraction) + its category coverage."""
     input:
         manifest=f"{RES}/{COCO_TRAIN}/manifest.json",
     output:
@@ -44,6 +45,7 @@ rule finetune_split:
 
 
 rule finetune_rehead:
+    """The U2Seg model re-headed for the labelled classes (the fine-tuning start point)."""
     input:
         model=f"{RES}/{COCO_TRAIN}/train/r{config['train']['rounds']}/model_final.pth",
         labelled=f"{_FT_DIR}/labelled.json",
@@ -72,6 +74,7 @@ def _finetune_train_inputs(wc):
 
 
 rule finetune_train:
+    """Few-shot fine-tuning on the labelled subset from one initialisation (U2Seg or backbone)."""
     input:
         unpack(_finetune_train_inputs),
     output:
@@ -101,6 +104,7 @@ rule finetune_train:
 
 
 rule finetune_predict:
+    """Predictions of a fine-tuned model on COCO val."""
     input:
         weights=f"{_FT_DIR}/{{init}}/model_final.pth",
         manifest=f"{RES}/{COCO_VAL}/manifest.json",
@@ -126,6 +130,7 @@ rule finetune_predict:
 
 
 rule finetune_evaluate:
+    """Standard COCO AP of a fine-tuned model's predictions on COCO val."""
     input:
         predictions=f"{_FT_DIR}/{{init}}/predict/instances_results.json",
         labelled=f"{_FT_DIR}/labelled.json",
@@ -149,6 +154,7 @@ rule finetune_evaluate:
 
 # Target: both rows (U2Seg init vs backbone-init baseline) in one table.
 rule finetune:
+    """Target: U2Seg init vs backbone-init baseline after few-shot fine-tuning, in one table."""
     input:
         metrics=[f"{_FT_DIR}/u2seg/metrics.json", f"{_FT_DIR}/baseline/metrics.json"],
         coverage=f"{_FT_DIR}/coverage.json",

@@ -2,6 +2,7 @@
 
 
 checkpoint ingest:
+    """List the dataset's readable images into a manifest (skipped files and reasons in skipped.json)."""
     input:
         # COCO datasets: the root holds the split (downloaded first when absent; rules/evaluate.smk)
         lambda wc: coco_ready_input(wc),

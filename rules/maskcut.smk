@@ -5,6 +5,7 @@ _mc_crf = _mc["crf"]
 
 
 rule maskcut:
+    """MaskCut class-agnostic masks (COCO RLE) of one feature shard."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
         features=f"{RES}/{{ds}}/features/shard_{{shard}}.zarr",
@@ -56,6 +57,7 @@ rule maskcut:
 
 
 rule merge_masks:
+    """Merge the per-shard MaskCut masks into one COCO json + summary and gallery."""
     input:
         jsons=per_shard(f"{RES}/{{ds}}/maskcut/shard_{{shard}}.json"),
         galleries=per_shard(f"{RES}/{{ds}}/maskcut/shard_{{shard}}_gallery"),
@@ -79,5 +81,6 @@ rule merge_masks:
 
 # Target: the merged MaskCut masks of the configured dataset.
 rule maskcut_masks:
+    """Target: the merged MaskCut masks of the configured dataset."""
     input:
         f"{RES}/{DS}/maskcut/masks.json",

@@ -5,6 +5,7 @@ _PSEUDO = f"{RES}/{{ds}}/pseudo"
 
 
 rule embed:
+    """One embedding per MaskCut mask of one shard (embedding.method)."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
         masks=f"{RES}/{{ds}}/maskcut/shard_{{shard}}.json",
@@ -42,6 +43,7 @@ rule embed:
 
 
 rule cluster_instances:
+    """k-means over the instance embeddings (clustering.k) -> class-aware instances.json."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
         embeddings=per_shard(f"{RES}/{{ds}}/pseudo/embed/shard_{{shard}}.npz"),
@@ -76,6 +78,7 @@ rule cluster_instances:
 
 
 rule cluster_stuff:
+    """Unsupervised stuff clusters (stuff.k) over dense patch features -> stuff label maps."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
         features=per_shard(f"{RES}/{{ds}}/features/shard_{{shard}}.zarr"),
@@ -122,6 +125,7 @@ rule cluster_stuff:
 
 
 rule merge_panoptic:
+    """Merge instances and stuff into COCO panoptic pseudo-labels (+ semantic PNGs, gallery)."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
         instances=f"{_PSEUDO}/instances.json",
@@ -158,6 +162,7 @@ rule merge_panoptic:
 
 # Format check of the pseudo-labels (fails the run on any inconsistency).
 rule validate_pseudo:
+    """Format check of the pseudo-labels (the run fails on any inconsistency)."""
     input:
         json=f"{_PSEUDO}/panoptic.json",
         panoptic=f"{_PSEUDO}/panoptic",
@@ -183,6 +188,7 @@ rule validate_pseudo:
 
 # Target: the pseudo-labels of the configured dataset (paths in docs/architecture.md).
 rule pseudo_labels:
+    """Target: the panoptic pseudo-labels of the configured dataset."""
     input:
         expand(
             [

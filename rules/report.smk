@@ -55,11 +55,31 @@ def report_items(ds):
     return items
 
 
+# The feature shards of dataset {ds}, one path per line: `report features` reads them from this file,
+# so its command line does not grow with the dataset.
+localrules:
+    feature_shard_list,
+
+
+rule feature_shard_list:
+    """The list of feature shards of dataset {ds} (one path per line) for the report."""
+    input:
+        per_shard(f"{RES}/{{ds}}/features/shard_{{shard}}.zarr"),
+    output:
+        f"{RES}/report/{{ds}}/features/shards.txt",
+    run:
+        from u2seg.atomic import write_text
+
+        write_text(output[0], "".join(f"{p}\n" for p in input))
+
+
 rule report_features:
+    """Report page: images, skipped files and feature shards of dataset {ds}."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
         skipped=f"{RES}/{{ds}}/skipped.json",
         features=per_shard(f"{RES}/{{ds}}/features/shard_{{shard}}.zarr"),
+        shard_list=f"{RES}/report/{{ds}}/features/shards.txt",
     output:
         json=f"{RES}/{{ds}}/ingest_summary.json",
         html=report(
@@ -77,11 +97,12 @@ rule report_features:
         f"{RES}/logs/{{ds}}/report/features.log",
     shell:
         "{U2SEG} report features --dataset {wildcards.ds:q} --manifest {input.manifest:q}"
-        " --skipped {input.skipped:q} --features {input.features:q}"
+        " --skipped {input.skipped:q} --features-from {input.shard_list:q}"
         " --out-json {output.json:q} --out-html {output.html:q} > {log:q} 2>&1"
 
 
 rule report_maskcut:
+    """Report page + gallery of the MaskCut masks of dataset {ds}."""
     input:
         summary=f"{RES}/{{ds}}/maskcut/summary.json",
         gallery=f"{RES}/{{ds}}/maskcut/gallery",
@@ -95,7 +116,7 @@ rule report_maskcut:
         ),
         gallery=report(
             directory(f"{_REP}/maskcut/gallery"),
-            patterns=["{image}.png"],
+            patterns=["{image}.jpg"],
             caption="../docs/report/maskcut.rst",
             category=_CAT_MASKCUT,
             subcategory="gallery",
@@ -114,10 +135,12 @@ rule report_maskcut:
 
 
 rule report_pseudo:
+    """Report page + gallery of the pseudo-labels of dataset {ds}."""
     input:
         summary=f"{RES}/{{ds}}/pseudo/summary.json",
         gallery=f"{RES}/{{ds}}/pseudo/gallery",
         validation=f"{RES}/{{ds}}/pseudo/validation.json",
+        panoptic=f"{RES}/{{ds}}/pseudo/panoptic.json",
     output:
         html=report(
             f"{_REP}/pseudo/summary.html",
@@ -128,7 +151,7 @@ rule report_pseudo:
         ),
         gallery=report(
             directory(f"{_REP}/pseudo/gallery"),
-            patterns=["{image}.png"],
+            patterns=["{image}.jpg"],
             caption="../docs/report/pseudo.rst",
             category=_CAT_PSEUDO,
             subcategory="gallery",
@@ -143,10 +166,12 @@ rule report_pseudo:
     shell:
         "{U2SEG} report stage --stage pseudo --title 'Pseudo-labels: {wildcards.ds}'"
         " --summary {input.summary:q} --extra validation={input.validation:q} --gallery {input.gallery:q}"
+        " --panoptic-json {input.panoptic:q}"
         " --out-gallery {output.gallery:q} --out-html {output.html:q} > {log:q} 2>&1"
 
 
 rule report_train:
+    """Report page + loss curve of training round {n} on dataset {ds}."""
     input:
         summary=f"{RES}/{{ds}}/train/r{{n}}/summary.json",
         metrics=f"{RES}/{{ds}}/train/r{{n}}/metrics.jsonl",
@@ -181,6 +206,7 @@ rule report_train:
 
 
 rule report_predictions:
+    """Report page + gallery of a model's predictions on dataset {ds}."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
         results=f"{RES}/{{ds}}/predict/{{model}}/instances_results.json",
@@ -197,7 +223,7 @@ rule report_predictions:
         ),
         gallery=report(
             directory(f"{_REP}/predict/{{model}}/gallery"),
-            patterns=["{image}.png"],
+            patterns=["{image}.jpg"],
             caption="../docs/report/predict.rst",
             category=_CAT_PREDICT,
             subcategory="gallery",
@@ -227,6 +253,7 @@ rule report_predictions:
 
 
 rule report_evaluation:
+    """Report page: the AP / PQ / mIoU tables of dataset {ds} (or why there are none)."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
         metrics=lambda wc: evaluated_metrics(wc.ds),
@@ -258,5 +285,6 @@ rule report_evaluation:
 # Target: every report item of the configured dataset; then
 #   snakemake inspect --report results/report.html
 rule inspect:
+    """Target: every report page of the configured dataset; then `snakemake --report results/report.html`."""
     input:
         lambda wc: report_items(DS),

@@ -85,6 +85,7 @@ def _gpu(section):
 
 
 rule train_round:
+    """One self-training round {n} of the panoptic Cascade Mask R-CNN on the pseudo-labels."""
     input:
         unpack(_train_inputs),
     output:
@@ -115,6 +116,7 @@ rule train_round:
 
 
 rule self_train_labels:
+    """Next round's pseudo-labels from the previous round's predictions (self-training)."""
     input:
         predictions=lambda wc: f"{RES}/{wc.ds}/predict/{wc.ds}-r{int(wc.n) - 1}/instances_results.json",
         previous=lambda wc: _labels_of_round(wc.ds, int(wc.n) - 1),
@@ -141,6 +143,7 @@ rule self_train_labels:
 
 
 rule predict:
+    """Predictions of a trained model on dataset {ds}: instances, panoptic and semantic outputs."""
     input:
         weights=_model_file,
         manifest=f"{RES}/{{ds}}/manifest.json",
@@ -171,12 +174,14 @@ rule predict:
 
 # Target: the final round's model of the configured dataset.
 rule train:
+    """Target: the final round's model of the configured dataset."""
     input:
         f"{RES}/{DS}/train/r{_ROUNDS}/model_final.pth",
 
 
 # Target: predictions of the final model on the configured dataset.
 rule predictions:
+    """Target: predictions of the final model on the configured dataset."""
     input:
         f"{RES}/{DS}/predict/{DS}-r{_ROUNDS}/instances_results.json",
         f"{RES}/{DS}/predict/{DS}-r{_ROUNDS}/panoptic.json",

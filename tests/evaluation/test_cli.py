@@ -101,6 +101,9 @@ def test_coco_mini_ground_truth_as_predictions(tmp_path):
     assert m["semantic"]["stego27"]["pixel_acc"] > 0
     md = (tmp_path / "metrics.md").read_text()
     assert "| class_agnostic | box | 100.0" in md and "things-only GT" in md
+    # metrics.md says which semantic number is STEGO's and which rule PQ used for crowd segments
+    assert "| stego27 |" in md and "| stego27_strict |" in md and "STEGO's UnsupervisedMetrics" in md
+    assert "crowd segments of one category in an image: last: panopticapi" in md
 
 
 def test_panoptic_sample_with_stuff(tmp_path):

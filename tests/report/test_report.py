@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
-from tests.conftest import run_snakemake
+from tests.conftest import REPO, run_snakemake
 from tests.report.cdp import Chromium
+from u2seg.report.images import MAX_PIXELS, MAX_SIDE
 
 pytestmark = pytest.mark.slow
 
@@ -97,18 +101,34 @@ FRAME_STATE = r"""
 def samples_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("report_samples")
     t0 = time.perf_counter()
-    run_snakemake(work, ["inspect"], CONFIG)
+    run = run_snakemake(work, ["inspect"], CONFIG)
     t1 = time.perf_counter()
     html = work / "results" / "report.html"
     proc = run_snakemake(work, ["inspect"], CONFIG, extra=["--report", str(html)])
     t2 = time.perf_counter()
     assert html.is_file(), proc.stderr[-3000:]
     print(f"samples pipeline + report items: {t1 - t0:.0f} s; snakemake --report: {t2 - t1:.0f} s")
-    return {"work": work, "res": work / "results", "html": html}
+    return {"work": work, "res": work / "results", "html": html, "run": run}
 
 
-def _png_names(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.glob("*.png"))
+def test_the_end_of_the_run_says_where_and_a_plain_report_command_works(samples_run):
+    """Issue 16: the run ends with the results' place and the report command; `snakemake --report`
+    without --config builds the report of that run (its config recorded in results/last_run.yaml)."""
+    work, res = samples_run["work"], samples_run["res"]
+    err = samples_run["run"].stderr
+    assert f"Results of dataset `samples` are under {res / 'samples'}/" in err and "Open first:" in err
+    assert f"--configfile {res / 'last_run.yaml'}" in err
+    recorded = yaml.safe_load((res / "last_run.yaml").read_text())
+    assert recorded["clustering"]["k"] == CONFIG["clustering"]["k"] and recorded["results"] == str(res)
+    html = work / "plain-report.html"
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+                           str(work), "--report", str(html)], cwd=work, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the report of the last run (dataset 'samples'" in proc.stderr and html.stat().st_size > 100_000
+
+
+def _stems(folder: Path, suffix: str) -> list[str]:
+    return sorted(p.stem for p in folder.glob(f"*{suffix}"))
 
 
 def test_report_items_on_disk(samples_run):
@@ -126,17 +146,23 @@ def test_report_items_on_disk(samples_run):
     assert ingest["shards"][0]["images"] == n and ingest["shards"][0]["seconds"] > 0
     assert ingest["shards"][0]["dense_shape"][0] == n
 
-    # the stage galleries are copied in full
+    # the stage galleries are copied in full, as JPEGs bounded in size (issue 16)
     for stage in ("maskcut", "pseudo"):
-        names = _png_names(res / "samples" / stage / "gallery")
+        names = _stems(res / "samples" / stage / "gallery", ".png")
         assert names, f"{stage} wrote no gallery"
-        assert _png_names(rep / stage / "gallery") == names
+        assert _stems(rep / stage / "gallery", ".jpg") == names
+    for jpg in rep.rglob("*.jpg"):
+        with Image.open(jpg) as im:
+            w, h = im.size
+        assert max(w, h) <= MAX_SIDE and w * h <= MAX_PIXELS * 1.1, (jpg, im.size)
+    with Image.open(rep / "maskcut" / "gallery" / "retina.jpg") as im:  # 1411 x 1411 in the stage gallery
+        assert im.size == (1024, 1024)
 
     # summary pages carry the stages' numbers
     mc = json.loads((res / "samples" / "maskcut" / "summary.json").read_text())
     page = (rep / "maskcut" / "summary.html").read_text()
     assert "masks per image (mean)" in page and f"<td class='num'>{mc['n_masks']}</td>" in page
-    assert page.count("<figure><img src='data:image/jpeg;base64,") == len(_png_names(rep / "maskcut" / "gallery"))
+    assert page.count("<figure><img src='data:image/jpeg;base64,") == len(_stems(rep / "maskcut" / "gallery", ".jpg"))
     ps = json.loads((res / "samples" / "pseudo" / "summary.json").read_text())
     page = (rep / "pseudo" / "summary.html").read_text()
     sizes = ps["clustering"]["cluster_sizes"]
@@ -152,12 +178,12 @@ def test_report_items_on_disk(samples_run):
     # predictions: a seeded sample (the MaskCut rule: gallery_size 8 of 8 images = all), one panel
     # per image: image | instances | panoptic (no ground-truth panel: samples has none)
     pred = rep / "predict" / "samples-r1" / "gallery"
-    stems = sorted(Path(im["file_name"]).stem + ".png" for im in manifest["images"])
-    assert _png_names(pred) == stems
-    for png in pred.glob("*.png"):
-        with Image.open(png) as im:
+    stems = sorted(Path(im["file_name"]).stem for im in manifest["images"])
+    assert _stems(pred, ".jpg") == stems
+    for jpg in pred.glob("*.jpg"):
+        with Image.open(jpg) as im:
             w, h = im.size
-        assert h == 320 and w > 2.5 * h, (png, im.size)
+        assert 320 < h <= 370 and w > 2.5 * 320, (jpg, im.size)  # 320 px panels + the cluster legend
     assert "ground truth" in (rep / "predict" / "samples-r1" / "summary.html").read_text()
 
 
@@ -220,7 +246,7 @@ def test_report_in_chromium(samples_run, chromium_binary, tmp_path):
                         f"(() => {{ const s = __u2.shown(); return s.path && s.path !== {json.dumps(before)} && "
                         "((s.img && s.img.ok && s.img.complete) || (s.frame && s.frame.ok)) ? s : null; })()")
                     path = Path(shown["path"])
-                    if path.suffix == ".png":
+                    if path.suffix in (".png", ".jpg"):
                         with Image.open(path) as im:
                             size = im.size
                         assert (shown["img"]["w"], shown["img"]["h"]) == size, (path, shown)
@@ -234,7 +260,7 @@ def test_report_in_chromium(samples_run, chromium_binary, tmp_path):
                             assert state["tables"] >= 1 and len(state["text"]) > 200, (path, state)
                         if path.parent.name in ("maskcut", "pseudo") or "predict" in path.parts:
                             gallery = path.parent / "gallery"
-                            assert state["loaded"] >= len(list(gallery.glob("*.png"))) > 0, (path, state)
+                            assert state["loaded"] >= len(list(gallery.glob("*.jpg"))) > 0, (path, state)
                         if "train" in path.parts:
                             assert state["loaded"] >= 1  # the loss curve
                         checked_pages.append((str(path), state["loaded"]))
@@ -244,7 +270,7 @@ def test_report_in_chromium(samples_run, chromium_binary, tmp_path):
         errors = browser.exceptions()
         assert not errors, errors
 
-    # every report item was displayed: 8+8+8 gallery PNGs + the loss curve; 6 summary pages
+    # every report item was displayed: 8+8+8 gallery JPEGs + the loss curve; 6 summary pages
     assert len(checked_images) == 8 + 8 + 8 + 1, checked_images
     assert len(checked_pages) == 6, checked_pages
     # the screenshots are real renderings (not blank pages)

@@ -11,6 +11,7 @@ from u2seg import atomic
 from u2seg.cli import main
 from u2seg.coco_format import encode_mask, id2rgb, mask_bbox
 from u2seg.features import write_shard
+from u2seg.pseudo.gallery import palette
 from u2seg.report import markdown_to_html, seeded_sample
 
 H, W = 48, 64
@@ -92,12 +93,19 @@ def test_predictions_next_to_ground_truth(tmp_path):
                  "--out-gallery", str(out / "gallery"), "--out-html", str(out / "summary.html")]) == 0
     sample = seeded_sample([1, 2, 3], 2, 0)
     assert len(sample) == 2 and sample == seeded_sample([3, 2, 1], 2, 0)  # order-independent
-    assert sorted(p.name for p in (out / "gallery").glob("*.png")) == [f"img{i}.png" for i in sample]
+    assert sorted(p.name for p in (out / "gallery").glob("*.jpg")) == [f"img{i}.jpg" for i in sample]
     panel_w = round(W * 320 / H)
     for i in sample:
-        tile = np.asarray(Image.open(out / "gallery" / f"img{i}.png").convert("RGB")).astype(int)
-        # image | instances | panoptic | ground truth, each 320 px high, 4 px white gaps
-        assert tile.shape == (320, 4 * panel_w + 3 * 4, 3)
+        full = np.asarray(Image.open(out / "gallery" / f"img{i}.jpg").convert("RGB")).astype(int)
+        # image | instances | panoptic | ground truth, each 320 px high, 4 px white gaps; a legend below
+        assert full.shape[1] == 4 * panel_w + 3 * 4 and 320 < full.shape[0] <= 320 + 50, full.shape
+        tile, legend = full[:320], full[320:]
+        # the legend shows a swatch of each cluster in the image: things c1 (disc, odd ids) and c2, stuff s1
+        shown = {"c2": palette(2)[1], "s1": palette(2, offset=0.31)[0]}
+        if i % 2:
+            shown["c1"] = palette(2)[0]
+        for name, color in shown.items():
+            assert (np.abs(legend - np.asarray(color, int)).sum(axis=2) < 30).sum() >= 60, name  # JPEG
         panels = [tile[:, p * (panel_w + 4):p * (panel_w + 4) + panel_w] for p in range(4)]
         scale = 320 / H
         inside = (int(18 * scale), int((16 + i) * scale))  # centre of the square (y, x)

@@ -12,10 +12,12 @@ import os
 import sys
 
 # Idle OpenMP threads sleep instead of spinning. When several jobs share the cores (Snakemake running
-# jobs side by side, shared cluster nodes) spinning threads made the MaskCut eigensolver ~15x slower.
+# jobs side by side, shared cluster nodes) spinning threads made the MaskCut eigensolver 17x slower
+# (two 2-thread processes on 2 cores; docs/benchmarks.md, "Claims checked").
 # Set before any stage imports torch; an explicit OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from u2seg import __version__
 from u2seg.errors import UserError
 
 # stage name -> (module, one-line help)
@@ -46,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Top-level parser with one sub-command per registered stage (help texts only)."""
     parser = argparse.ArgumentParser(prog="u2seg", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"u2seg {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="stage", metavar="<stage>")
     for name, (_, help_text) in STAGES.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -59,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     while argv and argv[0] in ("-v", "--verbose"):
         verbose = True
         argv.pop(0)
+    if argv and argv[0] == "--version":
+        print(f"u2seg {__version__}")
+        return 0
     if not argv or argv[0] not in STAGES:
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"u2seg: unknown stage {argv[0]!r}; stages: {', '.join(STAGES)}", file=sys.stderr)
         build_parser().print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     name, rest = argv[0], argv[1:]

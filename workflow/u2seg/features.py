@@ -73,14 +73,18 @@ def _load_batch(manifest: dict[str, Any], batch_meta: list[dict[str, Any]], back
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (from `u2seg ingest`)")
     parser.add_argument("--shard", type=int, required=True, help="shard index")
-    parser.add_argument("--shard-size", type=int, required=True)
-    parser.add_argument("--backbone", required=True)
+    parser.add_argument("--shard-size", type=int, required=True,
+                        help="images per feature shard (config features.shard_size)")
+    parser.add_argument("--backbone", required=True,
+                        help="backbone name (config backbone), e.g. efficientnet_lite2 or dino_vitb8")
     parser.add_argument("--weights", default=None, help="weights path or URL (DINO backbones); empty = default")
-    parser.add_argument("--input-size", type=int, default=480)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--input-size", type=int, default=480,
+                        help="images are resized to this square size (pixels) before the backbone")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--out", type=Path, required=True, help="output zarr store")
 

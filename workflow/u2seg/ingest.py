@@ -223,7 +223,9 @@ def check_skipped(n_total: int, skipped: list[dict[str, str]], max_fraction: flo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kind", required=True, choices=["samples", "images", "coco", COCO_FORMAT])
+    parser.add_argument("--kind", required=True, choices=["samples", "images", "coco", COCO_FORMAT],
+                        help="dataset kind: samples (bundled photos), images (a folder, --root), coco (--root, "
+                             "--split) or coco-format (--root images + --instances and/or --panoptic-json)")
     parser.add_argument("--root", type=Path, help="images folder (images, coco-format) or COCO root (coco)")
     parser.add_argument("--instances", type=Path, help="coco-format: COCO instances json")
     parser.add_argument("--panoptic-json", type=Path, help="coco-format: COCO panoptic json")
@@ -232,10 +234,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=["train", "val"], help="COCO split")
     parser.add_argument("--limit", type=int, default=None, help="first N COCO (coco-format) images by id")
     parser.add_argument("--samples-dir", type=Path, help="where the sample photos are written")
-    parser.add_argument("--max-side", type=int, default=20000)
-    parser.add_argument("--min-side", type=int, default=8)
-    parser.add_argument("--max-skipped-fraction", type=float, default=0.2)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--max-side", type=int, default=20000,
+                        help="images with a longer side (pixels) are skipped as too large (config ingest.max_side)")
+    parser.add_argument("--min-side", type=int, default=8,
+                        help="images with a shorter side (pixels) are skipped as too small (config ingest.min_side)")
+    parser.add_argument("--max-skipped-fraction", type=float, default=0.2,
+                        help="fail when more than this fraction of the files is unreadable")
+    parser.add_argument("--workers", type=int, default=2, help="processes reading the images")
     parser.add_argument("--manifest", type=Path, required=True, help="output manifest json")
     parser.add_argument("--skipped", type=Path, required=True, help="output skipped json")
 

@@ -48,9 +48,53 @@ def check_results(results: str) -> list[str]:
     return problems
 
 
+# Archive sizes as listed on https://cocodataset.org/#download (what a download costs).
+COCO_ARCHIVE_SIZES = {"images-train": "18 GB", "images-val": "1 GB", "annotations": "241 MB", "panoptic": "821 MB"}
+
+
+def coco_missing(root: Path, split: str, panoptic: bool = False) -> list[str]:
+    """Which of ``images``, ``annotations`` (``panoptic``) the COCO root lacks for ``split``."""
+    ann = root / "annotations"
+    missing = []
+    if not (root / f"{split}2017").is_dir():
+        missing.append("images")
+    if not (ann / f"instances_{split}2017.json").is_file():
+        missing.append("annotations")
+    if panoptic and not ((ann / f"panoptic_{split}2017.json").is_file() and (ann / f"panoptic_{split}2017").is_dir()):
+        missing.append("panoptic")
+    return missing
+
+
+def coco_download_plan(root: str | Path, split: str, missing: list[str]) -> str:
+    """What a download of ``missing`` parts of COCO ``split`` fetches, where to, and how big."""
+    parts = [f"{p} ({COCO_ARCHIVE_SIZES['images-' + split if p == 'images' else p]})" for p in missing]
+    return f"COCO {split}2017 {', '.join(parts)} into {Path(root).expanduser().absolute()}"
+
+
+def check_coco(config: dict[str, Any], split: str) -> list[str]:
+    """The COCO root holds ``split`` (images + instances json), or ``evaluate.download`` is on."""
+    evaluate = config.get("evaluate") or {}
+    raw = str(config.get("coco_root"))
+    root = Path(raw).expanduser()
+    missing = coco_missing(root, split, bool(evaluate.get("download_panoptic")) and bool(evaluate.get("download")))
+    if not missing or evaluate.get("download"):
+        return []
+    plan = coco_download_plan(root, split, missing)
+    hint = (f"; check coco_root, or to download {plan}, set `evaluate.download: true` (a --configfile "
+            "with `evaluate: {download: true}`; nothing is downloaded unless you ask)")
+    if not root.is_dir():
+        return [f"coco_root={raw!r} is not an existing folder (COCO {split}2017 needed){hint}"]
+    problems = []
+    if "annotations" in missing:
+        problems.append(f"coco_root={raw!r} has no annotations/instances_{split}2017.json (split={split}){hint}")
+    if "images" in missing:
+        problems.append(f"coco_root={raw!r} has no {split}2017/ images folder (split={split}){hint}")
+    return problems
+
+
 def check_dataset(config: dict[str, Any]) -> list[str]:
     """The configured ``dataset``'s own source exists (images_dir, or the COCO root's split unless
-    ``evaluate.download`` lets rule ``coco_ready`` fetch it)."""
+    the user asked rule ``coco_ready`` to download it with ``evaluate.download``)."""
     kind = config.get("dataset")
     named = config.get("datasets") or {}
     problems = check_dataset_names(config)
@@ -65,22 +109,7 @@ def check_dataset(config: dict[str, Any]) -> list[str]:
         if not Path(images_dir).expanduser().is_dir():
             return [f"images_dir={images_dir!r} is not an existing folder (dataset=images)"]
     elif kind == "coco":
-        if (config.get("evaluate") or {}).get("download"):
-            return []  # rule coco_ready downloads what is missing before ingestion
-        root = Path(str(config.get("coco_root"))).expanduser()
-        split = config.get("split", "val")
-        hint = " (or set evaluate.download: true to download it)"
-        if not root.is_dir():
-            return [f"coco_root={str(config.get('coco_root'))!r} is not an existing folder (dataset=coco){hint}"]
-        problems = []
-        ann = root / "annotations" / f"instances_{split}2017.json"
-        if not ann.is_file():
-            problems.append(f"coco_root={str(config.get('coco_root'))!r} has no annotations/instances_{split}2017.json "
-                            f"(dataset=coco, split={split}){hint}")
-        if not (root / f"{split}2017").is_dir():
-            problems.append(f"coco_root={str(config.get('coco_root'))!r} has no {split}2017/ images folder "
-                            f"(dataset=coco, split={split}){hint}")
-        return problems
+        return check_coco(config, str(config.get("split", "val")))
     return []
 
 
@@ -150,3 +179,57 @@ def check(config: dict[str, Any]) -> None:
     found = problems(config)
     if found:
         raise UserError("configuration cannot run:\n  - " + "\n  - ".join(found))
+
+
+def describe_config_error(exc: BaseException) -> str:
+    """One clear line for a config that failed the schema: the key, the bad value, what is allowed.
+
+    ``exc``: the ``WorkflowError`` raised by Snakemake's ``validate`` (raised while handling the
+    jsonschema ``ValidationError``, its ``__context__``) or that ``ValidationError`` itself; anything else is returned
+    as its text.
+    """
+    import difflib
+
+    err = None
+    for cand in (exc, exc.__cause__, exc.__context__, *getattr(exc, "args", ())):
+        if hasattr(cand, "validator") and hasattr(cand, "path"):
+            err = cand
+            break
+    if err is None:
+        return str(exc)
+    path = ".".join(str(p) for p in err.path)
+    where = f"`{path}`" if path else "the top level"
+    validator, schema, value = err.validator, err.schema if isinstance(err.schema, dict) else {}, err.instance
+    if validator == "additionalProperties" and isinstance(value, dict):
+        allowed = sorted((schema.get("properties") or {}).keys())
+        unknown = sorted(k for k in value if k not in allowed)
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            full = f"{path}.{key}" if path else str(key)
+            hints.append(f"`{full}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
+        return (f"Error validating config: unknown key {', '.join(hints)} in {where}; "
+                f"allowed keys there: {', '.join(allowed)}")
+    if validator == "enum":
+        return (f"Error validating config: `{path}` = {value!r} is not allowed; use one of "
+                f"{', '.join(repr(v) for v in err.validator_value)}")
+    if validator == "type":
+        return f"Error validating config: `{path}` = {value!r} must be of type {err.validator_value}"
+    if validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+                     "minItems", "maxItems", "minLength", "pattern"):
+        return f"Error validating config: `{path}` = {value!r} violates {validator} {err.validator_value!r}"
+    text = str(err.message).splitlines()[0]
+    return f"Error validating config: `{path or '<config>'}` = {value!r}: {text}"
+
+
+def download_notices(config: dict[str, Any]) -> list[str]:
+    """What rule ``coco_ready`` will download for the configured ``dataset`` (said before it starts)."""
+    evaluate = config.get("evaluate") or {}
+    if config.get("dataset") != "coco" or not evaluate.get("download"):
+        return []
+    split = str(config.get("split", "val"))
+    root = Path(str(config.get("coco_root"))).expanduser()
+    missing = coco_missing(root, split, bool(evaluate.get("download_panoptic")))
+    if not missing:
+        return []
+    return [f"evaluate.download is on: rule coco_ready will download {coco_download_plan(root, split, missing)}"]

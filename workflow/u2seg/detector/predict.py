@@ -26,6 +26,7 @@ from u2seg.detector.train import resolve_device
 from u2seg.errors import UserError
 from u2seg.images import load_rgb
 from u2seg.manifest import image_path, image_stem, load_manifest
+from u2seg.progress import ProgressLog
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,7 @@ def predict_manifest(model: PanopticCascadeRCNN, manifest: dict[str, Any], cfg: 
     loader = torch.utils.data.DataLoader(_ImageSet(manifest, cfg), batch_size=cfg.batch_size, shuffle=False,
                                          num_workers=cfg.workers, collate_fn=_collate)
     use_amp = device.type == "cuda"
+    prog = ProgressLog(log, "predict", len(manifest["images"]), "img", period=30.0)
     with tqdm(total=len(manifest["images"]), desc="predict", disable=not progress, mininterval=5.0) as bar:
         for batch in loader:
             images = [t.to(device).float() for _, t, _ in batch]
@@ -178,6 +180,7 @@ def predict_manifest(model: PanopticCascadeRCNN, manifest: dict[str, Any], cfg: 
             for (im, t, orig), res in zip(batch, results):
                 yield im, postprocess(res, tuple(t.shape[-2:]), orig, cfg.mask_threshold)
             bar.update(len(batch))
+            prog.update(len(batch))
 
 
 def run_predict(weights: str | Path, manifest_path: str | Path, out_dir: str | Path, cfg: PredictConfig,

@@ -24,6 +24,7 @@ from u2seg.detector import checkpoint as ckpt
 from u2seg.detector.data import BatchConfig, IterationBatches, PseudoLabelDataset, to_model_inputs
 from u2seg.detector.model import ModelConfig, PanopticCascadeRCNN, build_model, norm_parameter_names
 from u2seg.errors import UserError
+from u2seg.progress import ProgressLog
 
 log = logging.getLogger(__name__)
 
@@ -313,6 +314,7 @@ def train(dataset: PseudoLabelDataset, model_cfg: ModelConfig, cfg: TrainConfig,
     bar = tqdm(total=cfg.max_iter, initial=start, desc="train", disable=not progress or rank != 0,
                mininterval=5.0)
     fh = open(metrics_path, "a") if rank == 0 else None
+    prog = ProgressLog(log, "train iter", cfg.max_iter, "it", period=30.0, start=start)
     try:
         t_data = time.perf_counter()
         for it, samples in zip(range(start, cfg.max_iter), loader):
@@ -333,9 +335,7 @@ def train(dataset: PseudoLabelDataset, model_cfg: ModelConfig, cfg: TrainConfig,
                 fh.flush()
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}")
-                if (it + 1) % 20 == 0 or it == start:
-                    log.info("iter %d/%d loss %.4f lr %.3g (%.2fs)", it + 1, cfg.max_iter, row["loss"], lr,
-                             row["time"])
+                prog.update(1, f"loss {row['loss']:.4f} lr {lr:.3g} ({row['time']:.2f}s)")
                 done = it + 1
                 if done % cfg.checkpoint_period == 0 or done == cfg.max_iter:
                     ckpt.save_training(work, done, {

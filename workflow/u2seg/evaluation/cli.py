@@ -19,7 +19,7 @@ from pathlib import Path
 
 from u2seg import atomic
 from u2seg.errors import UserError
-from u2seg.evaluation import download, protocols, tables
+from u2seg.evaluation import download, panoptic, protocols, tables
 from u2seg.evaluation.gt import load_json
 from u2seg.manifest import load_manifest
 
@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--semantic-vote-iou", type=_fraction, default=d["semantic_vote_iou"],
                    help="u2seg16: per-image IoU a stuff label needs to vote for a class")
     p.add_argument("--max-dets", type=int, default=d["max_dets"], help="COCOeval detections per image")
+    p.add_argument("--pq-crowd-rule", choices=sorted(panoptic.CROWD_RULES), default=d["pq_crowd_rule"],
+                   help="PQ, several crowd segments of one category in an image: 'last' = panopticapi (only "
+                        "the last one listed excuses a false positive), 'sum' = all of them"),
     p.add_argument("--num-stuff", type=int, default=27, help="stuff clusters in the semantic PNGs")
     p.add_argument("--workers", type=int, default=1, help="processes for PQ / semantic passes")
     p.add_argument("--protocol", action="append", default=[], metavar="NAME",
@@ -71,10 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dl = parser.add_argument_group("COCO download mode")
     dl.add_argument("--download-coco", type=Path, metavar="ROOT",
                     help="make sure this COCO root holds --split (download what is missing), then exit")
-    dl.add_argument("--split", choices=["train", "val"], default="val")
+    dl.add_argument("--split", choices=["train", "val"], default="val", help="COCO split to make sure of")
     dl.add_argument("--with-panoptic", action="store_true", help="also the panoptic GT of the split")
     dl.add_argument("--no-download", action="store_true", help="fail instead of downloading")
-    dl.add_argument("--base-url", default=download.BASE_URL)
+    dl.add_argument("--base-url", default=download.BASE_URL, help="where the COCO archives are downloaded from")
     dl.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds")
     dl.add_argument("--ready", type=Path, help="json written when the root is complete")
 
@@ -87,7 +90,8 @@ def _settings(args: argparse.Namespace) -> dict:
                    "include_crowd": getattr(args, f"{rule}_crowd") == "include"}
     if args.max_dets < 1 or args.workers < 1 or args.num_stuff < 0:
         raise UserError("--max-dets and --workers must be >= 1, --num-stuff >= 0")
-    s.update(semantic_vote_iou=args.semantic_vote_iou, max_dets=args.max_dets, workers=args.workers)
+    s.update(semantic_vote_iou=args.semantic_vote_iou, max_dets=args.max_dets, workers=args.workers,
+             pq_crowd_rule=args.pq_crowd_rule)
     return s
 
 

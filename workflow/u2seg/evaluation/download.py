@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from u2seg import atomic
 from u2seg.errors import UserError
+from u2seg.preflight import coco_download_plan, coco_missing
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +37,7 @@ Opener = Callable[..., Any]  # urllib.request.urlopen-compatible: (url, timeout=
 
 def missing_parts(root: Path, split: str, panoptic: bool) -> list[str]:
     """Which of ``images``, ``annotations``, ``panoptic`` a COCO root lacks for ``split``."""
-    ann = root / "annotations"
-    missing = []
-    if not (root / f"{split}2017").is_dir():
-        missing.append("images")
-    if not (ann / f"instances_{split}2017.json").is_file():
-        missing.append("annotations")
-    if panoptic and not ((ann / f"panoptic_{split}2017.json").is_file() and (ann / f"panoptic_{split}2017").is_dir()):
-        missing.append("panoptic")
-    return missing
+    return coco_missing(Path(root), split, panoptic)
 
 
 def fetch(url: str, target: Path, timeout: float = 60.0, opener: Opener | None = None,
@@ -60,6 +53,7 @@ def fetch(url: str, target: Path, timeout: float = 60.0, opener: Opener | None =
     try:
         with opener(url, timeout=timeout) as resp, open(part, "wb") as fh:
             total = int(resp.headers.get("Content-Length") or 0) if getattr(resp, "headers", None) else 0
+            log.info("%s: %s", url, f"{total / 1e9:.2f} GB" if total else "size unknown")
             with tqdm(total=total or None, unit="B", unit_scale=True, desc=target.name) as bar:
                 while True:
                     block = resp.read(chunk)
@@ -123,6 +117,8 @@ def ensure_coco(root: str | Path, split: str = "val", panoptic: bool = True, all
     if not allow_download:
         raise UserError(f"COCO root {root} lacks {', '.join(missing)} for {split}2017 and downloading is "
                         f"disabled (evaluate.download: false)")
+    log.warning("downloading %s (archives under %s, removed after extraction)",
+                coco_download_plan(root, split, missing), root / ".download")
     cache = root / ".download"
     for part in missing:
         name = ARCHIVES[part].format(split=split)

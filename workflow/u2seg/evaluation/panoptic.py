@@ -4,7 +4,11 @@ Per image, a (GT segment, predicted segment) pair is a true positive iff both ha
 category, the GT segment is not crowd and IoU > 0.5, with
 ``IoU = |g & p| / (|p| + |g| - |g & p| - |p & VOID_gt|)`` (|g| = the GT json ``area``).
 Unmatched non-crowd GT segments are false negatives. An unmatched prediction is a false positive
-unless more than half of it lies on GT VOID plus the GT crowd regions of its own category.
+unless more than half of it lies on GT VOID plus the GT crowd region of its own category. With
+several crowd segments of one category in an image, panopticapi uses only the last one listed in
+``segments_info`` (``crowd_rule="last"``, the default, so numbers compare with the literature);
+``crowd_rule="sum"`` counts the union of them all. A predicted segment whose category id is not a
+known category raises UserError (panopticapi raises KeyError).
 Per category: PQ = sum IoU_TP / (TP + FP/2 + FN/2), SQ = sum IoU_TP / TP, RQ = TP / (TP + FP/2 +
 FN/2); categories without TP, FP and FN are skipped; All / Things / Stuff are unweighted means.
 
@@ -32,6 +36,12 @@ from u2seg.errors import UserError
 from u2seg.evaluation.gt import Category, panoptic_image, read_panoptic_png
 
 log = logging.getLogger(__name__)
+
+# How an unmatched prediction's overlap with GT crowd regions of its category is counted.
+CROWD_RULES = {
+    "last": "panopticapi: only the last crowd segment of the category listed in segments_info",
+    "sum": "every crowd segment of the category (their union)",
+}
 
 
 @dataclass
@@ -77,11 +87,12 @@ def _lookup(ids: np.ndarray, seg_ids: np.ndarray, seg_col: np.ndarray, unknown: 
 def pq_image(gt_ids: np.ndarray, gt_seg_ids: np.ndarray, gt_seg_cat: np.ndarray, gt_seg_crowd: np.ndarray,
              gt_seg_area: np.ndarray, pred_ids: np.ndarray, pred_seg_ids: np.ndarray, pred_seg_cat: np.ndarray,
              n_categories: int, pred_forced_fp: np.ndarray | None = None,
-             gt_seg_group: np.ndarray | None = None) -> PQStats:
+             gt_seg_group: np.ndarray | None = None, crowd_rule: str = "last") -> PQStats:
     """PQ statistics of one image from segment-id maps and per-segment arrays.
 
     Categories are indices ``0..n_categories-1``; ``-1`` paints a segment VOID. ``gt_seg_group``
     (optional) merges GT segments that share a group number (their areas are summed).
+    ``crowd_rule`` (``CROWD_RULES``): which crowd segments of a category excuse a false positive.
     Raises UserError for predicted ids missing from the segment list or listed segments without
     pixels (as panopticapi does)."""
     if gt_ids.shape != pred_ids.shape:
@@ -91,6 +102,8 @@ def pq_image(gt_ids: np.ndarray, gt_seg_ids: np.ndarray, gt_seg_cat: np.ndarray,
     gt_seg_cat = np.asarray(gt_seg_cat, np.int64)
     pred_seg_cat = np.asarray(pred_seg_cat, np.int64)
     forced = np.zeros(len(pred_seg_ids), bool) if pred_forced_fp is None else np.asarray(pred_forced_fp, bool)
+    if crowd_rule not in CROWD_RULES:
+        raise UserError(f"crowd_rule {crowd_rule!r}: use one of {sorted(CROWD_RULES)}")
     if len(set(pred_seg_ids.tolist())) != len(pred_seg_ids) or (pred_seg_ids == 0).any():
         raise UserError("predicted segment ids must be unique and non-zero")
 
@@ -146,7 +159,15 @@ def pq_image(gt_ids: np.ndarray, gt_seg_ids: np.ndarray, gt_seg_cat: np.ndarray,
     p_matched = np.zeros(n_p, bool)
     p_matched[pj] = True
     np.add.at(stats.fn, g_cat[~g_matched & ~g_crowd], 1)
-    crowd_inter = (inter * (same & g_crowd[:, None])).sum(axis=0)
+    crowd_rows = g_crowd.copy()
+    if crowd_rule == "last" and g_crowd.any():
+        # rows follow the listing order (groups are numbered by their first segment)
+        last: dict[int, int] = {}
+        for row in np.flatnonzero(g_crowd).tolist():
+            last[int(g_cat[row])] = row
+        crowd_rows[:] = False
+        crowd_rows[list(last.values())] = True
+    crowd_inter = (inter * (same & crowd_rows[:, None])).sum(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         ignored = (void_inter + crowd_inter) / p_area > 0.5
     np.add.at(stats.fp, p_cat[~p_matched & ~ignored], 1)
@@ -163,6 +184,8 @@ class PQContext:
     merge_stuff: bool  # merge GT segments of one stuff category per image
     stuff_indices: frozenset[int]
     n_categories: int
+    known_pred_cats: frozenset[int] = frozenset()  # predicted category ids allowed (others raise)
+    crowd_rule: str = "last"  # CROWD_RULES
 
 
 _CTX: PQContext | None = None
@@ -209,11 +232,16 @@ def evaluate_image(task: tuple[tuple, str | None, list[dict[str, Any]]], ctx: PQ
         pred_segments = []
     else:
         pred_ids = read_panoptic_png(pred_png)
+    unknown = sorted({int(s["category_id"]) for s in pred_segments} - ctx.known_pred_cats)
+    if unknown:
+        raise UserError(f"{pred_png}: predicted segment(s) with unknown category_id {unknown} (known: "
+                        f"{sorted(ctx.known_pred_cats)}); the prediction json's `categories` must list "
+                        "every category its segments use")
     p_ids = np.array([int(s["id"]) for s in pred_segments], np.int64)
     p_cat = np.array([ctx.pred_cat_index.get(int(s["category_id"]), -1) for s in pred_segments], np.int64)
     p_forced = np.array([int(s["category_id"]) in ctx.forced_fp_cats for s in pred_segments], bool)
     return pq_image(gt_ids, gt_seg_ids, gt_cat, gt_crowd, gt_area, pred_ids, p_ids, p_cat,
-                    ctx.n_categories, p_forced, group)
+                    ctx.n_categories, p_forced, group, ctx.crowd_rule)
 
 
 def run_tasks(tasks: Sequence[tuple], ctx: PQContext, workers: int = 1, desc: str = "PQ") -> PQStats:
@@ -261,15 +289,21 @@ def summarize(stats: PQStats, categories: Sequence[Category]) -> dict[str, Any]:
 def pq_compute(gt_sources: dict[int, tuple], predictions: dict[int, tuple[str, list[dict[str, Any]]]],
                categories: Sequence[Category], gt_cat_map: dict[int, int] | None = None,
                pred_cat_map: dict[int, int] | None = None, forced_fp: dict[int, int] | None = None,
-               merge_stuff: bool = False, workers: int = 1) -> dict[str, Any]:
+               merge_stuff: bool = False, workers: int = 1, pred_categories: Iterable[int] | None = None,
+               crowd_rule: str = "last") -> dict[str, Any]:
     """PQ over every GT image.
 
     ``gt_sources``: image id -> GT source (see ``gt.panoptic_image``); ``predictions``: image id ->
     (PNG path, segments_info), images without a prediction count as empty predictions;
     ``categories``: evaluated categories; ``gt_cat_map`` / ``pred_cat_map``: category id -> eval
     category id (identity when None; ids missing from a given map are painted VOID);
-    ``forced_fp``: predicted category id -> eval category id whose segments only count as FPs.
+    ``forced_fp``: predicted category id -> eval category id whose segments only count as FPs;
+    ``pred_categories``: every valid predicted category id (default: the keys of ``pred_cat_map`` and
+    ``forced_fp``, or the evaluated categories without a map): a segment of any other id raises
+    UserError; ``crowd_rule``: see ``CROWD_RULES``.
     """
+    if crowd_rule not in CROWD_RULES:
+        raise UserError(f"crowd_rule {crowd_rule!r}: use one of {sorted(CROWD_RULES)}")
     cat_index = {c.id: i for i, c in enumerate(categories)}
 
     def index_map(m: dict[int, int] | None) -> dict[int, int]:
@@ -282,8 +316,14 @@ def pq_compute(gt_sources: dict[int, tuple], predictions: dict[int, tuple[str, l
     for k, v in forced_fp.items():
         if int(v) in cat_index:
             pred_index[int(k)] = cat_index[int(v)]
+    if pred_categories is None:
+        known = set(cat_index) if pred_cat_map is None else {int(k) for k in pred_cat_map}
+        known |= {int(k) for k in forced_fp}
+    else:
+        known = {int(k) for k in pred_categories}
     ctx = PQContext(index_map(gt_cat_map), pred_index, frozenset(int(k) for k in forced_fp), merge_stuff,
-                    frozenset(i for i, c in enumerate(categories) if not c.isthing), len(categories))
+                    frozenset(i for i, c in enumerate(categories) if not c.isthing), len(categories),
+                    frozenset(known), crowd_rule)
     missing = [i for i in gt_sources if i not in predictions]
     if missing:
         log.warning("%d of %d images have no panoptic prediction: evaluated as empty predictions",

@@ -10,7 +10,8 @@ instance  class_agnostic  CutLER: all categories collapsed into one, box + mask 
                           box IoU > 0.5, crowd excluded); predictions of unmatched clusters stay as
                           false positives of their most-overlapping class (most frequent class when
                           they overlap nothing).
-semantic  stego27         COCO-Stuff-27 GT (super-categories), one-to-one Hungarian over the set.
+semantic  stego27         COCO-Stuff-27 GT (super-categories), one-to-one Hungarian over the set, as
+                          STEGO's UnsupervisedMetrics computes it (stego27_strict: without its artefacts).
           u2seg16         U2Seg released 16 classes, per-image IoU > 0.15 majority votes.
 panoptic  u2seg           things by the `majority` mapping, stuff by the `u2seg16` mapping, unmapped
                           segments VOID; GT stuff relabelled to its super-category (segments not
@@ -42,8 +43,12 @@ PROTOCOLS = {
     "instance/hungarian": "strict one-to-one Hungarian on the cluster x class vote matrix (score >= {min_score}, "
                           "{iou_type} IoU > {min_iou}, crowd GT {crowd}); unmatched clusters counted as false "
                           "positives of their most-overlapping class; fitted on the evaluated set",
-    "semantic/stego27": "STEGO COCO-Stuff-27: GT = COCO super-categories (12 thing + 15 stuff) from panoptic GT at "
-                        "full resolution; one-to-one Hungarian over the whole set; unmatched labels count as errors",
+    "semantic/stego27": "STEGO COCO-Stuff-27 exactly as STEGO's UnsupervisedMetrics computes it: GT = COCO "
+                        "super-categories (12 thing + 15 stuff) from panoptic GT at full resolution; one-to-one "
+                        "Hungarian over the whole set; pixels of labels >= 27 dropped, unmatched labels summed into "
+                        "one extra IoU entry, absent classes get IoU 0 when their label predicts pixels",
+    "semantic/stego27_strict": "stricter 27-class variant: the same one-to-one Hungarian with every label counted "
+                               "(pixels of unmatched labels are errors), mIoU over classes with TP + FP + FN > 0",
     "semantic/u2seg16": "U2Seg released 16 classes (things + 15 stuff super-categories): per-image IoU > {vote_iou} "
                         "majority votes; pixels of unmapped labels excluded",
     "panoptic/u2seg": "panopticapi PQ; things via instance/majority, stuff via semantic/u2seg16; unmapped "
@@ -66,6 +71,7 @@ def default_settings() -> dict[str, Any]:
         "hungarian": {"min_score": 0.0, "min_iou": 0.5, "iou_type": "bbox", "include_crowd": False},
         "semantic_vote_iou": 0.15,
         "max_dets": 100,
+        "pq_crowd_rule": "last",
         "workers": 1,
     }
 
@@ -202,7 +208,8 @@ def evaluate(manifest: dict[str, Any], dataset: str, model: str, instances_data:
         tasks = [(pgt.sources[i], sources[i], lut27, num_stuff + 1, settings["semantic_vote_iou"]) for i in image_ids]
         conf27, votes16 = semantic.accumulate(tasks, settings["workers"])
         names = semantic.label_names(num_stuff + 1)
-        s27 = semantic.stego27_metrics(conf27)
+        s27 = semantic.stego_unsupervised_metrics(conf27)
+        s27s = semantic.stego27_metrics(conf27)
         s16 = semantic.u2seg16_metrics(semantic.to_u2seg16(conf27), votes16)
         sem_assign16 = s16["assignment"]
         metrics["semantic"] = {
@@ -211,6 +218,10 @@ def evaluate(manifest: dict[str, Any], dataset: str, model: str, instances_data:
             "stego27": {"protocol": PROTOCOLS["semantic/stego27"],
                         **{k: v for k, v in s27.items() if k != "assignment"},
                         "mapping": {names[r]: gtmod.COCOSTUFF27_NAMES[c] for r, c in enumerate(s27["assignment"]) if c >= 0}},
+            "stego27_strict": {"protocol": PROTOCOLS["semantic/stego27_strict"],
+                               **{k: v for k, v in s27s.items() if k != "assignment"},
+                               "mapping": {names[r]: gtmod.COCOSTUFF27_NAMES[c]
+                                           for r, c in enumerate(s27s["assignment"]) if c >= 0}},
             "u2seg16": {"protocol": _describe("semantic/u2seg16", vote_iou=settings["semantic_vote_iou"]),
                         **{k: v for k, v in s16.items() if k != "assignment"},
                         "mapping": {names[r]: gtmod.U2SEG16_NAMES[c] for r, c in enumerate(s16["assignment"]) if c >= 0}},
@@ -224,7 +235,7 @@ def evaluate(manifest: dict[str, Any], dataset: str, model: str, instances_data:
 
     if pan_preds is not None and instances_data is not None and coco_classes:
         metrics["panoptic"] = _panoptic_protocols(pgt, pan_preds, thing_cats, stuff_cats, maps, sem_assign16,
-                                                  conf27, settings["workers"])
+                                                  conf27, settings["workers"], settings["pq_crowd_rule"])
         if pgt.kind == "things_only":
             metrics["notes"].append("panoptic: things-only GT (rasterised instances, smaller on top, crowd as "
                                     "crowd, unlabelled pixels VOID): predicted stuff segments are not scored")
@@ -242,21 +253,23 @@ def evaluate(manifest: dict[str, Any], dataset: str, model: str, instances_data:
 
 def _panoptic_protocols(pgt: gtmod.PanopticGT, pan_preds: dict, thing_cats: list[int], stuff_cats: list[int],
                         maps: dict[str, dict[int, int]], sem_assign16: np.ndarray | None,
-                        conf27: np.ndarray | None, workers: int) -> dict[str, Any]:
+                        conf27: np.ndarray | None, workers: int, crowd_rule: str = "last") -> dict[str, Any]:
     eval_cats, gt_map = gtmod.u2seg_panoptic_categories(pgt.categories)
     has_stuff = any(not c.isthing for c in eval_cats)
     names = {c.id: c.name for c in eval_cats}
     base = gtmod.STUFF_SUPERCATEGORY_ID_BASE
     out: dict[str, Any] = {"ground_truth": pgt.label,
                            "categories": {"things": sum(c.isthing for c in eval_cats),
-                                          "stuff": sum(not c.isthing for c in eval_cats)}}
+                                          "stuff": sum(not c.isthing for c in eval_cats)},
+                           "crowd_rule": f"{crowd_rule}: {panoptic.CROWD_RULES.get(crowd_rule, '?')}"}
+    known = thing_cats + stuff_cats  # the prediction json's categories; others raise
     # u2seg: majority things, u2seg16 stuff, unmapped VOID
     pred_map = {k: v for k, v in maps.get("majority", {}).items() if k in thing_cats}
     stuff_map: dict[int, int] = {}
     if has_stuff and sem_assign16 is not None:
         stuff_map = {c: base + int(sem_assign16[i + 1]) for i, c in enumerate(stuff_cats) if sem_assign16[i + 1] > 0}
     res = panoptic.pq_compute(pgt.sources, pan_preds, eval_cats, gt_map, {**pred_map, **stuff_map},
-                              merge_stuff=False, workers=workers)
+                              merge_stuff=False, workers=workers, pred_categories=known, crowd_rule=crowd_rule)
     out["u2seg"] = {"protocol": PROTOCOLS["panoptic/u2seg"], **res,
                     "stuff_mapping": {str(k): names[v] for k, v in stuff_map.items()}}
     # hungarian: strict
@@ -273,7 +286,8 @@ def _panoptic_protocols(pgt: gtmod.PanopticGT, pan_preds: dict, thing_cats: list
             elif fallback[i] >= 0:
                 stuff_fp[c] = base + 1 + int(fallback[i])
     res = panoptic.pq_compute(pgt.sources, pan_preds, eval_cats, gt_map, {**pred_map, **stuff_map},
-                              forced_fp={**forced, **stuff_fp}, merge_stuff=True, workers=workers)
+                              forced_fp={**forced, **stuff_fp}, merge_stuff=True, workers=workers,
+                              pred_categories=known, crowd_rule=crowd_rule)
     out["hungarian"] = {"protocol": PROTOCOLS["panoptic/hungarian"], **res,
                         "stuff_mapping": {str(k): names[v] for k, v in stuff_map.items()},
                         "charged_as_fp": {str(k): names.get(v, str(v)) for k, v in {**forced, **stuff_fp}.items()}}

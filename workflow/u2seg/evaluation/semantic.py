@@ -5,10 +5,16 @@ any other value is "no prediction" and excluded. GT is the COCO-Stuff-27 class m
 stuff super-categories, ``gt.COCOSTUFF27_SUPERCATEGORIES``); the U2Seg 16-class GT (0 = things,
 1..15 stuff super-categories) is derived from it.
 
-* ``stego27``: one (labels x 27) confusion matrix over the whole set, strict one-to-one Hungarian
-  assignment; pixels of unmatched labels count as errors. PixelAcc = matched diagonal / all pixels,
-  IoU_c = TP / (TP + FP + FN) of the label matched to class c, mIoU = mean over classes with
-  TP + FP + FN > 0.
+* ``stego27``: STEGO's ``UnsupervisedMetrics`` (mhamilton723/STEGO src/utils.py) on the whole set,
+  with ``n_classes = 27`` and ``extra_clusters = max(0, labels - 27)``: pixels of labels >= 27 are
+  dropped (STEGO's mask tests ``preds < n_classes``); with extra clusters the (labels x 27) matrix
+  is assigned by two Hungarian calls (on it, and on its transpose), the rows of the clusters left
+  unmatched are summed into one extra row (an extra IoU entry, 0 when those clusters predict any
+  pixel), and a class without GT pixels gets IoU 0 when its assigned label predicts any.
+  PixelAcc = matched diagonal / counted pixels, mIoU = mean of the non-NaN entries.
+* ``stego27_strict``: the same 27-class one-to-one Hungarian without those artefacts: every label
+  counted (pixels of unmatched labels are errors), IoU_c = TP / (TP + FP + FN) of the label matched
+  to class c, mIoU = mean over classes with TP + FP + FN > 0 (no extra entry).
 * ``u2seg16`` (U2Seg's released protocol): per image, every stuff label p present and every stuff
   super-category g present vote (p, g) when IoU(p, g) > 0.15 (whole-image masks); p -> most-voted g
   (ties: lowest index), no vote -> unmapped; label 0 -> things. Pixels of unmapped labels are
@@ -28,6 +34,8 @@ from tqdm import tqdm
 
 from u2seg.errors import UserError
 from u2seg.evaluation import gt as gtmod
+from scipy.optimize import linear_sum_assignment
+
 from u2seg.evaluation.matching import hungarian_assign, majority_assign
 from u2seg.evaluation.panoptic import mp_context
 
@@ -89,8 +97,52 @@ def _iou_stats(conf: np.ndarray, assignment: np.ndarray, n_gt: int) -> tuple[np.
     return tp, fp, fn
 
 
+def stego_unsupervised_metrics(conf27: np.ndarray, n_classes: int = N27) -> dict[str, Any]:
+    """STEGO's ``UnsupervisedMetrics(n_classes, extra_clusters, compute_hungarian=True)`` PixelAcc /
+    mIoU (x100) of a (labels + 1) x (n_classes + 1) matrix (last row / column: ignored pixels),
+    computed the way STEGO's code does (see the module docstring); ``extra_clusters = labels - 27``."""
+    n_labels = conf27.shape[0] - 1
+    extra = max(0, n_labels - n_classes)
+    stats = np.zeros((n_classes + extra, n_classes), np.int64)
+    kept = min(n_labels, n_classes)  # STEGO keeps preds < n_classes only
+    stats[:kept] = conf27[:kept, :n_classes]
+    dropped = int(conf27[kept:n_labels, :n_classes].sum())
+    rows, cols = linear_sum_assignment(stats, maximize=True)
+    if extra == 0:
+        hist = stats[np.argsort(cols), :].astype(np.float64)
+        assignment = np.full(n_labels, -1, np.int64)
+        assignment[rows[rows < n_labels]] = cols[rows < n_labels]
+    else:
+        _, cols_t = linear_sum_assignment(stats.T, maximize=True)
+        missing = sorted(set(range(n_classes + extra)) - set(rows.tolist()))
+        hist = np.vstack([stats[cols_t, :], stats[missing, :].sum(axis=0, keepdims=True)]).astype(np.float64)
+        hist = np.hstack([hist, np.zeros((n_classes + 1, 1))])
+        assignment = np.full(n_labels, -1, np.int64)  # STEGO's map_clusters: the first Hungarian call
+        assignment[rows] = cols
+    tp = np.diag(hist)
+    fp = hist.sum(axis=0) - tp
+    fn = hist.sum(axis=1) - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = tp / (tp + fp + fn)
+    total = hist.sum()
+    valid = ~np.isnan(iou)
+    out = {
+        "pixel_acc": float(100 * tp.sum() / total) if total else None,
+        "miou": float(100 * iou[valid].mean()) if valid.any() else None,
+        "per_class_iou": {gtmod.COCOSTUFF27_NAMES[c]: float(100 * iou[c]) for c in range(n_classes) if valid[c]},
+        "pixels": int(total),
+        "dropped_pixels": dropped,
+        "extra_clusters": extra,
+        "assignment": assignment,
+    }
+    if extra:
+        out["unmatched_clusters_iou"] = float(100 * iou[n_classes]) if valid[n_classes] else None
+    return out
+
+
 def stego27_metrics(conf27: np.ndarray) -> dict[str, Any]:
-    """STEGO-style one-to-one Hungarian PixelAcc / mIoU (x100) of a (labels + 1) x 28 matrix."""
+    """Strict one-to-one Hungarian PixelAcc / mIoU (x100) of a (labels + 1) x 28 matrix
+    (``stego27_strict``: every label counted, classes without TP + FP + FN left out)."""
     n_pred = conf27.shape[0] - 1
     conf = conf27[:n_pred, :N27].astype(np.float64)
     assignment = hungarian_assign(conf)

@@ -48,6 +48,8 @@ def markdown(metrics: dict[str, Any]) -> str:
         for name, res in pan.items():
             if isinstance(res, dict) and "protocol" in res:
                 lines.append(f"- `{name}`: {res['protocol']}")
+        if pan.get("crowd_rule"):
+            lines.append(f"- several crowd segments of one category in an image: {pan['crowd_rule']}")
         lines.append("")
     sem = metrics.get("semantic")
     if sem:

@@ -49,24 +49,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     alg.add_argument("--tau", type=float, default=d.tau, help="affinity threshold on the cosine similarity")
     alg.add_argument("--eps", type=float, default=d.eps, help="weight of the edges below tau")
     alg.add_argument("--n-masks", type=int, default=d.n_masks, help="masks per image (N)")
-    alg.add_argument("--solver", choices=SOLVERS, default=d.solver)
+    alg.add_argument("--solver", choices=SOLVERS, default=d.solver,
+                     help="eigenvector solver: fast (block-Krylov, torch) or dense (scipy eigh, as CutLER)")
     alg.add_argument("--eigen-tol", type=float, default=d.eigen_tol,
                      help="fast solver: residual tolerance ||M y - mu y||")
-    alg.add_argument("--foreground-rule", choices=FOREGROUND_RULES, default=d.foreground_rule)
-    alg.add_argument("--max-iou-previous", type=float, default=d.max_iou_previous)
-    alg.add_argument("--min-area-fraction", type=float, default=d.min_area_fraction)
-    alg.add_argument("--min-crf-iou", type=float, default=d.min_crf_iou)
+    alg.add_argument("--foreground-rule", choices=FOREGROUND_RULES, default=d.foreground_rule,
+                     help="which side of the cut is foreground: faithful (CutLER's corner rule) or sign_invariant")
+    alg.add_argument("--max-iou-previous", type=float, default=d.max_iou_previous,
+                     help="reject a new patch mask whose IoU with the previous one exceeds this")
+    alg.add_argument("--min-area-fraction", type=float, default=d.min_area_fraction,
+                     help="reject a patch mask covering at most this fraction of the patches")
+    alg.add_argument("--min-crf-iou", type=float, default=d.min_crf_iou,
+                     help="discard a mask whose IoU with its pre-CRF mask is below this")
     crf = parser.add_argument_group("dense CRF")
-    crf.add_argument("--crf", action=argparse.BooleanOptionalAction, default=c.enabled)
-    crf.add_argument("--crf-gaussian-sxy", type=float, default=c.gaussian_sxy)
-    crf.add_argument("--crf-gaussian-compat", type=float, default=c.gaussian_compat)
-    crf.add_argument("--crf-bilateral-sxy", type=float, default=c.bilateral_sxy)
-    crf.add_argument("--crf-bilateral-srgb", type=float, default=c.bilateral_srgb)
-    crf.add_argument("--crf-bilateral-compat", type=float, default=c.bilateral_compat)
-    crf.add_argument("--crf-iterations", type=int, default=c.iterations)
+    crf.add_argument("--crf", action=argparse.BooleanOptionalAction, default=c.enabled,
+                     help="dense CRF refinement of each mask (--no-crf: skip it; hole filling still applies)")
+    crf.add_argument("--crf-gaussian-sxy", type=float, default=c.gaussian_sxy,
+                     help="CRF Gaussian (smoothness) kernel: spatial std in pixels")
+    crf.add_argument("--crf-gaussian-compat", type=float, default=c.gaussian_compat,
+                     help="CRF Gaussian kernel: Potts weight")
+    crf.add_argument("--crf-bilateral-sxy", type=float, default=c.bilateral_sxy,
+                     help="CRF bilateral (appearance) kernel: spatial std in pixels")
+    crf.add_argument("--crf-bilateral-srgb", type=float, default=c.bilateral_srgb,
+                     help="CRF bilateral kernel: colour std")
+    crf.add_argument("--crf-bilateral-compat", type=float, default=c.bilateral_compat,
+                     help="CRF bilateral kernel: Potts weight")
+    crf.add_argument("--crf-iterations", type=int, default=c.iterations, help="CRF mean-field iterations")
     run_ = parser.add_argument_group("execution")
     run_.add_argument("--batch-size", type=int, default=4, help="images per batched eigen solve")
-    run_.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    run_.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                      help="auto (CUDA when present), cpu or cuda")
     run_.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     run_.add_argument("--seed", type=int, default=d.seed, help="seed of the eigensolver start and the gallery sample")
 

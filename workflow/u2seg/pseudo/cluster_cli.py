@@ -3,7 +3,7 @@ class-aware COCO instance json (``category_id`` = cluster + 1, categories 1..K) 
 
 The per-shard embeddings are first copied into one float32 ``.npy`` file (in a temporary folder next
 to the outputs) that every Lloyd iteration streams in chunks of ``--chunk-size`` rows (plain reads
-into one buffer: about 10x faster than zarr chunk reads); in memory there are the centroids, one
+into one buffer: 15-50x faster than zarr chunk reads, docs/benchmarks.md); in memory there are the centroids, one
 chunk and, at the end, a label per instance (int32).
 The instance json is written streaming (one annotation at a time).
 """
@@ -97,19 +97,22 @@ def write_instances(path: Path, manifest: dict[str, Any], shard_size: int, embed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", type=Path, required=True)
-    parser.add_argument("--shard-size", type=int, required=True)
+    parser.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (from `u2seg ingest`)")
+    parser.add_argument("--shard-size", type=int, required=True,
+                        help="images per feature shard (config features.shard_size)")
     parser.add_argument("--embed-dir", type=Path, required=True, help="folder of shard_{i:05d}.npz")
     parser.add_argument("--masks-dir", type=Path, required=True, help="folder of MaskCut shard_{i:05d}.json")
     parser.add_argument("--k", type=int, required=True, help="clusters K (config clustering.k)")
-    parser.add_argument("--iterations", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--chunk-size", type=int, default=65536)
-    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--out-instances", type=Path, required=True)
-    parser.add_argument("--out-centroids", type=Path, required=True)
-    parser.add_argument("--summary", type=Path, required=True)
+    parser.add_argument("--iterations", type=int, default=100, help="maximum k-means (Lloyd) iterations")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the k-means initialisation")
+    parser.add_argument("--chunk-size", type=int, default=65536, help="embedding rows streamed from disk per step")
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
+                        help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--out-instances", type=Path, required=True,
+                        help="output COCO instances json (category = cluster + 1)")
+    parser.add_argument("--out-centroids", type=Path, required=True, help="output centroids .npy (K x D)")
+    parser.add_argument("--summary", type=Path, required=True, help="output summary json (cluster sizes, iterations)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -46,20 +46,25 @@ def load_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (from `u2seg ingest`)")
     parser.add_argument("--shard", type=int, required=True, help="shard index")
-    parser.add_argument("--shard-size", type=int, required=True)
+    parser.add_argument("--shard-size", type=int, required=True,
+                        help="images per feature shard (config features.shard_size)")
     parser.add_argument("--masks", type=Path, required=True, help="the shard's MaskCut json")
     parser.add_argument("--features", type=Path, required=True, help="the shard's feature store (.zarr)")
-    parser.add_argument("--method", choices=["pooled", "crop_cls"], default="pooled")
+    parser.add_argument("--method", choices=["pooled", "crop_cls"], default="pooled",
+                        help="pooled: mask-weighted mean of the shard's dense features; crop_cls: masked crop through the backbone")
     parser.add_argument("--backbone", default=None, help="crop_cls: backbone name")
     parser.add_argument("--weights", default="", help="crop_cls: weights path or URL ('' = default)")
-    parser.add_argument("--background", type=int, nargs=3, default=[0, 0, 0], metavar=("R", "G", "B"))
+    parser.add_argument("--background", type=int, nargs=3, default=[0, 0, 0], metavar=("R", "G", "B"),
+                        help="crop_cls: colour painted outside the mask")
     parser.add_argument("--margin", type=float, default=0.0, help="crop margin, fraction of the box size")
-    parser.add_argument("--crop-size", type=int, default=480)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--crop-size", type=int, default=480,
+                        help="crop_cls: crops are resized to this square size (pixels)")
+    parser.add_argument("--batch-size", type=int, default=16, help="crops per forward pass (crop_cls)")
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
+                        help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", type=Path, required=True, help="output .npz")
 
 

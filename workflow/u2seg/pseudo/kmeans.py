@@ -113,7 +113,7 @@ class NpyWriter:
 
 class NpyRowSource:
     """A :class:`RowSource` over a float32 C-order ``.npy`` file, read with ``readinto`` into one
-    reusable chunk buffer (about 10x faster than zarr chunk reads; no memory map, so the file's
+    reusable chunk buffer (15-50x faster than zarr chunk reads, docs/benchmarks.md; no memory map, so the file's
     pages never count as the process's resident memory)."""
 
     def __init__(self, path: str | Path, chunk_size: int = 65536):

@@ -29,20 +29,23 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (from `u2seg ingest`)")
     parser.add_argument("--instances", type=Path, required=True, help="class-aware instance json")
     parser.add_argument("--stuff-dir", type=Path, required=True, help="folder of stuff PNGs (0..S-1)")
     parser.add_argument("--k", type=int, required=True, help="thing clusters K (config clustering.k)")
     parser.add_argument("--num-stuff", type=int, default=27, help="stuff clusters S (config stuff.k)")
-    parser.add_argument("--max-thing-overlap", type=float, default=0.7)
-    parser.add_argument("--gallery-size", type=int, default=8)
-    parser.add_argument("--cluster-summary", type=Path, default=None)
-    parser.add_argument("--stuff-summary", type=Path, default=None)
+    parser.add_argument("--max-thing-overlap", type=float, default=0.7,
+                        help="drop a stuff cluster's region when more than this fraction of it is covered by things")
+    parser.add_argument("--gallery-size", type=int, default=8, help="images (fixed hash sample) that get overlay PNGs")
+    parser.add_argument("--cluster-summary", type=Path, default=None,
+                        help="summary json of `u2seg cluster-instances` (copied into the summary)")
+    parser.add_argument("--stuff-summary", type=Path, default=None,
+                        help="summary json of `u2seg cluster-stuff` (copied into the summary)")
     parser.add_argument("--out-json", type=Path, required=True, help="COCO panoptic json")
     parser.add_argument("--out-panoptic", type=Path, required=True, help="folder of panoptic PNGs")
     parser.add_argument("--out-semantic", type=Path, required=True, help="folder of semantic PNGs")
     parser.add_argument("--gallery", type=Path, required=True, help="folder of overlay PNGs")
-    parser.add_argument("--summary", type=Path, required=True)
+    parser.add_argument("--summary", type=Path, required=True, help="output summary json")
 
 
 def _stats(values: np.ndarray) -> dict[str, Any]:

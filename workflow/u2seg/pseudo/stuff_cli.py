@@ -23,21 +23,24 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", type=Path, required=True)
-    parser.add_argument("--shard-size", type=int, required=True)
+    parser.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (from `u2seg ingest`)")
+    parser.add_argument("--shard-size", type=int, required=True,
+                        help="images per feature shard (config features.shard_size)")
     parser.add_argument("--features-dir", type=Path, required=True, help="folder of shard_{i:05d}.zarr")
     parser.add_argument("--k", type=int, default=27, help="stuff clusters (config stuff.k)")
-    parser.add_argument("--sample-patches", type=int, default=200000)
-    parser.add_argument("--iterations", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sample-patches", type=int, default=200000,
+                        help="patch features sampled (seeded) to fit the stuff k-means")
+    parser.add_argument("--iterations", type=int, default=100, help="maximum k-means iterations")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the patch sample and the k-means initialisation")
     parser.add_argument("--chunk-size", type=int, default=65536, help="rows per streamed k-means chunk")
     add_crf_arguments(parser)
     parser.add_argument("--model", default="kmeans", choices=["kmeans", "stego", "stego_checkpoint"],
                         help="stuff model (config stuff.model); stego*: gather the maps of `u2seg stego infer`")
     parser.add_argument("--stego-maps-dir", type=Path, default=None, help="stego*: folder of shard_XXXXX/ maps")
     parser.add_argument("--stego-model", type=Path, default=None, help="stego*: the STEGO stuff model (.npz)")
-    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
+                        help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out-model", type=Path, required=True, help="stuff model (.npz)")
     parser.add_argument("--out-maps", type=Path, required=True, help="folder of stuff PNGs")
     parser.add_argument("--summary", type=Path, required=True, help="stuff summary json")
@@ -46,12 +49,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_crf_arguments(parser: argparse.ArgumentParser) -> None:
     """The dense-CRF flags (config stuff.crf)."""
     parser.add_argument("--crf", action="store_true", help="refine the maps with a dense CRF")
-    parser.add_argument("--crf-gaussian-sxy", type=float, default=1.0)
-    parser.add_argument("--crf-gaussian-compat", type=float, default=3.0)
-    parser.add_argument("--crf-bilateral-sxy", type=float, default=67.0)
-    parser.add_argument("--crf-bilateral-srgb", type=float, default=3.0)
-    parser.add_argument("--crf-bilateral-compat", type=float, default=4.0)
-    parser.add_argument("--crf-iterations", type=int, default=10)
+    parser.add_argument("--crf-gaussian-sxy", type=float, default=1.0,
+                        help="CRF Gaussian (smoothness) kernel: spatial std in pixels")
+    parser.add_argument("--crf-gaussian-compat", type=float, default=3.0, help="CRF Gaussian kernel: Potts weight")
+    parser.add_argument("--crf-bilateral-sxy", type=float, default=67.0,
+                        help="CRF bilateral (appearance) kernel: spatial std in pixels")
+    parser.add_argument("--crf-bilateral-srgb", type=float, default=3.0, help="CRF bilateral kernel: colour std")
+    parser.add_argument("--crf-bilateral-compat", type=float, default=4.0, help="CRF bilateral kernel: Potts weight")
+    parser.add_argument("--crf-iterations", type=int, default=10, help="CRF mean-field iterations")
     parser.add_argument("--crf-alpha", type=float, default=2.0, help="probabilities = softmax(alpha * cosine)")
 
 

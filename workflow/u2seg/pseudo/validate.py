@@ -205,14 +205,15 @@ def validate_instances(path: str | Path, num_categories: int | None = None,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--panoptic-json", type=Path, required=True)
+    parser.add_argument("--panoptic-json", type=Path, required=True,
+                        help="COCO panoptic json to check")
     parser.add_argument("--panoptic-dir", type=Path, required=True, help="folder of panoptic PNGs")
     parser.add_argument("--semantic-dir", type=Path, default=None, help="folder of semantic PNGs (optional)")
     parser.add_argument("--instances", type=Path, default=None, help="class-aware instance json (optional)")
     parser.add_argument("--num-things", type=int, default=None,
                         help="expected K: the instance json must have categories 1..K")
     parser.add_argument("--report", type=Path, default=None, help="write the findings as json here")
-    parser.add_argument("--max-errors", type=int, default=100)
+    parser.add_argument("--max-errors", type=int, default=100, help="stop listing after this many problems")
 
 
 def run(args: argparse.Namespace) -> int:
