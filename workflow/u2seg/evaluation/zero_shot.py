@@ -93,8 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``u2seg zero-shot-table``."""
     parser.add_argument("--model", required=True, help="the model every metrics.json evaluates")
     parser.add_argument("--metrics", type=Path, nargs="+", required=True, help="metrics.json, one per set")
-    parser.add_argument("--out-json", type=Path, required=True)
-    parser.add_argument("--out-md", type=Path, required=True)
+    parser.add_argument("--out-json", type=Path, required=True, help="output table (json, one row per set)")
+    parser.add_argument("--out-md", type=Path, required=True, help="output table (markdown)")
 
 
 def run(args: argparse.Namespace) -> int:

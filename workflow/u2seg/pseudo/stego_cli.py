@@ -51,19 +51,22 @@ def _reader(shards):
 
 
 def add_crop_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--crop-type", default="five", choices=["five", "none"])
-    parser.add_argument("--crop-ratio", type=float, default=0.5)
+    parser.add_argument("--crop-type", default="five", choices=["five", "none"],
+                        help="five: STEGO's five crops of each feature map; none: the whole map")
+    parser.add_argument("--crop-ratio", type=float, default=0.5, help="crop side as a fraction of the map side")
 
 
 # --------------------------------------------------------------------------------------------- knn
 def add_knn_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", type=Path, required=True)
-    parser.add_argument("--shard-size", type=int, required=True)
-    parser.add_argument("--features-dir", type=Path, required=True)
+    parser.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (from `u2seg ingest`)")
+    parser.add_argument("--shard-size", type=int, required=True,
+                        help="images per feature shard (config features.shard_size)")
+    parser.add_argument("--features-dir", type=Path, required=True, help="folder of shard_{i:05d}.zarr")
     add_crop_arguments(parser)
     parser.add_argument("--knn", type=int, default=30, help="neighbours stored per crop (self included)")
-    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
+                        help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", type=Path, required=True, help="kNN table (.npz)")
 
 
@@ -96,27 +99,34 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     from u2seg.pseudo.stego_train import StegoTrainParams
 
     t, lp = StegoTrainParams(), StegoLossParams()
-    parser.add_argument("--manifest", type=Path, required=True)
-    parser.add_argument("--shard-size", type=int, required=True)
-    parser.add_argument("--features-dir", type=Path, required=True)
-    parser.add_argument("--knn-table", type=Path, required=True)
+    parser.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (from `u2seg ingest`)")
+    parser.add_argument("--shard-size", type=int, required=True,
+                        help="images per feature shard (config features.shard_size)")
+    parser.add_argument("--features-dir", type=Path, required=True, help="folder of shard_{i:05d}.zarr")
+    parser.add_argument("--knn-table", type=Path, required=True, help="kNN table (.npz) from `u2seg stego knn`")
     for name in ("dim", "k", "batch_size", "max_steps", "num_neighbors", "seed", "checkpoint_period",
                  "log_period"):
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(t, name))
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(t, name),
+                            help=f"training setting {name} (config {'stuff.k' if name == 'k' else 'stuff.stego.' + name})")
     for name in ("dropout", "lr", "cluster_lr"):
-        parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(t, name))
+        parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(t, name),
+                            help=f"training setting {name} (config {'stuff.k' if name == 'k' else 'stuff.stego.' + name})")
     for name in ("pos_intra_weight", "pos_inter_weight", "neg_inter_weight", "pos_intra_shift",
                  "pos_inter_shift", "neg_inter_shift"):
-        parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(lp, name))
+        parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(lp, name),
+                            help=f"loss setting {name} (config stuff.stego.{name})")
     for name in ("feature_samples", "neg_samples"):
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(lp, name))
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(lp, name),
+                            help=f"loss setting {name} (config stuff.stego.{name})")
     for name, default in (("pointwise", lp.pointwise), ("zero_clamp", lp.zero_clamp),
                           ("stabilize", lp.stabilize), ("dropout_target", t.dropout_target)):
-        parser.add_argument("--" + name.replace("_", "-"), default=default, action=argparse.BooleanOptionalAction)
+        parser.add_argument("--" + name.replace("_", "-"), default=default, action=argparse.BooleanOptionalAction,
+                            help=f"STEGO switch {name} (config stuff.stego.{name})")
     parser.add_argument("--preload-mb", type=float, default=4096.0,
                         help="keep the dense maps in memory (float16) when they fit in this many MB")
-    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
+                        help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--work-dir", type=Path, required=True, help="resumable checkpoints")
     parser.add_argument("--out-model", type=Path, required=True, help="trained stuff model (.npz)")
     parser.add_argument("--out-history", type=Path, required=True, help="loss history + timings (json)")
@@ -210,9 +220,10 @@ def plot_history(history: list[dict[str, float]], path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------- infer
 def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", type=Path, required=True)
-    parser.add_argument("--shard", type=int, required=True)
-    parser.add_argument("--shard-size", type=int, required=True)
+    parser.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (from `u2seg ingest`)")
+    parser.add_argument("--shard", type=int, required=True, help="index of the shard to label")
+    parser.add_argument("--shard-size", type=int, required=True,
+                        help="images per feature shard (config features.shard_size)")
     parser.add_argument("--features", type=Path, required=True, help="the shard's zarr store")
     parser.add_argument("--model", type=Path, default=None, help="trained stuff model (.npz) from stego-train")
     parser.add_argument("--checkpoint", default=None, help="official STEGO .ckpt (path or URL) instead of --model")
@@ -220,8 +231,9 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     from u2seg.pseudo.stuff_cli import add_crf_arguments
 
     add_crf_arguments(parser)
-    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
+                        help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out-maps", type=Path, required=True, help="folder of this shard's stuff PNGs")
 
 
