@@ -12,6 +12,12 @@ min_version("9.0")
 configfile: f"{workflow.basedir}/config.yaml"
 
 
+# Command-line values: `--config 'clustering={"k": 300}'` reaches the config as strings; convert them to
+# the schema's types first (u2seg.config_types), so that every key is settable from the command line.
+from u2seg.config_types import coerce_with_schema_file
+
+coerce_with_schema_file(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
+
 # Validate (and fill defaults) before any job runs: unknown keys and bad values fail here, naming the key.
 validate(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 
