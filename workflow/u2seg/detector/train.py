@@ -40,7 +40,8 @@ class TrainConfig:
     min_sizes: list[int] = field(default_factory=lambda: [240, 320, 480, 640, 672, 704, 736, 768, 800, 1024])
     max_size: int = 1333
     flip: bool = True
-    base_lr: float = 0.01
+    base_lr: float = 0.01  # LR at batch lr_reference_batch (or at any batch when that is 0)
+    lr_reference_batch: int = 0  # linear scaling rule: LR = base_lr * batch_size / this (0 = off)
     momentum: float = 0.9
     weight_decay: float = 5e-5
     weight_decay_norm: float = 0.0
@@ -70,8 +71,16 @@ class TrainConfig:
             raise UserError(f"steps must be increasing, got {self.steps}")
         if self.max_iter < 1 or self.batch_size < 1 or self.checkpoint_period < 1:
             raise UserError("max_iter, batch_size and checkpoint_period must be >= 1")
+        if self.lr_reference_batch < 0:
+            raise UserError(f"lr_reference_batch must be >= 0 (0 = off), got {self.lr_reference_batch}")
         if not 0 < self.copy_paste_min_scale <= self.copy_paste_max_scale <= 1:
             raise UserError("need 0 < copy_paste_min_scale <= copy_paste_max_scale <= 1")
+
+    def effective_lr(self) -> float:
+        """Base LR after the linear scaling rule (Goyal et al. 2017): LR proportional to the global batch."""
+        if self.lr_reference_batch:
+            return self.base_lr * self.batch_size / self.lr_reference_batch
+        return self.base_lr
 
     def batch_config(self, batch_size: int | None = None) -> BatchConfig:
         """The data-side settings."""
@@ -102,7 +111,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": cfg.weight_decay_norm})
-    return torch.optim.SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum)
+    return torch.optim.SGD(groups, lr=cfg.effective_lr(), momentum=cfg.momentum)
 
 
 def clip_gradients(model: nn.Module, cfg: TrainConfig) -> None:
@@ -135,6 +144,8 @@ def fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, data_digest: str
     tc = asdict(train_cfg)
     for key in ("max_iter", "checkpoint_period", "keep_checkpoints", "workers", "device"):
         tc.pop(key)
+    if not tc["lr_reference_batch"]:  # off: the same fingerprint as before the key existed
+        tc.pop("lr_reference_batch")
     blob = json.dumps([model_cfg.to_dict(), tc, data_digest, init_digest], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -384,6 +395,7 @@ def _finish(out: Path, model: PanopticCascadeRCNN, model_cfg: ModelConfig, cfg: 
         "device": str(device),
         "processes": world,
         "batch_size": cfg.batch_size,
+        "base_lr": cfg.effective_lr(),
         "num_images": len(dataset),
         "num_instances": sum(len(v) for v in dataset.anns.values()),
         "num_classes": model_cfg.num_classes,
