@@ -7,7 +7,10 @@
 
 import re
 
-from u2seg.detector.launch import launch_prefix, slurm_resources
+from snakemake.exceptions import WorkflowError
+
+from u2seg.detector.launch import check_batch, launch_prefix, slurm_resources
+from u2seg.errors import UserError
 
 _ROUNDS = int(config["train"]["rounds"])
 _SELF = config["train"].get("self_training", {})
@@ -15,6 +18,10 @@ _SELF = config["train"].get("self_training", {})
 _TRAIN_NOT_FLAGS = {"rounds", "threads", "self_training", "gpus", "nodes", "master_port"}
 # Multi-process training (u2seg.detector.launch): train.gpus processes on each of train.nodes nodes.
 _GPUS, _NODES = int(config["train"].get("gpus", 1)), int(config["train"].get("nodes", 1))
+try:
+    check_batch(config["train"]["batch_size"], _GPUS, _NODES)
+except UserError as _exc:
+    raise WorkflowError(str(_exc))
 _LAUNCH = launch_prefix(shlex.quote(sys.executable), _GPUS, _NODES, config["train"].get("master_port", 29500))
 _TRAIN_RESOURCES = slurm_resources(_GPUS, _NODES, config["train"]["device"], config["train"]["threads"])
 # self_training.* keys that override train.* / model.* for rounds >= 2

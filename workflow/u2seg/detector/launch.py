@@ -24,6 +24,14 @@ def world_size(gpus: int, nodes: int) -> int:
     return gpus * nodes
 
 
+def check_batch(batch_size: int, gpus: int, nodes: int) -> None:
+    """The global batch must split evenly over the processes (checked before any job runs)."""
+    world = world_size(gpus, nodes)
+    if batch_size % world:
+        raise UserError(f"train.batch_size={batch_size} does not split over train.gpus x train.nodes = {world} "
+                        f"processes; make it a multiple of {world}")
+
+
 def launch_prefix(python: str, gpus: int, nodes: int, port: int = 29500) -> str:
     """Shell words that start ``-m u2seg train`` (to be followed by the stage and its flags).
 
