@@ -45,8 +45,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-5
     weight_decay_norm: float = 0.0
-    max_iter: int = 90000  # released U2Seg checkpoints: 90k (config: 270k)
-    steps: list[int] = field(default_factory=lambda: [210000, 250000])
+    max_iter: int = 90000  # released U2Seg checkpoints: 90k (config: 270k with steps 210k, 250k)
+    steps: list[int] = field(default_factory=lambda: [70000, 83333])  # U2Seg's steps scaled to 90k
     gamma: float = 0.02
     warmup_iters: int = 1000
     warmup_factor: float = 0.001
