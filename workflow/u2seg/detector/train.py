@@ -280,8 +280,10 @@ def train(dataset: PseudoLabelDataset, model_cfg: ModelConfig, cfg: TrainConfig,
     model = build_model(model_cfg, load_pretrained=init is None)
     if init is not None:
         load_init_weights(model, init)
-    if world > 1 and model_cfg.norm == "bn" and device.type == "cuda":  # SyncBN is CUDA-only
+    # SyncBN (CUDA-only) for the BN layers of the backbone and / or the FPN (model.norm / model.fpn_norm: bn)
+    if world > 1 and "bn" in (model_cfg.norm, model_cfg.fpn_norm) and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        log.info("SyncBN over %d processes", world)
     model.to(device).train()
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))

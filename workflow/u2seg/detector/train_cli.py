@@ -1,7 +1,9 @@
 """``u2seg train``: train the panoptic cascade Mask R-CNN on pseudo-labels (resumes from ``work/``).
 
 Single process:   u2seg train --instances I.json --semantic-dir S/ --manifest M.json --out-dir OUT ...
-Several GPUs:     torchrun --nproc_per_node=8 -m u2seg train ... (same flags; the batch is split)
+Several GPUs:     torchrun --nproc_per_node=8 -m u2seg train ... (same flags; the batch is split);
+                  in the workflow: train.gpus / train.nodes (u2seg.detector.launch)
+Flag defaults: config.yaml's model / train sections (one source of truth with the workflow).
 """
 from __future__ import annotations
 
