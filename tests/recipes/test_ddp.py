@@ -119,12 +119,16 @@ def test_two_processes_batch_1_equal_one_process_batch_2(twin_data, ddp_run, tmp
     assert [r["lr"] for r in a] == [r["lr"] for r in b[:compared]]
     loss_keys = [k for k in a[0] if k.startswith("loss")]
     assert len(loss_keys) >= 6  # total + rpn, box (per stage), mask, semantic terms
+    worst = max(abs(rb[k] - ra[k]) / max(abs(ra[k]), 1e-12) for ra, rb in zip(a, b) for k in loss_keys)
+    print(f"largest relative loss difference, iterations 1-{compared}: {worst:.1e}")
     for ra, rb in zip(a, b):
         for key in loss_keys:
             assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-7), (ra["iter"], key)
     wa = ckpt.load(single / "work" / f"model_{PERIOD:07d}.pth")["model"]
     wb = ckpt.load(ddp_run / "work" / f"model_{PERIOD:07d}.pth")["model"]
     assert wa.keys() == wb.keys()
+    print(f"largest weight difference after {PERIOD} iterations: "
+          f"{max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa):.1e}")
     init = _initial_weights()
     changed = 0
     for key in wa:
