@@ -84,13 +84,9 @@ class _Resources(dict):
 
 def _train_job_dry_run(tmp_path: Path, gpus: int, nodes: int) -> tuple[_Resources, int, str]:
     """(resources, threads, shell command) of the train_round job in a Slurm-profile dry run."""
-    from tests.detector.synth import make_dataset
+    from tests.detector.synth import stage_ingested
 
-    data = make_dataset(tmp_path / "data", n_images=2)
-    ds = tmp_path / "results" / "samples"
-    ds.mkdir(parents=True)
-    ds.joinpath("manifest.json").write_text(data["manifest"].read_text())
-    ds.joinpath("skipped.json").write_text("[]")
+    stage_ingested(tmp_path)
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
            "--profile", str(REPO / "profiles" / "slurm"), "--workflow-profile", "none", "-n", "train",
            "--config", f"results={tmp_path / 'results'}",

@@ -1,7 +1,6 @@
 """Every config key settable from the command line with its schema type (issue 14), nested ones included."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.detector.synth import make_dataset
+from tests.detector.synth import stage_ingested
 from u2seg.config_types import coerce
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -55,11 +54,7 @@ def test_strings_stay_where_the_schema_allows_them_and_bad_values_still_fail():
 
 def test_snakemake_config_nested_values_reach_the_commands(tmp_path):
     """`snakemake --config 'clustering={"k": 300}' 'train={...}'`: validated and passed on as numbers."""
-    data = make_dataset(tmp_path / "data", n_images=2)
-    ds_dir = tmp_path / "results" / "samples"
-    ds_dir.mkdir(parents=True)
-    shutil.copy(data["manifest"], ds_dir / "manifest.json")
-    (ds_dir / "skipped.json").write_text("[]")
+    stage_ingested(tmp_path)
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
            "--cores", "2", "-n", "-p", "train", "--config", f"results={tmp_path / 'results'}",
            'clustering={"k": 300}', "train={min_sizes: [480, 640], max_size: 1333, amp: false}"]
