@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from tests.conftest import REPO
 from tests.detector.synth import K, STUFF, make_dataset, tiny_model_config
 from u2seg.detector import checkpoint as ckpt
 from u2seg.detector.data import BatchConfig, IterationBatches, PseudoLabelDataset
+from u2seg.detector.launch import launch_prefix
 from u2seg.detector.train import TrainConfig, train
 
 pytestmark = pytest.mark.slow
@@ -76,9 +78,10 @@ def _flags(values: dict) -> list[str]:
 
 
 def _torchrun(files: dict, out: Path, procs: int = 2) -> subprocess.Popen:
-    """`python -m torch.distributed.run --standalone --nproc-per-node 2 -m u2seg train ...` (the rule's launch)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-           "--nproc-per-node", str(procs), "-m", "u2seg", "train", "--instances", str(files["instances"]),
+    """The train rule's launch for train.gpus = ``procs`` (torchrun --standalone ... -m u2seg) + `train ...`."""
+    launch = shlex.split(launch_prefix(shlex.quote(sys.executable), procs, 1))
+    assert launch[1:3] == ["-m", "torch.distributed.run"] and launch[-2:] == ["-m", "u2seg"]
+    cmd = [*launch, "train", "--instances", str(files["instances"]),
            "--semantic-dir", str(files["semantic"]), "--manifest", str(files["manifest"]), "--out-dir", str(out),
            "--threads", "1", "--no-progress", *_flags(MODEL.to_dict()), *_flags(SOLVER)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "workflow"), os.environ.get("PYTHONPATH", "")]),
