@@ -23,6 +23,11 @@ if _last_run:
           f"{config.get('results', 'results')}/last_run.yaml)", file=sys.stderr)
     config.update(_last_run)
 
+# Command-line values: `--config 'clustering={"k": 300}'` reaches the config as strings; convert them to
+# the schema's types first (u2seg.config_types), so that every key is settable from the command line.
+from u2seg.config_types import coerce_with_schema_file
+
+coerce_with_schema_file(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 
 # Validate (and fill defaults) before any job runs: unknown keys and bad values fail here, naming the key.
 # The jsonschema error (hundreds of lines: schema + config dump) becomes one line: key, value, allowed.

@@ -8,6 +8,8 @@ Presets:
   demo   the `model:` section of config.yaml (the samples demo: efficientnet_lite2, FPN 128, 500 RPN
          proposals, 64 RoIs / image); run it at the demo's input size (short side 192-224, long <= 320)
   paper  spec 7.1 (ResNet-50 FPN 256, 4000 RPN proposals, 512 RoIs / image; random init)
+  u2seg-coco  the `model:` section of configs/u2seg-coco.yaml (as paper, with BN in backbone and FPN;
+         random init instead of the DINO file; K = clustering.k of the preset unless --k is given)
 
   python benchmarks/train.py                                  # demo preset, 2 x 224x320, CPU
   python benchmarks/train.py --preset paper --height 800 --width 1216 --batch-size 2 --device cuda
@@ -46,6 +48,19 @@ def demo_preset() -> dict:
     return {k: v for k, v in section.items() if k in names and k != "backbone_weights"}
 
 
+def preset_file(name: str) -> tuple[dict, int]:
+    """(model settings, K) of a preset in configs/ (backbone weights left out: random init)."""
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml").read_text())
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    model = {k: v for k, v in cfg["model"].items() if k in names and k != "backbone_weights"}
+    return model, int(cfg["clustering"]["k"])
+
+
 def synthetic_batch(n: int, h: int, w: int, k: int, stuff: int, instances: int, seed: int) -> list[Sample]:
     """Seeded random images with ``instances`` rectangles each."""
     rng = np.random.default_rng(seed)
@@ -65,12 +80,12 @@ def synthetic_batch(n: int, h: int, w: int, k: int, stuff: int, instances: int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=["demo", "paper"], default="demo")
+    parser.add_argument("--preset", choices=["demo", "paper", "u2seg-coco"], default="demo")
     parser.add_argument("--height", type=int, default=224)
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--instances", type=int, default=5, help="pseudo-instances per image")
-    parser.add_argument("--k", type=int, default=8, help="thing classes")
+    parser.add_argument("--k", type=int, default=None, help="thing classes (default 8; u2seg-coco: its K)")
     parser.add_argument("--iters", type=int, default=5, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -81,7 +96,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = resolve_device(args.device)
-    preset = demo_preset() if args.preset == "demo" else PAPER
+    k = 8
+    if args.preset == "u2seg-coco":
+        preset, k = preset_file("u2seg-coco")
+    else:
+        preset = demo_preset() if args.preset == "demo" else PAPER
+    args.k = args.k or k
     mcfg = ModelConfig(num_classes=args.k, num_stuff=27, backbone_weights=None, **preset)
     model = build_model(mcfg).to(device).train()
     tcfg = TrainConfig(base_lr=0.001, device=str(device.type))
@@ -106,6 +126,7 @@ def main() -> None:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "amp": use_amp,
         "input": f"{args.batch_size} x {args.height}x{args.width}", "instances_per_image": args.instances,
+        "k": args.k,
         "parameters_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
         "s_per_iter_median": round(statistics.median(times), 3), "s_per_iter_min": round(min(times), 3),
         "images_per_s": round(args.batch_size / statistics.median(times), 2),

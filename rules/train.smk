@@ -7,10 +7,23 @@
 
 import re
 
+from snakemake.exceptions import WorkflowError
+
+from u2seg.detector.launch import check_batch, launch_prefix, slurm_resources
+from u2seg.errors import UserError
+
 _ROUNDS = int(config["train"]["rounds"])
 _SELF = config["train"].get("self_training", {})
 # train.* keys that are not `u2seg train` flags
-_TRAIN_NOT_FLAGS = {"rounds", "threads", "self_training"}
+_TRAIN_NOT_FLAGS = {"rounds", "threads", "self_training", "gpus", "nodes", "master_port"}
+# Multi-process training (u2seg.detector.launch): train.gpus processes on each of train.nodes nodes.
+_GPUS, _NODES = int(config["train"].get("gpus", 1)), int(config["train"].get("nodes", 1))
+try:
+    check_batch(config["train"]["batch_size"], _GPUS, _NODES)
+except UserError as _exc:
+    raise WorkflowError(str(_exc))
+_LAUNCH = launch_prefix(shlex.quote(sys.executable), _GPUS, _NODES, config["train"].get("master_port", 29500))
+_TRAIN_RESOURCES = slurm_resources(_GPUS, _NODES, config["train"]["device"], config["train"]["threads"])
 # self_training.* keys that override train.* / model.* for rounds >= 2
 _SELF_LABEL_KEYS = {"score_thresholds", "max_per_image", "iou_thresh"}
 _MODEL_FILE = re.compile(rf"^({DS_PATTERN})-r([1-9]\d*)$")  # DS_PATTERN: every dataset key (common.smk)
@@ -100,19 +113,24 @@ rule train_round:
         init=lambda wc, input: f"--init {shlex.quote(input.init)}" if int(wc.n) > 1 else "",
         model=lambda wc: _round_settings(int(wc.n))[0],
         solver=lambda wc: _round_settings(int(wc.n))[1],
-    threads: config["train"]["threads"]
+        # `u2seg train`, or torchrun / srun + torchrun starting train.gpus x train.nodes processes
+        launch=_LAUNCH,
+        threads=config["train"]["threads"],  # per process
+    # CPU threads of every process x processes per node (one node's cores)
+    threads: config["train"]["threads"] * _GPUS
     resources:
-        mem_mb=mem_mb(8000),
+        mem_mb=mem_mb(8000 * _GPUS),
         runtime=24 * 60,
-        gpu=_gpu("train"),
+        # gpu (-> sbatch --gpus) / gres, cpus_per_gpu, nodes, tasks: u2seg.detector.launch.slurm_resources
+        **_TRAIN_RESOURCES,
     log:
         f"{RES}/logs/{{ds}}/train/r{{n}}.log",
     benchmark:
         f"{RES}/benchmarks/{{ds}}/train/r{{n}}.tsv"
     shell:
-        "{U2SEG} train --instances {input.instances:q} --semantic-dir {input.semantic:q}"
+        "{params.launch} train --instances {input.instances:q} --semantic-dir {input.semantic:q}"
         " --manifest {input.manifest:q} --out-dir {params.out_dir:q} {params.init}"
-        " {params.model} {params.solver} --threads {threads} --no-progress > {log:q} 2>&1"
+        " {params.model} {params.solver} --threads {params.threads} --no-progress > {log:q} 2>&1"
 
 
 rule self_train_labels:

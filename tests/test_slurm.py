@@ -71,6 +71,81 @@ def test_profiles_compose():
     assert {"mem_mb", "runtime"} <= set(slurm.default_resources)
 
 
+# ---------------------------------------------------------------------------- multi-process training job
+class _Resources(dict):
+    """A job's resources as the executor plugin reads them (``.get`` and attributes)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+
+def _train_job_dry_run(tmp_path: Path, gpus: int, nodes: int) -> tuple[_Resources, int, str]:
+    """(resources, threads, shell command) of the train_round job in a Slurm-profile dry run."""
+    from tests.detector.synth import stage_ingested
+
+    stage_ingested(tmp_path)
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--profile", str(REPO / "profiles" / "slurm"), "--workflow-profile", "none", "-n", "train",
+           "--config", f"results={tmp_path / 'results'}",
+           f"train={{gpus: {gpus}, nodes: {nodes}, device: cuda, threads: 3, batch_size: {2 * gpus * nodes}}}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    block = proc.stdout[proc.stdout.index("rule train_round:"):]
+    block = block[:block.index("\n\n")]
+    line = re.search(r"^\s*resources: (.*)$", block, flags=re.M).group(1)
+    resources = _Resources()
+    for item in line.split(", "):
+        key, value = item.split("=", 1)
+        resources[key] = int(value) if value.isdigit() else value
+    threads = int(re.search(r"^\s*threads: (\d+)$", block, flags=re.M).group(1)) if "threads:" in block else 1
+    shell = re.search(r"^Shell command: (.*)$", proc.stdout[proc.stdout.index("rule train_round:"):],
+                      flags=re.M).group(1)
+    return resources, threads, shell
+
+
+def _submit(resources: _Resources, threads: int) -> tuple[str, str]:
+    """(sbatch command, the in-job srun wrapper or '' for mpi jobs) the slurm plugins build for the job."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+    from snakemake_executor_plugin_slurm_jobstep import get_cpu_setting, get_gpu_setting, get_node_setting
+
+    job = SimpleNamespace(resources=resources, threads=threads)
+    params = {"run_uuid": "u", "slurm_logfile": "log", "comment_str": "rule_train_round", "account": "",
+              "partition": "", "workdir": ""}
+    sbatch = get_submit_command(job, params) + set_gres_string(job)
+    step = "" if "mpi" in resources else \
+        f"srun -n1 {get_cpu_setting(job, True)} {get_gpu_setting(job)} {get_node_setting(job)}"
+    return sbatch, step
+
+
+def test_multi_gpu_training_job_on_one_node(tmp_path):
+    """train.gpus = 4: sbatch asks for 4 GPUs and 3 CPUs per GPU; torchrun starts 4 processes."""
+    resources, threads, shell = _train_job_dry_run(tmp_path, gpus=4, nodes=1)
+    sbatch, step = _submit(resources, threads)
+    assert "--gpus=4" in sbatch and "--cpus-per-gpu=3" in sbatch and "--nodes" not in sbatch, sbatch
+    assert "--gpus=4" in step and "--cpus-per-gpu=3" in step and "--nodes=1" in step, step
+    assert re.search(r"-m torch\.distributed\.run --nproc-per-node 4 --standalone --nnodes 1 -m u2seg train ", shell)
+    assert "--batch-size 8" in shell and "--threads 3" in shell and "--device cuda" in shell
+
+
+def test_multi_node_training_job(tmp_path):
+    """train.nodes = 2, gpus = 4: one sbatch job of 2 nodes x 4 GPUs, one task per node, srun + torchrun."""
+    resources, threads, shell = _train_job_dry_run(tmp_path, gpus=4, nodes=2)
+    sbatch, step = _submit(resources, threads)
+    for flag in ("--nodes=2", "--ntasks=2", "--gres=gpu:4", "--cpus-per-gpu=3"):
+        assert flag in sbatch, (flag, sbatch)
+    assert "--ntasks-per-gpu" not in sbatch and "--gpus=" not in sbatch, sbatch
+    assert step == "", "mpi-style job: the plugin must not wrap the command in its own srun -n1"
+    assert "srun --nodes 2 --ntasks 2 --ntasks-per-node 1" in shell
+    assert "-m torch.distributed.run --nproc-per-node 4 --nnodes 2 --rdzv-backend c10d" in shell
+    assert '--rdzv-id "$SLURM_JOB_ID" -m u2seg train ' in shell and "--batch-size 16" in shell
+
+
 # ---------------------------------------------------------------------------- the cluster run
 @pytest.fixture(scope="module")
 def cluster():

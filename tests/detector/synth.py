@@ -55,3 +55,16 @@ def make_dataset(root: Path, n_images: int = 3, h: int = 64, w: int = 96, seed: 
     (root / "instances.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
     return {"manifest": root / "manifest.json", "instances": root / "instances.json", "semantic": sem_dir,
             "images": img_dir}
+
+
+def stage_ingested(workdir: Path, n_images: int = 2) -> dict[str, Path]:
+    """Synthetic data under ``workdir/data`` plus a finished ingest of it as dataset `samples` in
+    ``workdir/results`` (manifest + skipped list), so that a dry run resolves the whole DAG."""
+    import shutil
+
+    data = make_dataset(workdir / "data", n_images=n_images)
+    ds_dir = workdir / "results" / "samples"
+    ds_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(data["manifest"], ds_dir / "manifest.json")
+    (ds_dir / "skipped.json").write_text("[]")
+    return data

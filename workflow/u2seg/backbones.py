@@ -1,9 +1,11 @@
-"""Feature backbones: a registry of self-supervised (DINO ViT) and offline (EfficientNet-Lite2) models.
+"""Feature backbones: a registry of self-supervised (DINO, DINOv2, DINOv3 ViT) and offline
+(EfficientNet-Lite2) models.
 
 Every backbone maps a normalised batch (B, 3, S, S) to a dense patch-feature map (B, C, S/stride,
-S/stride) and a global embedding (B, D):
-  * ViT (DINO): dense = keys of the last attention block (CLS dropped, heads concatenated; spec 2.1),
-    global = CLS token after the final LayerNorm (spec 2.2);
+S/stride) and a global embedding (B, D); S must be a multiple of the patch size (8, 14 or 16):
+  * ViT (DINO, DINOv2 with or without registers, DINOv3): dense = keys of the last attention block
+    (CLS and register tokens dropped, heads concatenated; spec 2.1; DINOv3: the keys before its
+    rotary position embedding), global = CLS token after the final LayerNorm (spec 2.2);
   * EfficientNet-Lite2: dense = the stride-16 stage (120 channels), global = pooled pre-logits (1280).
 """
 from __future__ import annotations
@@ -33,14 +35,35 @@ DINO_URLS = {
     "dino_vitb16": "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
     "dino_vits16": "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
 }
+# DINOv2 (Oquab et al. 2024; code and weights Apache-2.0), official checkpoints of the torch hub models.
+DINOV2_URLS = {
+    f"dinov2_vit{s}14{reg}": f"https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{s}14/dinov2_vit{s}14{reg4}_pretrain.pth"
+    for s in ("s", "b", "l") for reg, reg4 in (("", ""), ("_reg", "_reg4"))
+}
+# DINOv3 (Simeoni et al. 2025; weights under the DINOv3 License, ai.meta.com/resources/models-and-libraries/
+# dinov3-license): no public URL, Meta mails a personal download link after the licence is accepted, so
+# `weights` must name the file (dinov3_vit{s,b,l}16_pretrain_lvd1689m-*.pth) or that link.
+DINOV3_NAMES = ("dinov3_vits16", "dinov3_vitb16", "dinov3_vitl16")
 # timm architecture of each ViT backbone
 VIT_ARCH = {
     "dino_vitb8": "vit_base_patch8_224",
     "dino_vits8": "vit_small_patch8_224",
     "dino_vitb16": "vit_base_patch16_224",
     "dino_vits16": "vit_small_patch16_224",
+    "dinov2_vits14": "vit_small_patch14_dinov2",
+    "dinov2_vitb14": "vit_base_patch14_dinov2",
+    "dinov2_vitl14": "vit_large_patch14_dinov2",
+    "dinov2_vits14_reg": "vit_small_patch14_reg4_dinov2",
+    "dinov2_vitb14_reg": "vit_base_patch14_reg4_dinov2",
+    "dinov2_vitl14_reg": "vit_large_patch14_reg4_dinov2",
+    # the _qkvb variants hold the official q / v biases (their k bias is fixed at zero, as in DINOv3)
+    "dinov3_vits16": "vit_small_patch16_dinov3_qkvb",
+    "dinov3_vitb16": "vit_base_patch16_dinov3_qkvb",
+    "dinov3_vitl16": "vit_large_patch16_dinov3_qkvb",
     "random_vit_tiny": "vit_tiny_patch16_224",
 }
+# Official weight URL of every ViT backbone that has a public one.
+WEIGHT_URLS = {**DINO_URLS, **DINOV2_URLS}
 
 
 class Backbone(nn.Module):
@@ -66,8 +89,17 @@ class Backbone(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------- ViT
+def qkv_projection(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(B, N, 3D) q, k, v projection of attention module ``attn`` (timm ViT ``Attention`` or Eva's,
+    whose q / k / v biases are separate tensors) applied to its input ``x``."""
+    bias = attn.qkv.bias
+    if getattr(attn, "q_bias", None) is not None:
+        bias = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
+    return torch.nn.functional.linear(x, attn.qkv.weight, bias)
+
+
 class ViTKeys(Backbone):
-    """A timm VisionTransformer returning last-block keys (dense) and the normed CLS (global)."""
+    """A timm ViT returning last-block keys (dense) and the normed CLS (global)."""
 
     def __init__(self, name: str, vit: nn.Module, weights_id: str):
         super().__init__()
@@ -78,10 +110,11 @@ class ViTKeys(Backbone):
         self.global_dim = int(vit.embed_dim)
         self.weights_id = weights_id
         self._keys: torch.Tensor | None = None
-        vit.blocks[-1].attn.qkv.register_forward_hook(self._capture)  # one hook, registered once
+        # one pre-hook on the last attention block, registered once: its input gives the keys
+        vit.blocks[-1].attn.register_forward_pre_hook(self._capture)
 
-    def _capture(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        self._keys = output
+    def _capture(self, module: nn.Module, args: Any) -> None:
+        self._keys = qkv_projection(module, args[0])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, _, hgt, wid = x.shape
@@ -99,10 +132,26 @@ class ViTKeys(Backbone):
         return dense, tokens[:, 0]
 
 
-def _make_vit(arch: str) -> nn.Module:
+def _make_vit(arch: str, **arch_kwargs: Any) -> nn.Module:
+    """A timm ViT without head, any input size; ``arch_kwargs`` (e.g. depth) only for tests."""
     import timm
 
-    return timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True)
+    return timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True, **arch_kwargs)
+
+
+def official_to_timm(sd: dict[str, torch.Tensor], vit: nn.Module) -> dict[str, torch.Tensor]:
+    """Official DINOv2 / DINOv3 key layout -> timm's, with timm's own converters (registers ->
+    ``reg_token``, DINOv3 ``storage_tokens`` and split q / v biases, layer-scale names; pre-training
+    only tensors such as ``mask_token`` dropped). DINO (v1) checkpoints are timm's layout already."""
+    if "storage_tokens" in sd:
+        from timm.models.eva import checkpoint_filter_fn as eva_filter
+
+        return eva_filter(sd, vit)
+    if "mask_token" in sd:
+        from timm.models.vision_transformer import checkpoint_filter_fn as vit_filter
+
+        return vit_filter(sd, vit)
+    return sd
 
 
 def _clean_dino_state_dict(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -127,15 +176,17 @@ def resolve_weights(name: str, weights: str | None) -> Path:
 
     Raises UserError naming the file and where to get it when it is missing and cannot be downloaded.
     """
-    source = weights or DINO_URLS.get(name)
+    source = weights or WEIGHT_URLS.get(name)
     if source is None:
-        raise UserError(f"backbone {name} needs `weights` (a file path or URL)")
+        hint = " (DINOv3: accept the DINOv3 License at ai.meta.com/dinov3 and use the file or link Meta sends)" \
+            if name in DINOV3_NAMES else ""
+        raise UserError(f"backbone {name} needs `weights` (a file path or URL){hint}")
     if "://" not in source:
         path = Path(source).expanduser()
         if not path.is_file():
             raise UserError(
                 f"weights file for backbone {name} not found: {path}. Download the official DINO checkpoint "
-                f"({DINO_URLS.get(name, 'see the DINO repository')}) and set `weights` to its path.")
+                f"({WEIGHT_URLS.get(name, 'see the README, Backbones')}) and set `weights` to its path.")
         return path
     cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(source.split("?")[0])
     if cache.is_file():
@@ -161,15 +212,18 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def build_dino(name: str, weights: str | None) -> ViTKeys:
-    """A DINO ViT loading the official checkpoint strictly."""
+def build_dino(name: str, weights: str | None, **arch_kwargs: Any) -> ViTKeys:
+    """A DINO / DINOv2 / DINOv3 ViT loading the official checkpoint strictly."""
     path = resolve_weights(name, weights)
-    vit = _make_vit(VIT_ARCH[name])
+    vit = _make_vit(VIT_ARCH[name], **arch_kwargs)
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise UserError(f"cannot load weights file {path}: {exc}") from exc
-    sd = _clean_dino_state_dict(sd)
+    try:
+        sd = official_to_timm(_clean_dino_state_dict(sd), vit)
+    except (RuntimeError, ValueError, KeyError) as exc:  # timm's converters fail on foreign layouts
+        raise UserError(f"weights {path} do not fit {name} ({VIT_ARCH[name]}): {str(exc)[:300]}") from exc
     try:
         missing, unexpected = vit.load_state_dict(sd, strict=False)
     except RuntimeError as exc:  # shape mismatches
@@ -266,7 +320,11 @@ class BackboneSpec:
 
 
 REGISTRY: dict[str, BackboneSpec] = {
-    **{n: BackboneSpec(build_dino, f"DINO {VIT_ARCH[n]} (self-supervised; needs `weights`)") for n in DINO_URLS},
+    **{n: BackboneSpec(build_dino, f"DINO {VIT_ARCH[n]} (self-supervised; official weights URL)") for n in DINO_URLS},
+    **{n: BackboneSpec(build_dino, f"DINOv2 {VIT_ARCH[n]} (self-supervised; official weights URL)")
+       for n in DINOV2_URLS},
+    **{n: BackboneSpec(build_dino, f"DINOv3 {VIT_ARCH[n]} (self-supervised; `weights` required, DINOv3 License)")
+       for n in DINOV3_NAMES},
     "efficientnet_lite2": BackboneSpec(lambda n, w: EfficientNetLite2(n),
                                        "EfficientNet-Lite2, supervised ImageNet weights (offline)"),
     "random_vit_tiny": BackboneSpec(build_random_vit_tiny, "seeded random ViT-Tiny/16 (tests only)"),
@@ -282,9 +340,11 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def build_backbone(name: str, weights: str | None = None, device: str = "cpu") -> Backbone:
-    """Build a registered backbone in eval mode on ``device``."""
+def build_backbone(name: str, weights: str | None = None, device: str = "cpu",
+                   arch: dict[str, Any] | None = None) -> Backbone:
+    """Build a registered backbone in eval mode on ``device`` (``arch``: timm overrides of a DINO ViT
+    such as ``{"depth": 2}``, for tests)."""
     if name not in REGISTRY:
         raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(REGISTRY)}")
-    model = REGISTRY[name].builder(name, weights)
+    model = REGISTRY[name].builder(name, weights, **(arch or {}))
     return model.eval().to(resolve_device(device))

@@ -16,7 +16,7 @@ from typing import Any
 
 from u2seg.errors import UserError
 
-DINO_PREFIX = "dino_"
+DINO_PREFIX = ("dino_", "dinov2_", "dinov3_")  # backbones whose `weights` file is checked
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -169,9 +169,36 @@ def check_backbone(config: dict[str, Any]) -> list[str]:
     return []
 
 
+def backbone_stride(name: str) -> int:
+    """Patch size / stride of a feature backbone from its name (dino_vitb8 -> 8, dinov2_vits14_reg -> 14)."""
+    if name in ("efficientnet_lite2", "random_vit_tiny"):
+        return 16
+    digits = name.removesuffix("_reg").rstrip("_")
+    tail = len(digits) - len(digits.rstrip("0123456789"))
+    return int(digits[-tail:]) if tail else 16
+
+
+def check_patch_grid(config: dict[str, Any]) -> list[str]:
+    """features.input_size (and embedding.crop_size for crop_cls) are multiples of the backbone's patch."""
+    name = str(config.get("backbone", ""))
+    stride = backbone_stride(name)
+    out = []
+    size = int((config.get("features") or {}).get("input_size", 480))
+    if size % stride:
+        out.append(f"features.input_size={size} is not a multiple of the {name} patch size {stride} "
+                   f"(e.g. {size - size % stride} or {size - size % stride + stride})")
+    emb = config.get("embedding") or {}
+    crop = int(emb.get("crop_size", 480))
+    if emb.get("method") == "crop_cls" and crop % stride:
+        out.append(f"embedding.crop_size={crop} is not a multiple of the {name} patch size {stride} "
+                   f"(e.g. {crop - crop % stride} or {crop - crop % stride + stride})")
+    return out
+
+
 def problems(config: dict[str, Any]) -> list[str]:
     """Every environment problem of a validated config (empty when it can run)."""
-    return check_results(str(config["results"])) + check_dataset(config) + check_backbone(config)
+    return (check_results(str(config["results"])) + check_dataset(config) + check_backbone(config)
+            + check_patch_grid(config))
 
 
 def check(config: dict[str, Any]) -> None:

@@ -5,7 +5,7 @@ import argparse
 
 import torch
 
-from u2seg.detector.cliutil import add_dataclass_arguments, dataclass_from_args
+from u2seg.detector.cliutil import add_dataclass_arguments, config_defaults, dataclass_from_args
 from u2seg.detector.predict import PredictConfig, run_predict
 
 
@@ -15,9 +15,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", required=True, help="manifest of the images to predict on")
     parser.add_argument("--out-dir", required=True,
                         help="folder for instances_results.json, panoptic.json, panoptic/, semantic/, summary.json")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    defaults = config_defaults("predict")
+    parser.add_argument("--threads", type=int, default=defaults.get("threads", 0),
+                        help="torch CPU threads (0 = torch default; default: config.yaml predict.threads)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_dataclass_arguments(parser, PredictConfig)
+    add_dataclass_arguments(parser, PredictConfig, defaults=defaults)  # defaults: config.yaml's predict section
 
 
 def run(args: argparse.Namespace) -> int:

@@ -41,12 +41,13 @@ class TrainConfig:
     min_sizes: list[int] = field(default_factory=lambda: [240, 320, 480, 640, 672, 704, 736, 768, 800, 1024])
     max_size: int = 1333
     flip: bool = True
-    base_lr: float = 0.01
+    base_lr: float = 0.01  # LR at batch lr_reference_batch (or at any batch when that is 0)
+    lr_reference_batch: int = 0  # linear scaling rule: LR = base_lr * batch_size / this (0 = off)
     momentum: float = 0.9
     weight_decay: float = 5e-5
     weight_decay_norm: float = 0.0
-    max_iter: int = 90000  # released U2Seg checkpoints: 90k (config: 270k)
-    steps: list[int] = field(default_factory=lambda: [210000, 250000])
+    max_iter: int = 90000  # released U2Seg checkpoints: 90k (config: 270k with steps 210k, 250k)
+    steps: list[int] = field(default_factory=lambda: [70000, 83333])  # U2Seg's steps scaled to 90k
     gamma: float = 0.02
     warmup_iters: int = 1000
     warmup_factor: float = 0.001
@@ -71,8 +72,16 @@ class TrainConfig:
             raise UserError(f"steps must be increasing, got {self.steps}")
         if self.max_iter < 1 or self.batch_size < 1 or self.checkpoint_period < 1:
             raise UserError("max_iter, batch_size and checkpoint_period must be >= 1")
+        if self.lr_reference_batch < 0:
+            raise UserError(f"lr_reference_batch must be >= 0 (0 = off), got {self.lr_reference_batch}")
         if not 0 < self.copy_paste_min_scale <= self.copy_paste_max_scale <= 1:
             raise UserError("need 0 < copy_paste_min_scale <= copy_paste_max_scale <= 1")
+
+    def effective_lr(self) -> float:
+        """Base LR after the linear scaling rule (Goyal et al. 2017): LR proportional to the global batch."""
+        if self.lr_reference_batch:
+            return self.base_lr * self.batch_size / self.lr_reference_batch
+        return self.base_lr
 
     def batch_config(self, batch_size: int | None = None) -> BatchConfig:
         """The data-side settings."""
@@ -103,7 +112,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": cfg.weight_decay_norm})
-    return torch.optim.SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum)
+    return torch.optim.SGD(groups, lr=cfg.effective_lr(), momentum=cfg.momentum)
 
 
 def clip_gradients(model: nn.Module, cfg: TrainConfig) -> None:
@@ -136,6 +145,8 @@ def fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, data_digest: str
     tc = asdict(train_cfg)
     for key in ("max_iter", "checkpoint_period", "keep_checkpoints", "workers", "device"):
         tc.pop(key)
+    if not tc["lr_reference_batch"]:  # off: the same fingerprint as before the key existed
+        tc.pop("lr_reference_batch")
     blob = json.dumps([model_cfg.to_dict(), tc, data_digest, init_digest], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -270,8 +281,10 @@ def train(dataset: PseudoLabelDataset, model_cfg: ModelConfig, cfg: TrainConfig,
     model = build_model(model_cfg, load_pretrained=init is None)
     if init is not None:
         load_init_weights(model, init)
-    if world > 1 and model_cfg.norm == "bn" and device.type == "cuda":  # SyncBN is CUDA-only
+    # SyncBN (CUDA-only) for the BN layers of the backbone and / or the FPN (model.norm / model.fpn_norm: bn)
+    if world > 1 and "bn" in (model_cfg.norm, model_cfg.fpn_norm) and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        log.info("SyncBN over %d processes", world)
     model.to(device).train()
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
@@ -384,6 +397,7 @@ def _finish(out: Path, model: PanopticCascadeRCNN, model_cfg: ModelConfig, cfg: 
         "device": str(device),
         "processes": world,
         "batch_size": cfg.batch_size,
+        "base_lr": cfg.effective_lr(),
         "num_images": len(dataset),
         "num_instances": sum(len(v) for v in dataset.anns.values()),
         "num_classes": model_cfg.num_classes,

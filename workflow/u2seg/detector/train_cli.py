@@ -1,7 +1,9 @@
 """``u2seg train``: train the panoptic cascade Mask R-CNN on pseudo-labels (resumes from ``work/``).
 
 Single process:   u2seg train --instances I.json --semantic-dir S/ --manifest M.json --out-dir OUT ...
-Several GPUs:     torchrun --nproc_per_node=8 -m u2seg train ... (same flags; the batch is split)
+Several GPUs:     torchrun --nproc_per_node=8 -m u2seg train ... (same flags; the batch is split);
+                  in the workflow: train.gpus / train.nodes (u2seg.detector.launch)
+Flag defaults: config.yaml's model / train sections (one source of truth with the workflow).
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import logging
 
 import torch
 
-from u2seg.detector.cliutil import add_dataclass_arguments, dataclass_from_args
+from u2seg.detector.cliutil import add_dataclass_arguments, config_defaults, dataclass_from_args
 from u2seg.detector.model import ModelConfig
 from u2seg.detector.train import TrainConfig, file_digest, train
 
@@ -27,10 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--out-dir", required=True,
                     help="round folder: model_final.pth, metrics.jsonl, loss.png, summary.json, work/")
     io.add_argument("--init", default=None, help="start from this model file (previous round)")
-    io.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    train_defaults = config_defaults("train")
+    io.add_argument("--threads", type=int, default=train_defaults.get("threads", 0),
+                    help="torch CPU threads per process (0 = torch default; default: config.yaml train.threads)")
     io.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_dataclass_arguments(parser.add_argument_group("model"), ModelConfig)
-    add_dataclass_arguments(parser.add_argument_group("solver and data"), TrainConfig)
+    # defaults: config.yaml's model / train sections (clustering.k, stuff.k for the class counts)
+    add_dataclass_arguments(parser.add_argument_group("model"), ModelConfig, defaults=config_defaults("model"))
+    add_dataclass_arguments(parser.add_argument_group("solver and data"), TrainConfig, defaults=train_defaults)
 
 
 def run(args: argparse.Namespace) -> int:
