@@ -550,7 +550,7 @@ class CascadeROIHeads(nn.Module):
             logits, deltas = self._run_stage(s, features, boxes)
             probs.append(F.softmax(logits.float(), dim=1))
             pred = list(self.box_coders[s].decode_single(deltas.float(), torch.cat(boxes).float()).split(counts))
-        scores = (sum(probs) / self.num_stages).split(counts)
+        scores = (sum(probs) * (1.0 / self.num_stages)).split(counts)  # as detectron2 (bit-identical)
         results = []
         for sc, bx, size in zip(scores, pred, image_sizes):
             results.append(self._postprocess(sc, box_ops.clip_boxes_to_image(bx, size)))
