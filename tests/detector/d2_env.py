@@ -122,7 +122,8 @@ def u2seg_d2_cfg(num_classes: int, min_size: int = 800, max_size: int = 1333):
 def randomize_(model: torch.nn.Module, seed: int) -> None:
     """Seeded random weights with spread outputs: He-normal weights, small random biases, and random
     BN affine/running statistics (so a mapping mistake in any norm buffer shows); the class, box and
-    mask predictors give logits of order 1 (not detectron2's near-constant initial outputs)."""
+    mask predictors give logits of order 1 (not detectron2's near-constant initial outputs), the box
+    regressors deltas of order 0.1."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in sorted(model.state_dict().items()):
@@ -139,3 +140,5 @@ def randomize_(model: torch.nn.Module, seed: int) -> None:
                 t.copy_(torch.randn(t.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
             else:
                 t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
+            if "bbox_pred" in name or "anchor_deltas" in name:
+                t.mul_(0.05)  # box deltas of order 0.1: boxes stay boxes (no collapse to zero height)
