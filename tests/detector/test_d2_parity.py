@@ -1,6 +1,6 @@
 """Parity with real detectron2 (built from ../shared/vendor): U2Seg's config (``u2seg_R50_300.yaml`` with
 K = 8), seeded random weights saved by ``DetectionCheckpointer``, imported with ``u2seg import-d2``, on
-real coco-mini val images at test size 608 (P6 of a 608-px side has 10 cells: padded size // grid = 60,
+real coco-mini val images at test size 480 (P6 of a 480-px side has 8 cells: padded size // grid = 60,
 detectron2's stride 64, so the anchor check is meaningful).
 
 Stage by stage, each stage gets detectron2's own input (tolerances in the asserts), then end to end
@@ -25,7 +25,7 @@ from u2seg.detector.data import output_size, resize_image
 from u2seg.detector.predict import load_model, panoptic_fusion, paste_masks, postprocess
 
 K = 8
-MIN_SIZE, MAX_SIZE = 608, 1013
+MIN_SIZE, MAX_SIZE = 480, 800
 IMAGES = ("000000005001.jpg", "000000010764.jpg", "000000025603.jpg")
 FEATURE_RTOL = 1e-4  # max |diff| / max |value| of a feature map or logit tensor
 

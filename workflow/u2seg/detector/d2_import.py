@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from u2seg.detector import checkpoint as ckpt
@@ -55,6 +56,12 @@ def _resnet_arch(sd: dict[str, torch.Tensor]) -> str:
         raise UserError(f"unsupported detectron2 backbone: ResNet blocks per stage {counts} "
                         "(supported: R50 (3,4,6,3), R101 (3,4,23,3))")
     return arch
+
+
+def _config_floats(t: torch.Tensor) -> list[float]:
+    """Values of a float32 buffer as the shortest decimals that round to them (123.675, not
+    123.67500305175781): the config value the checkpoint was made from, so export + import round-trips."""
+    return [float(str(np.float32(v))) for v in t.flatten().tolist()]
 
 
 def infer_config(sd: dict[str, torch.Tensor], **overrides: Any) -> ModelConfig:
@@ -115,9 +122,9 @@ def infer_config(sd: dict[str, torch.Tensor], **overrides: Any) -> ModelConfig:
         cfg["sem_norm_groups"] = 32 if "sem_seg_head.p2.0.norm.weight" in sd else 0
     mean, std = PIXEL_STATS["resnet50"]
     if "pixel_mean" in sd:
-        mean = [float(v) for v in sd["pixel_mean"].flatten()]
+        mean = _config_floats(sd["pixel_mean"])
     if "pixel_std" in sd:
-        std = [float(v) for v in sd["pixel_std"].flatten()]
+        std = _config_floats(sd["pixel_std"])
     cfg["pixel_mean"], cfg["pixel_std"] = list(mean), list(std)
     for key, value in overrides.items():
         if value is not None:
