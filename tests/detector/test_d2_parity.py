@@ -101,6 +101,7 @@ def test_stages_match_detectron2(pair, stage_inputs):
         for name in ("p2", "p3", "p4", "p5", "p6"):
             assert ours[name].shape == feats[name].shape
             assert rel_diff(ours[name], feats[name]) < FEATURE_RTOL, name
+        print(f"\nfeatures: max relative difference {max(rel_diff(ours[n], feats[n]) for n in feats):.2e}")
         # anchors: exactly detectron2's DefaultAnchorGenerator (strides 4..64, unrounded)
         levels = [feats[f] for f in ("p2", "p3", "p4", "p5", "p6")]
         d2_anchors = d2_model.proposal_generator.anchor_generator(levels)
@@ -130,6 +131,7 @@ def test_stages_match_detectron2(pair, stage_inputs):
             d2_logits, d2_deltas = d2_model.roi_heads._run_stage(roi, stage_props, s)
             logits, deltas = model.roi_heads._run_stage(s, roi, boxes)
             assert rel_diff(logits, d2_logits) < FEATURE_RTOL, f"stage {s} logits"
+            print(f"stage {s}: logits {rel_diff(logits, d2_logits):.2e}, deltas {rel_diff(deltas, d2_deltas):.2e}")
             assert rel_diff(deltas, d2_deltas) < FEATURE_RTOL, f"stage {s} deltas"
             prev = d2_model.roi_heads.box_predictor[s].predict_boxes((d2_logits, d2_deltas), stage_props)
             ours_dec = model.roi_heads.box_coders[s].decode_single(deltas.float(), boxes[0].float())
@@ -139,6 +141,9 @@ def test_stages_match_detectron2(pair, stage_inputs):
         d2_inst = d2_inst[0]
         res = model.roi_heads.forward_test(roi, [d2_boxes], images.image_sizes)[0]
         assert len(d2_inst) > 20
+        print(f"detections: {len(d2_inst)}, scores max |diff| {float((res['scores'] - d2_inst.scores).abs().max()):.2e}, "
+              f"boxes {float((res['boxes'] - d2_inst.pred_boxes.tensor).abs().max()):.2e} px, mask probs "
+              f"{float((res['mask_probs'] - d2_inst.pred_masks[:, 0]).abs().max()):.2e}")
         assert torch.equal(res["labels"], d2_inst.pred_classes)
         assert float((res["scores"] - d2_inst.scores).abs().max()) < 1e-5
         assert float((res["boxes"] - d2_inst.pred_boxes.tensor).abs().max()) < 1e-2
@@ -146,6 +151,7 @@ def test_stages_match_detectron2(pair, stage_inputs):
         # semantic logits
         d2_sem, _ = d2_model.sem_seg_head(feats)
         assert rel_diff(model.sem_head(feats), d2_sem) < FEATURE_RTOL
+        print(f"semantic logits: {rel_diff(model.sem_head(feats), d2_sem):.2e}")
 
 
 def test_pasting_and_panoptic_fusion_match_detectron2(pair, stage_inputs):

@@ -57,6 +57,15 @@ def _as_tensor(value: Any) -> torch.Tensor | None:
     return None
 
 
+def _model_dict(obj: Any, path: str | Path) -> dict[str, Any]:
+    """The ``model`` entry of a detectron2 file (or the file's dict itself when it has none)."""
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: no weights dict inside")
+    return obj
+
+
 def load_d2_pickle(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a detectron2 ``.pkl`` (``{"model": {name: ndarray}, "__author__": ..., ...}`` or a
     plain ``{name: ndarray}``). Metadata entries (``__author__``, ``matching_heuristics``) are skipped."""
@@ -65,12 +74,8 @@ def load_d2_pickle(path: str | Path) -> dict[str, torch.Tensor]:
             obj = _NumpyOnlyUnpickler(io.BytesIO(fh.read()), encoding="latin1").load()
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
         raise UserError(f"cannot read detectron2 pickle {path}: {exc}") from exc
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict):
-        raise UserError(f"{path}: no weights dict inside")
     out = {}
-    for k, v in obj.items():
+    for k, v in _model_dict(obj, path).items():
         t = _as_tensor(v)
         if t is not None and not k.startswith("__"):
             out[k] = t
@@ -93,12 +98,8 @@ def load_d2_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             f"cannot load {path} safely ({exc}). If it holds optimizer/scheduler objects, keep only its "
             "'model' entry: torch.save({'model': torch.load(p, weights_only=False)['model']}, 'clean.pth') "
             "in an environment you trust.") from exc
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict):
-        raise UserError(f"{path}: no state dict inside")
     out = {}
-    for k, v in obj.items():
+    for k, v in _model_dict(obj, path).items():
         t = _as_tensor(v)
         if t is None:
             raise UserError(f"{path}: entry {k!r} of the model state dict is not a tensor ({type(v).__name__})")
@@ -147,7 +148,7 @@ def timm_resnet_key_to_d2(key: str) -> str | None:
 
 def is_d2_resnet(sd: dict[str, Any]) -> bool:
     """Whether the keys are detectron2 ResNet names (with or without ``backbone.bottom_up.``)."""
-    return any(k.startswith(("stem.", "res2.", BOTTOM_UP + "stem.")) for k in sd)
+    return any(k.startswith(("stem.", "res2.", BOTTOM_UP + "stem.", "bottom_up.stem.")) for k in sd)
 
 
 def d2_resnet_to_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -159,7 +160,9 @@ def d2_resnet_to_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """
     out, unknown = {}, []
     for k, v in sd.items():
-        key = k[len(BOTTOM_UP):] if k.startswith(BOTTOM_UP) else k
+        key = k
+        for prefix in (BOTTOM_UP, "bottom_up."):  # ("backbone." may already be stripped)
+            key = key[len(prefix):] if key.startswith(prefix) else key
         if CLASSIFIER.match(key):
             continue
         new = d2_resnet_key_to_timm(key)

@@ -166,7 +166,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = size
     if image.shape[:2] == (h, w):
         return image
-    return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))  # (writable copy)
 
 
 def resize_labels(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
