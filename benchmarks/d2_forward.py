@@ -7,7 +7,8 @@ DetectionCheckpointer, imported with ``u2seg import-d2``), so both find 100 dete
            (detectron2: ``model.inference(do_postprocess=False)``; u2seg: ``model(images)``)
   full     raw + box scaling, mask pasting at 800 x 1216, semantic resize/argmax and panoptic fusion
            (detectron2: ``model([input])``; u2seg: ``postprocess`` + ``panoptic_fusion``)
-Each is the median of ``--repeats`` runs after one warm-up run; the models run alternately.
+Each is the median of ``--repeats`` runs after one warm-up run (wall and process CPU seconds; on a
+shared machine the CPU time is the steadier number); the models run alternately.
 
 Needs detectron2 installed (the parity tests install it: ``pytest tests/detector/test_d2_parity.py``).
 
@@ -73,22 +74,28 @@ def main() -> None:
 
     runs = {"detectron2 raw": d2_raw, "u2seg raw": ours_raw, "detectron2 full": d2_full, "u2seg full": ours_full}
     times: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
     with torch.no_grad():
         for name, fn in runs.items():
             fn()  # warm-up
         for _ in range(args.repeats):
             for name, fn in runs.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
         n_d2 = len(d2_full()[0]["instances"])
         n_ours = int(model([image])[0]["boxes"].shape[0])
     med = {k: round(statistics.median(v), 3) for k, v in times.items()}
+    med_cpu = {k: round(statistics.median(v), 3) for k, v in cpu.items()}
     print(json.dumps({"image": str(args.image), "size": [800, 1216], "threads": args.threads, "k": args.k,
                       "detections": {"detectron2": n_d2, "u2seg": n_ours}, "median_s": med,
                       "all_s": {k: [round(x, 3) for x in v] for k, v in times.items()},
+                      "median_cpu_s": med_cpu,
                       "ratio_raw": round(med["u2seg raw"] / med["detectron2 raw"], 3),
-                      "ratio_full": round(med["u2seg full"] / med["detectron2 full"], 3)}, indent=2))
+                      "ratio_full": round(med["u2seg full"] / med["detectron2 full"], 3),
+                      "cpu_ratio_raw": round(med_cpu["u2seg raw"] / med_cpu["detectron2 raw"], 3),
+                      "cpu_ratio_full": round(med_cpu["u2seg full"] / med_cpu["detectron2 full"], 3)}, indent=2))
 
 
 if __name__ == "__main__":

@@ -145,28 +145,33 @@ def panoptic_fusion(masks: np.ndarray, scores: np.ndarray, labels: np.ndarray, s
     for i in np.argsort(-scores, kind="stable"):
         if scores[i] < instance_score_thresh:
             break
-        mask = masks[i]
-        area = int(mask.sum())
-        if area == 0:
+        rows = np.flatnonzero(masks[i].any(axis=1))
+        if rows.size == 0:
             continue
-        taken = mask & (pan > 0)
+        cols = np.flatnonzero(masks[i].any(axis=0))
+        crop = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # the mask's box: same result
+        mask, pan_crop = masks[i][crop], pan[crop]  # (pan_crop is a view: painting it paints pan)
+        area = int(mask.sum())
+        taken = mask & (pan_crop > 0)
         if taken.sum() / area > overlap_thresh:
             continue
-        free = mask & (pan == 0)
+        free = mask & (pan_crop == 0)
         if not free.any():
             continue
         seg_id = len(segments) + 1
-        pan[free] = seg_id
+        pan_crop[free] = seg_id
+        x, y, bw, bh = mask_bbox(free)
         segments.append({"id": seg_id, "category_id": int(labels[i]) + 1, "iscrowd": 0, "isthing": 1,
-                         "score": float(scores[i]), "area": int(free.sum()), "bbox": mask_bbox(free)})
+                         "score": float(scores[i]), "area": int(free.sum()),
+                         "bbox": [x + float(cols[0]), y + float(rows[0]), bw, bh]})
     if semantic is not None:
-        for c in np.unique(semantic):
-            if c == 0:
+        free = pan == 0  # stuff regions of different classes are disjoint: one free map serves them all
+        areas = np.bincount(semantic[free], minlength=1)
+        for c in np.flatnonzero(areas):  # ascending, as np.unique
+            area = int(areas[c])
+            if c == 0 or area < stuff_area_thresh:
                 continue
-            region = (semantic == c) & (pan == 0)
-            area = int(region.sum())
-            if area < stuff_area_thresh:
-                continue
+            region = (semantic == c) & free
             seg_id = len(segments) + 1
             pan[region] = seg_id
             segments.append({"id": seg_id, "category_id": num_classes + int(c), "iscrowd": 0, "isthing": 0,
