@@ -36,6 +36,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "predict": ("u2seg.detector.predict_cli", "run a trained model: COCO results json + panoptic PNGs"),
     "self-train-labels": ("u2seg.detector.selftrain_cli", "next-round pseudo-labels from predictions"),
     "import-d2": ("u2seg.detector.d2_import", "convert a detectron2 U2Seg/CutLER checkpoint"),
+    "export-d2": ("u2seg.detector.d2_export", "write a model as a detectron2 checkpoint + config yaml"),
     "evaluate": ("u2seg.evaluation.cli", "class-agnostic / matched AP, PQ and mIoU against COCO GT"),
     "cityscapes-panoptic": ("u2seg.cityscapes_panoptic", "Cityscapes gtFine -> COCO panoptic GT (27 classes)"),
     "zero-shot-table": ("u2seg.evaluation.zero_shot", "one table of a model's metrics across evaluation sets"),

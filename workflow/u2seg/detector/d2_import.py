@@ -20,9 +20,7 @@ and pixel statistics reversed so that the converted model takes RGB like every u
 from __future__ import annotations
 
 import argparse
-import io
 import logging
-import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -31,108 +29,21 @@ import numpy as np
 import torch
 
 from u2seg.detector import checkpoint as ckpt
+from u2seg.detector.d2_format import (BOTTOM_UP, NORM_BUFFER, d2_resnet_key_to_timm, d2_resnet_to_timm,
+                                      load_d2_checkpoint, load_d2_pickle)
 from u2seg.detector.model import PIXEL_STATS, ModelConfig, build_model
 from u2seg.errors import UserError
+
+__all__ = ["import_checkpoint", "infer_config", "convert_state_dict", "map_key", "load_d2_checkpoint",
+           "load_d2_pickle", "d2_resnet_to_timm"]
 
 log = logging.getLogger(__name__)
 
 RESNET_DEPTHS = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101"}
 DEFAULT_CASCADE = ([0.5, 0.6, 0.7], [[10.0, 10.0, 5.0, 5.0], [20.0, 20.0, 10.0, 10.0], [30.0, 30.0, 15.0, 15.0]])
-IGNORED = re.compile(r"^(pixel_mean|pixel_std|proposal_generator\.anchor_generator\..*|.*num_batches_tracked)$")
-
-
-# ------------------------------------------------------------------------------------ reading
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler for detectron2 .pkl weights: numpy arrays and builtin containers only."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights pickle")
-
-
-def load_d2_pickle(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a detectron2 ``.pkl`` (``{"model": {name: ndarray}}`` or a plain dict)."""
-    try:
-        with open(path, "rb") as fh:
-            obj = _NumpyOnlyUnpickler(io.BytesIO(fh.read()), encoding="latin1").load()
-    except (OSError, pickle.UnpicklingError, EOFError) as exc:
-        raise UserError(f"cannot read detectron2 pickle {path}: {exc}") from exc
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict):
-        raise UserError(f"{path}: no weights dict inside")
-    return {k: torch.as_tensor(np.asarray(v)) for k, v in obj.items() if isinstance(v, (np.ndarray, np.generic))}
-
-
-def load_d2_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The ``model`` state dict of a detectron2 ``.pth`` (safe load) or ``.pkl`` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"detectron2 checkpoint not found: {path}")
-    if path.suffix == ".pkl":
-        return load_d2_pickle(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types
-        raise UserError(
-            f"cannot load {path} safely ({exc}). If it holds optimizer/scheduler objects, keep only its "
-            "'model' entry: torch.save({'model': torch.load(p, weights_only=False)['model']}, 'clean.pth') "
-            "in an environment you trust.") from exc
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict):
-        raise UserError(f"{path}: no state dict inside")
-    return {k: (v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))) for k, v in obj.items()}
-
-
-# ------------------------------------------------------------------------------------ mapping
-_NORM_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
-
-def _map_resnet_key(key: str) -> str | None:
-    """detectron2 ResNet key (without ``backbone.bottom_up.``) -> timm ResNet key, None if unknown."""
-    m = re.fullmatch(r"stem\.conv1\.(weight|bias)", key)
-    if m:
-        return f"conv1.{m.group(1)}"
-    m = re.fullmatch(r"stem\.conv1\.norm\.(\w+)", key)
-    if m:
-        return f"bn1.{m.group(1)}"
-    m = re.fullmatch(r"res(\d)\.(\d+)\.conv(\d)\.weight", key)
-    if m:
-        return f"layer{int(m.group(1)) - 1}.{m.group(2)}.conv{m.group(3)}.weight"
-    m = re.fullmatch(r"res(\d)\.(\d+)\.conv(\d)\.norm\.(\w+)", key)
-    if m:
-        return f"layer{int(m.group(1)) - 1}.{m.group(2)}.bn{m.group(3)}.{m.group(4)}"
-    m = re.fullmatch(r"res(\d)\.(\d+)\.shortcut\.weight", key)
-    if m:
-        return f"layer{int(m.group(1)) - 1}.{m.group(2)}.downsample.0.weight"
-    m = re.fullmatch(r"res(\d)\.(\d+)\.shortcut\.norm\.(\w+)", key)
-    if m:
-        return f"layer{int(m.group(1)) - 1}.{m.group(2)}.downsample.1.{m.group(3)}"
-    return None
-
-
-def d2_resnet_to_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A detectron2 ResNet state dict (e.g. the DINO RN50 d2 .pkl) in timm key names."""
-    out, unknown = {}, []
-    for k, v in sd.items():
-        key = k[len("backbone.bottom_up."):] if k.startswith("backbone.bottom_up.") else k
-        new = _map_resnet_key(key)
-        if new is None:
-            if not key.startswith(("fc.", "linear.")):
-                unknown.append(k)
-            continue
-        out[new] = v
-    if unknown:
-        raise UserError(f"unrecognised detectron2 ResNet keys: {unknown[:5]}")
-    return out
+# Non-parameter entries of a detectron2 state dict that the converted model does not store: the pixel
+# statistics (read into the model config instead) and the anchors of old checkpoints (recomputed).
+IGNORED = re.compile(r"^(pixel_mean|pixel_std|proposal_generator\.anchor_generator\..*)$")
 
 
 def _resnet_arch(sd: dict[str, torch.Tensor]) -> str:
@@ -147,9 +58,19 @@ def _resnet_arch(sd: dict[str, torch.Tensor]) -> str:
     return arch
 
 
+def _config_floats(t: torch.Tensor) -> list[float]:
+    """Values of a float32 buffer as the shortest decimals that round to them (123.675, not
+    123.67500305175781): the config value the checkpoint was made from, so export + import round-trips."""
+    return [float(str(np.float32(v))) for v in t.flatten().tolist()]
+
+
 def infer_config(sd: dict[str, torch.Tensor], **overrides: Any) -> ModelConfig:
     """Model config matching a detectron2 state dict (class counts, dims, norms, cascade stages)."""
     if not any(k.startswith("backbone.bottom_up.res") for k in sd):
+        if any(k.startswith(("stem.", "res2.")) for k in sd):
+            raise UserError("this is a backbone-only detectron2 file (stem.* / res*.* keys, e.g. "
+                            "dino_RN50_pretrain_d2_format.pkl): use it as model.backbone_weights with "
+                            "model.backbone: resnet50, not with import-d2")
         raise UserError("not a detectron2 ResNet-FPN checkpoint (no backbone.bottom_up.res* keys)")
     stages = sorted({int(m.group(1)) for k in sd for m in [re.match(r"roi_heads\.box_predictor\.(\d+)\.", k)] if m})
     if not stages:
@@ -201,9 +122,9 @@ def infer_config(sd: dict[str, torch.Tensor], **overrides: Any) -> ModelConfig:
         cfg["sem_norm_groups"] = 32 if "sem_seg_head.p2.0.norm.weight" in sd else 0
     mean, std = PIXEL_STATS["resnet50"]
     if "pixel_mean" in sd:
-        mean = [float(v) for v in sd["pixel_mean"].flatten()]
+        mean = _config_floats(sd["pixel_mean"])
     if "pixel_std" in sd:
-        std = [float(v) for v in sd["pixel_std"].flatten()]
+        std = _config_floats(sd["pixel_std"])
     cfg["pixel_mean"], cfg["pixel_std"] = list(mean), list(std)
     for key, value in overrides.items():
         if value is not None:
@@ -213,8 +134,8 @@ def infer_config(sd: dict[str, torch.Tensor], **overrides: Any) -> ModelConfig:
 
 def map_key(key: str) -> str | None:
     """detectron2 key -> u2seg key (None when the key has no counterpart)."""
-    if key.startswith("backbone.bottom_up."):
-        new = _map_resnet_key(key[len("backbone.bottom_up."):])
+    if key.startswith(BOTTOM_UP):
+        new = d2_resnet_key_to_timm(key[len(BOTTOM_UP):])
         return f"backbone.body.{new}" if new else None
     m = re.fullmatch(r"backbone\.fpn_(lateral|output)(\d)\.(weight|bias)", key)
     if m:
@@ -251,7 +172,9 @@ def map_key(key: str) -> str | None:
 
 
 def convert_state_dict(sd: dict[str, torch.Tensor], input_format: str = "RGB") -> tuple[dict[str, torch.Tensor], list[str]]:
-    """(u2seg state dict, detectron2 keys without a counterpart)."""
+    """(u2seg state dict, detectron2 keys without a counterpart). Norm buffers (running stats and
+    ``num_batches_tracked``) are mapped like the parameters; :func:`fit_norm_buffers` then fits the
+    step counters to the target's norm layers."""
     out, unused = {}, []
     for key, value in sd.items():
         new = map_key(key)
@@ -266,6 +189,23 @@ def convert_state_dict(sd: dict[str, torch.Tensor], input_format: str = "RGB") -
     return out, unused
 
 
+def fit_norm_buffers(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Make the BN step counters of ``state`` fit ``target`` (in place); every other key is untouched.
+
+    * ``num_batches_tracked`` of a (Sync)BN checkpoint whose target is a FrozenBN (no such buffer): dropped;
+    * a target BN's ``num_batches_tracked`` that the checkpoint lacks (a FrozenBN checkpoint): set to 0,
+      which only matters for BN momentum None (not used).
+    Running means and variances are never invented: a norm without them is reported as missing.
+    """
+    dropped = [k for k in state if k.endswith(NORM_BUFFER) and k not in target]
+    for k in dropped:
+        del state[k]
+    zeroed = [k for k in target if k.endswith(NORM_BUFFER) and k not in state]
+    for k in zeroed:
+        state[k] = torch.zeros_like(target[k])
+    return {"num_batches_tracked_dropped": len(dropped), "num_batches_tracked_zeroed": len(zeroed)}
+
+
 def import_checkpoint(source: str | Path, dest: str | Path, input_format: str = "RGB",
                       category_names: list[str] | None = None, **overrides: Any) -> dict[str, Any]:
     """Convert ``source`` (detectron2) into a u2seg model file ``dest``; returns a small report."""
@@ -276,15 +216,14 @@ def import_checkpoint(source: str | Path, dest: str | Path, input_format: str = 
     state, unused = convert_state_dict(sd, input_format)
     model = build_model(cfg, load_pretrained=False)
     own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    buffers = fit_norm_buffers(state, own)
+    missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
     bad = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or extra or bad:
         raise UserError(f"{source}: conversion incomplete: missing {missing[:5]}, unexpected {extra[:5]}, "
                         f"shape mismatch {bad[:5]}")
-    for k in own:
-        if k.endswith("num_batches_tracked") and k not in state:
-            state[k] = own[k]
+    state = {k: state[k].to(own[k].dtype) for k in own}
     model.load_state_dict(state, strict=True)
     if unused:
         log.warning("%d detectron2 keys had no counterpart and were dropped: %s", len(unused), unused[:8])
@@ -295,7 +234,7 @@ def import_checkpoint(source: str | Path, dest: str | Path, input_format: str = 
     ckpt.save_model(dest, model.state_dict(), cfg.to_dict(), cats,
                     {"source": str(source), "format": "detectron2", "input_format": input_format.upper()})
     report = {"num_classes": cfg.num_classes, "num_stuff": cfg.num_stuff, "backbone": cfg.backbone,
-              "stages": len(cfg.cascade_ious), "tensors": len(state), "unused_keys": unused}
+              "stages": len(cfg.cascade_ious), "tensors": len(state), "unused_keys": unused, **buffers}
     log.info("imported %s -> %s: %s", source, dest, {k: v for k, v in report.items() if k != "unused_keys"})
     return report
 

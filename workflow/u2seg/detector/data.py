@@ -146,11 +146,27 @@ class PseudoLabelDataset:
 
 # ------------------------------------------------------------------------------------ augmentation
 def output_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
-    """(new_h, new_w): short side -> ``short``, long side capped at ``max_size`` (detectron2 rule)."""
-    scale = short / min(h, w)
-    if max(h, w) * scale > max_size:
-        scale = max_size / max(h, w)
-    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+    """(new_h, new_w) of detectron2's ``ResizeShortestEdge``: short side -> ``short``, long side capped at
+    ``max_size``, each rounded half up (the same float operations as detectron2, so the same sizes)."""
+    size = short * 1.0
+    scale = size / min(h, w)
+    if h < w:
+        new_h, new_w = size, scale * w
+    else:
+        new_h, new_w = scale * h, size
+    if max(new_h, new_w) > max_size:
+        scale = max_size * 1.0 / max(new_h, new_w)
+        new_h, new_w = new_h * scale, new_w * scale
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W, 3) -> ``size`` = (h, w) with PIL bilinear, as detectron2's ``ResizeTransform`` does
+    (PIL's bilinear filter widens with the scale when shrinking, unlike OpenCV's INTER_LINEAR)."""
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))  # (writable copy)
 
 
 def resize_labels(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -171,7 +187,7 @@ def resize_sample(sample: Sample, size: tuple[int, int]) -> Sample:
     h, w = size
     if sample.image.shape[:2] == (h, w):
         return sample
-    image = cv2.resize(sample.image, (w, h), interpolation=cv2.INTER_LINEAR)
+    image = resize_image(sample.image, (h, w))
     return drop_empty(Sample(image, resize_labels(sample.masks, size), sample.labels,
                              resize_labels(sample.semantic, size), sample.image_id))
 

@@ -2,7 +2,8 @@
 
 Architecture (detectron2's ``PanopticFPN`` + ``CascadeROIHeads`` as U2Seg configures them):
   * backbone: timm ``features_only`` (strides 4..32) -> ``FeaturePyramidNetwork`` P2..P5 + P6 (max pool);
-  * RPN: torchvision ``RegionProposalNetwork`` (anchors 32..512 x {0.5, 1, 2}, one size per level);
+  * RPN: torchvision ``RegionProposalNetwork`` with detectron2's anchors (``DefaultAnchorGenerator``: 32..512 x
+    {0.5, 1, 2}, one size per level, strides 4..64, unrounded), proposal selection and losses;
   * ROI heads: a 3-stage cascade written here (IoU 0.5 / 0.6 / 0.7, class-agnostic box regression,
     2-FC box head per stage, gradient into the shared features scaled by 1 / stages), a Mask R-CNN
     mask head (torchvision ``MaskRCNNHeads`` / ``MaskRCNNPredictor``) on stage-0 foreground proposals;
@@ -24,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
@@ -32,8 +32,8 @@ from torchvision.ops import FeaturePyramidNetwork, roi_align
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
-from torchvision.ops.poolers import LevelMapper
 
+from u2seg.detector.d2_format import d2_resnet_to_timm, is_d2_resnet, load_d2_pickle
 from u2seg.detector.losses import box_regression_loss, classification_loss, drop_loss_weights
 from u2seg.errors import UserError
 
@@ -167,17 +167,13 @@ def read_backbone_weights(name: str, weights: str) -> dict[str, Tensor]:
     if not path.is_file():
         raise UserError(f"backbone weights file not found: {path}")
     if path.suffix == ".pkl":
-        from u2seg.detector.d2_import import d2_resnet_to_timm, load_d2_pickle
-
         return d2_resnet_to_timm(load_d2_pickle(path))
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
         raise UserError(f"cannot read backbone weights {path}: {exc}") from exc
     sd = unwrap_state_dict(raw)
-    if any(k.startswith("stem.") or k.startswith("res2.") for k in sd):
-        from u2seg.detector.d2_import import d2_resnet_to_timm
-
+    if is_d2_resnet(sd):
         sd = d2_resnet_to_timm(sd)
     return sd
 
@@ -221,6 +217,113 @@ class TimmBackbone(nn.Module):
         return self.body(x)
 
 
+# ------------------------------------------------------------------------------------ RPN
+FPN_STRIDES = (4, 8, 16, 32, 64)  # P2..P6
+
+
+class D2AnchorGenerator(nn.Module):
+    """detectron2's ``DefaultAnchorGenerator``: unrounded cell anchors, each level's stride from the model.
+
+    Cell anchor of size s and aspect ratio a (h / w): w = sqrt(s^2 / a), h = a * w, centred at 0.
+    Level l's anchors sit at (x, y) = (offset + i) * stride_l for the cells of its feature map, in
+    location-major order (all cell anchors of a location together), as detectron2 and torchvision's RPN
+    expect. The strides are the FPN's (P2..P6: 4..64), not padded size // grid size.
+    """
+
+    def __init__(self, sizes: list[int], ratios: list[float], strides: tuple[int, ...] = FPN_STRIDES,
+                 offset: float = 0.0):
+        super().__init__()
+        if len(sizes) != len(strides):
+            raise UserError(f"{len(sizes)} anchor sizes for {len(strides)} feature levels")
+        self.strides = [int(s) for s in strides]
+        self.offset = float(offset)
+        self.cell_anchors = [self.cell(float(s), [float(r) for r in ratios]) for s in sizes]
+
+    @staticmethod
+    def cell(size: float, ratios: list[float]) -> Tensor:
+        """(len(ratios), 4) anchors (x0, y0, x1, y1) centred at the origin."""
+        out = []
+        for ratio in ratios:
+            w = math.sqrt(size ** 2.0 / ratio)
+            h = ratio * w
+            out.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
+        return torch.tensor(out)
+
+    def num_anchors_per_location(self) -> list[int]:
+        return [int(c.shape[0]) for c in self.cell_anchors]
+
+    def grid_anchors(self, grid_sizes: list[tuple[int, int]], device: torch.device) -> list[Tensor]:
+        """Anchors of each level, (H_l * W_l * A, 4) float32."""
+        out = []
+        for (gh, gw), stride, base in zip(grid_sizes, self.strides, self.cell_anchors):
+            shifts_x = torch.arange(self.offset * stride, gw * stride, step=stride, dtype=torch.float32, device=device)
+            shifts_y = torch.arange(self.offset * stride, gh * stride, step=stride, dtype=torch.float32, device=device)
+            shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
+            shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
+            shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
+            out.append((shifts.view(-1, 1, 4) + base.to(device).view(1, -1, 4)).reshape(-1, 4))
+        return out
+
+    def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
+        """torchvision RPN interface: one (sum of levels, 4) anchor tensor per image."""
+        grid = [(int(f.shape[-2]), int(f.shape[-1])) for f in feature_maps]
+        anchors = torch.cat(self.grid_anchors(grid, feature_maps[0].device))
+        return [anchors for _ in range(len(image_list.image_sizes))]
+
+
+class D2RegionProposalNetwork(RegionProposalNetwork):
+    """torchvision's RPN with detectron2's proposal selection and losses.
+
+    Proposals (``find_top_rpn_proposals``): per level the top-k anchors by objectness *logit*, drop
+    non-finite, clip, keep boxes with width and height > 0, NMS per level on the logits, the first
+    post-NMS top-k per image. Losses: objectness BCE and L1 box loss (smooth-L1 beta 0), both summed
+    and divided by ``batch_size_per_image * images``.
+    """
+
+    def filter_proposals(self, proposals: Tensor, objectness: Tensor, image_shapes: list[tuple[int, int]],
+                         num_anchors_per_level: list[int]) -> tuple[list[Tensor], list[Tensor]]:
+        num_images = proposals.shape[0]
+        objectness = objectness.detach().reshape(num_images, -1)
+        k = self.pre_nms_top_n()
+        boxes_lv, scores_lv, levels = [], [], []
+        start = 0
+        for level, n in enumerate(num_anchors_per_level):
+            logits = objectness[:, start:start + n]
+            top = min(n, k)
+            scores_i, idx = logits.topk(top, dim=1)
+            boxes_lv.append(proposals[:, start:start + n][torch.arange(num_images)[:, None], idx])
+            scores_lv.append(scores_i)
+            levels.append(torch.full((top,), level, dtype=torch.int64, device=proposals.device))
+            start += n
+        all_boxes, all_scores, all_levels = torch.cat(boxes_lv, 1), torch.cat(scores_lv, 1), torch.cat(levels)
+        final_boxes, final_scores = [], []
+        for boxes, scores, size in zip(all_boxes, all_scores, image_shapes):
+            lvl = all_levels
+            valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
+            if not bool(valid.all()):
+                boxes, scores, lvl = boxes[valid], scores[valid], lvl[valid]
+            boxes = box_ops.clip_boxes_to_image(boxes, size)
+            keep = ((boxes[:, 2] - boxes[:, 0]) > 0) & ((boxes[:, 3] - boxes[:, 1]) > 0)
+            boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
+            keep = box_ops.batched_nms(boxes.float(), scores, lvl, self.nms_thresh)[: self.post_nms_top_n()]
+            final_boxes.append(boxes[keep])
+            final_scores.append(scores[keep])
+        return final_boxes, final_scores
+
+    def compute_loss(self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor],
+                     regression_targets: list[Tensor]) -> tuple[Tensor, Tensor]:
+        pos, neg = self.fg_bg_sampler(labels)
+        pos_idx = torch.where(torch.cat(pos, dim=0))[0]
+        sampled = torch.cat([pos_idx, torch.where(torch.cat(neg, dim=0))[0]])
+        normalizer = float(self.fg_bg_sampler.batch_size_per_image * len(labels))
+        labels_all = torch.cat(labels, dim=0)
+        targets_all = torch.cat(regression_targets, dim=0)
+        box_loss = F.l1_loss(pred_bbox_deltas[pos_idx], targets_all[pos_idx], reduction="sum") / normalizer
+        obj_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels_all[sampled],
+                                                      reduction="sum") / normalizer
+        return obj_loss, box_loss
+
+
 # ------------------------------------------------------------------------------------ pooling
 class RoIPooler(nn.Module):
     """Multi-level ROIAlign (aligned=True, adaptive sampling), FPN level rule of detectron2."""
@@ -231,9 +334,16 @@ class RoIPooler(nn.Module):
         self.output_size = output_size
         self.scales = scales
         self.sampling_ratio = sampling_ratio
-        k_min = int(round(-math.log2(scales[0])))
-        k_max = int(round(-math.log2(scales[-1])))
-        self.mapper = LevelMapper(k_min, k_max, canonical_box_size, canonical_level)
+        self.min_level = int(round(-math.log2(scales[0])))
+        self.max_level = int(round(-math.log2(scales[-1])))
+        self.canonical_box_size = canonical_box_size
+        self.canonical_level = canonical_level
+
+    def levels(self, boxes: list[Tensor]) -> Tensor:
+        """FPN level index of every box: floor(4 + log2(sqrt(area) / 224 + 1e-8)), clamped (detectron2)."""
+        sizes = torch.sqrt(torch.cat([(b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) for b in boxes]))
+        lvl = torch.floor(self.canonical_level + torch.log2(sizes / self.canonical_box_size + 1e-8))
+        return torch.clamp(lvl, min=self.min_level, max=self.max_level).to(torch.int64) - self.min_level
 
     def forward(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
         channels = features[0].shape[1]
@@ -242,7 +352,7 @@ class RoIPooler(nn.Module):
         if n == 0:
             return out + 0.0 * sum(f.sum() for f in features)  # keep the graph connected
         rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)])
-        levels = self.mapper([b.float() for b in boxes])
+        levels = self.levels(boxes)
         for level, (feat, scale) in enumerate(zip(features, self.scales)):
             idx = torch.where(levels == level)[0]
             if idx.numel() == 0:
@@ -440,7 +550,7 @@ class CascadeROIHeads(nn.Module):
             logits, deltas = self._run_stage(s, features, boxes)
             probs.append(F.softmax(logits.float(), dim=1))
             pred = list(self.box_coders[s].decode_single(deltas.float(), torch.cat(boxes).float()).split(counts))
-        scores = (sum(probs) / self.num_stages).split(counts)
+        scores = (sum(probs) * (1.0 / self.num_stages)).split(counts)  # as detectron2 (bit-identical)
         results = []
         for sc, bx, size in zip(scores, pred, image_sizes):
             results.append(self._postprocess(sc, box_ops.clip_boxes_to_image(bx, size)))
@@ -534,9 +644,9 @@ class PanopticCascadeRCNN(nn.Module):
         c = cfg.fpn_channels
         self.fpn = FeaturePyramidNetwork(self.backbone.channels, c, extra_blocks=LastLevelMaxPool(),
                                          norm_layer=fpn_norm)
-        ratios = tuple(float(r) for r in cfg.anchor_ratios)
-        anchors = AnchorGenerator(tuple((int(s),) for s in cfg.anchor_sizes), (ratios,) * len(cfg.anchor_sizes))
-        self.rpn = RegionProposalNetwork(
+        ratios = [float(r) for r in cfg.anchor_ratios]
+        anchors = D2AnchorGenerator([int(s) for s in cfg.anchor_sizes], ratios)
+        self.rpn = D2RegionProposalNetwork(
             anchors, RPNHead(c, len(ratios)), cfg.rpn_fg_iou, cfg.rpn_bg_iou, cfg.rpn_batch_per_image,
             cfg.rpn_positive_fraction,
             pre_nms_top_n={"training": cfg.rpn_pre_nms_topk_train, "testing": cfg.rpn_pre_nms_topk_test},

@@ -10,17 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.models.detection.roi_heads import paste_masks_in_image
 from tqdm import tqdm
 
 from u2seg.atomic import atomic_path, write_json
 from u2seg.coco_format import encode_mask, id2rgb, mask_bbox
 from u2seg.detector import checkpoint as ckpt
-from u2seg.detector.data import output_size
+from u2seg.detector.data import output_size, resize_image
 from u2seg.detector.model import ModelConfig, PanopticCascadeRCNN, build_model
 from u2seg.detector.train import resolve_device
 from u2seg.errors import UserError
@@ -74,21 +72,59 @@ def categories(obj: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------ post-processing
+def paste_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, image_hw: tuple[int, int],
+                threshold: float = 0.5) -> torch.Tensor:
+    """detectron2's ``paste_masks_in_image``: (N, M, M) probabilities -> (N, H, W) bool masks.
+
+    Every image pixel centre (x + 0.5, y + 0.5) is mapped into its box, [x0, x1] -> [-1, 1], and the
+    M x M mask is sampled there bilinearly (``grid_sample``, align_corners=False, zeros outside);
+    a pixel is in the mask when the sample is >= ``threshold``. Each mask is sampled only on its box
+    widened by one pixel (floor - 1 .. ceil + 1, as detectron2 on CPU): outside it a sample is < 0.5.
+    """
+    h, w = image_hw
+    n = mask_probs.shape[0]
+    out = torch.zeros((n, h, w), dtype=torch.bool, device=mask_probs.device)
+    if n == 0:
+        return out
+    probs = mask_probs.float()[:, None]
+    boxes = boxes.float()
+    for i in range(n):
+        box = boxes[i]
+        x0i = max(int(torch.floor(box[0]).item()) - 1, 0)
+        y0i = max(int(torch.floor(box[1]).item()) - 1, 0)
+        x1i = min(int(torch.ceil(box[2]).item()) + 1, w)
+        y1i = min(int(torch.ceil(box[3]).item()) + 1, h)
+        if x1i <= x0i or y1i <= y0i:
+            continue
+        ys = torch.arange(y0i, y1i, device=probs.device, dtype=torch.float32) + 0.5
+        xs = torch.arange(x0i, x1i, device=probs.device, dtype=torch.float32) + 0.5
+        ys = (ys - box[1]) / (box[3] - box[1]) * 2 - 1
+        xs = (xs - box[0]) / (box[2] - box[0]) * 2 - 1
+        gx = xs[None, :].expand(ys.numel(), xs.numel())
+        gy = ys[:, None].expand(ys.numel(), xs.numel())
+        grid = torch.stack([gx, gy], dim=2)[None]
+        sampled = F.grid_sample(probs[i:i + 1], grid, align_corners=False)[0, 0]
+        out[i, y0i:y1i, x0i:x1i] = sampled >= threshold
+    return out
+
+
 def postprocess(result: dict[str, torch.Tensor], input_hw: tuple[int, int], orig_hw: tuple[int, int],
                 mask_threshold: float = 0.5) -> dict[str, np.ndarray]:
-    """Boxes scaled to the original image, masks pasted there (bool), semantic argmax (uint8)."""
+    """detectron2's ``detector_postprocess`` + ``sem_seg_postprocess``: boxes scaled to the original
+    image and clipped, detections whose box became empty dropped, masks pasted there (bool, p >=
+    ``mask_threshold``), semantic logits resized bilinearly and arg-maxed (uint8)."""
     h, w = orig_hw
     sy, sx = h / input_hw[0], w / input_hw[1]
-    boxes = result["boxes"].float() * torch.tensor([sx, sy, sx, sy], device=result["boxes"].device)
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-    if boxes.shape[0]:
-        probs = paste_masks_in_image(result["mask_probs"][:, None], boxes, (h, w), padding=1)[:, 0]
-        masks = (probs > mask_threshold).cpu().numpy()
-    else:
-        masks = np.zeros((0, h, w), dtype=bool)
-    out = {"boxes": boxes.cpu().numpy(), "scores": result["scores"].float().cpu().numpy(),
-           "labels": result["labels"].cpu().numpy().astype(np.int64), "masks": masks}
+    boxes = result["boxes"].float().clone()
+    boxes[:, 0::2] *= sx
+    boxes[:, 1::2] *= sy
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=w)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=h)
+    keep = ((boxes[:, 2] - boxes[:, 0]) > 0) & ((boxes[:, 3] - boxes[:, 1]) > 0)
+    boxes = boxes[keep]
+    masks = paste_masks(result["mask_probs"][keep], boxes, (h, w), mask_threshold).cpu().numpy()
+    out = {"boxes": boxes.cpu().numpy(), "scores": result["scores"][keep].float().cpu().numpy(),
+           "labels": result["labels"][keep].cpu().numpy().astype(np.int64), "masks": masks}
     if "sem_seg" in result:
         logits = F.interpolate(result["sem_seg"][None], size=(h, w), mode="bilinear", align_corners=False)[0]
         out["semantic"] = logits.argmax(0).to(torch.uint8).cpu().numpy()
@@ -110,28 +146,33 @@ def panoptic_fusion(masks: np.ndarray, scores: np.ndarray, labels: np.ndarray, s
     for i in np.argsort(-scores, kind="stable"):
         if scores[i] < instance_score_thresh:
             break
-        mask = masks[i]
-        area = int(mask.sum())
-        if area == 0:
+        rows = np.flatnonzero(masks[i].any(axis=1))
+        if rows.size == 0:
             continue
-        taken = mask & (pan > 0)
+        cols = np.flatnonzero(masks[i].any(axis=0))
+        crop = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # the mask's box: same result
+        mask, pan_crop = masks[i][crop], pan[crop]  # (pan_crop is a view: painting it paints pan)
+        area = int(mask.sum())
+        taken = mask & (pan_crop > 0)
         if taken.sum() / area > overlap_thresh:
             continue
-        free = mask & (pan == 0)
+        free = mask & (pan_crop == 0)
         if not free.any():
             continue
         seg_id = len(segments) + 1
-        pan[free] = seg_id
+        pan_crop[free] = seg_id
+        x, y, bw, bh = mask_bbox(free)
         segments.append({"id": seg_id, "category_id": int(labels[i]) + 1, "iscrowd": 0, "isthing": 1,
-                         "score": float(scores[i]), "area": int(free.sum()), "bbox": mask_bbox(free)})
+                         "score": float(scores[i]), "area": int(free.sum()),
+                         "bbox": [x + float(cols[0]), y + float(rows[0]), bw, bh]})
     if semantic is not None:
-        for c in np.unique(semantic):
-            if c == 0:
+        free = pan == 0  # stuff regions of different classes are disjoint: one free map serves them all
+        areas = np.bincount(semantic[free], minlength=1)
+        for c in np.flatnonzero(areas):  # ascending, as np.unique
+            area = int(areas[c])
+            if c == 0 or area < stuff_area_thresh:
                 continue
-            region = (semantic == c) & (pan == 0)
-            area = int(region.sum())
-            if area < stuff_area_thresh:
-                continue
+            region = (semantic == c) & free
             seg_id = len(segments) + 1
             pan[region] = seg_id
             segments.append({"id": seg_id, "category_id": num_classes + int(c), "iscrowd": 0, "isthing": 0,
@@ -155,8 +196,7 @@ class _ImageSet(torch.utils.data.Dataset):
         im = self.images[i]
         rgb = load_rgb(image_path(self.manifest, im))
         h, w = rgb.shape[:2]
-        nh, nw = output_size(h, w, self.cfg.min_size, self.cfg.max_size)
-        resized = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else rgb
+        resized = resize_image(rgb, output_size(h, w, self.cfg.min_size, self.cfg.max_size))
         return im, torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1), (h, w)
 
 
