@@ -63,6 +63,10 @@ rule merge_masks:
         masks=f"{RES}/{{ds}}/maskcut/masks.json",
         summary=f"{RES}/{{ds}}/maskcut/summary.json",
         gallery=directory(f"{RES}/{{ds}}/maskcut/gallery"),
+    params:
+        # the shards are found in this folder (not listed on the command line: 80k shards at ImageNet)
+        shards_dir=lambda wc: f"{RES}/{wc.ds}/maskcut",
+        num_shards=lambda wc: len(shard_ids(wc.ds)),
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
@@ -72,7 +76,7 @@ rule merge_masks:
     benchmark:
         f"{RES}/benchmarks/{{ds}}/maskcut/merge.tsv"
     shell:
-        "{U2SEG} merge-masks --inputs {input.jsons:q} --galleries {input.galleries:q}"
+        "{U2SEG} merge-masks --shards-dir {params.shards_dir:q} --num-shards {params.num_shards}"
         " --out {output.masks:q} --summary {output.summary:q} --gallery-out {output.gallery:q}"
         " > {log:q} 2>&1"
 
