@@ -47,17 +47,19 @@ def test_streamed_merge_equals_concatenation(tmp_path: Path):
     assert not list(tmp_path.glob(".masks.json*"))  # no temporary left behind
 
 
-def test_merge_errors_name_the_problem(tmp_path: Path, capsys):
+def test_merge_errors_name_the_problem(tmp_path: Path, caplog):
     _write(tmp_path / "mc", [_shard(0, 2, 1), _shard(1, 2, 1)])
     assert _merge(tmp_path / "mc", 3, tmp_path / "a") == 1  # shard 2 missing
-    assert "shard_00002.json" in capsys.readouterr().err
+    assert "shard_00002.json" in caplog.text
+    caplog.clear()
     dup = _shard(1, 2, 1)
     dup["images"][0]["id"] = 0  # image 0 is in shard 0 too
     dup["annotations"] = []
     _write(tmp_path / "dup", [_shard(0, 2, 1), dup])
     assert _merge(tmp_path / "dup", 2, tmp_path / "b") == 1
-    assert "image id 0 appears in more than one shard" in capsys.readouterr().err
+    assert "image id 0 appears in more than one shard" in caplog.text
     assert not (tmp_path / "b" / "masks.json").exists()
+    caplog.clear()
     _write(tmp_path / "mixed", [_shard(0, 2, 1), _shard(1, 2, 1, {"tau": 0.3})])
     assert _merge(tmp_path / "mixed", 2, tmp_path / "c") == 1
-    assert "different MaskCut parameters" in capsys.readouterr().err
+    assert "different MaskCut parameters" in caplog.text
