@@ -50,6 +50,8 @@ rule cluster_instances:
         instances=f"{_PSEUDO}/instances.json",
         centroids=f"{_PSEUDO}/centroids.npy",
         summary=f"{_PSEUDO}/cluster_summary.json",
+        # the same annotations split per shard (+ index.json), read by the per-shard panoptic jobs
+        shards=directory(f"{_PSEUDO}/instances_shards"),
     params:
         embed_dir=lambda wc: f"{RES}/{wc.ds}/pseudo/embed",
         masks_dir=lambda wc: f"{RES}/{wc.ds}/maskcut",
@@ -72,7 +74,8 @@ rule cluster_instances:
         " --embed-dir {params.embed_dir:q} --masks-dir {params.masks_dir:q} --k {params.k:q}"
         " --iterations {params.iterations:q} --seed {params.seed:q} --chunk-size {params.chunk_size:q}"
         " --device {params.device:q} --threads {threads} --out-instances {output.instances:q}"
-        " --out-centroids {output.centroids:q} --summary {output.summary:q} > {log:q} 2>&1"
+        " --out-centroids {output.centroids:q} --summary {output.summary:q}"
+        " --out-shards {output.shards:q} > {log:q} 2>&1"
 
 
 rule cluster_stuff:
@@ -119,11 +122,43 @@ rule cluster_stuff:
         " --out-model {output.model:q} --out-maps {output.maps:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
-rule merge_panoptic:
+# The panoptic merge runs per shard (parallel jobs; memory and time of one shard), then one streaming
+# concatenation writes the dataset's COCO panoptic json and hard-links the PNGs into the standard folders.
+rule merge_panoptic_shard:
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
-        instances=f"{_PSEUDO}/instances.json",
+        instances=f"{_PSEUDO}/instances_shards",
         stuff=f"{_PSEUDO}/stuff",
+    output:
+        json=f"{_PSEUDO}/panoptic_shards/shard_{{shard}}.json",
+        folder=directory(f"{_PSEUDO}/panoptic_shards/shard_{{shard}}"),
+    params:
+        shard=lambda wc: int(wc.shard),
+        shard_size=config["features"]["shard_size"],
+        k=config["clustering"]["k"],
+        num_stuff=config["stuff"]["k"],
+        max_thing_overlap=config["panoptic"]["max_thing_overlap"],
+        gallery_size=config["panoptic"]["gallery_size"],
+    threads: 1
+    resources:
+        mem_mb=mem_mb(3000),
+        runtime=60,
+    log:
+        f"{RES}/logs/{{ds}}/pseudo/merge_panoptic_{{shard}}.log",
+    benchmark:
+        f"{RES}/benchmarks/{{ds}}/pseudo/merge_panoptic_{{shard}}.tsv"
+    shell:
+        "{U2SEG} merge-panoptic-shard --manifest {input.manifest:q} --instances-dir {input.instances:q}"
+        " --shard {params.shard} --shard-size {params.shard_size:q} --stuff-dir {input.stuff:q}"
+        " --k {params.k:q} --num-stuff {params.num_stuff:q} --max-thing-overlap {params.max_thing_overlap:q}"
+        " --gallery-size {params.gallery_size:q} --out-json {output.json:q} --out-dir {output.folder:q}"
+        " > {log:q} 2>&1"
+
+
+rule merge_panoptic:
+    input:
+        jsons=per_shard(f"{_PSEUDO}/panoptic_shards/shard_{{shard}}.json"),
+        folders=per_shard(f"{_PSEUDO}/panoptic_shards/shard_{{shard}}"),
         cluster_summary=f"{_PSEUDO}/cluster_summary.json",
         stuff_summary=f"{_PSEUDO}/stuff_summary.json",
     output:
@@ -133,49 +168,71 @@ rule merge_panoptic:
         gallery=directory(f"{_PSEUDO}/gallery"),
         summary=f"{_PSEUDO}/summary.json",
     params:
+        shards_dir=lambda wc: f"{RES}/{wc.ds}/pseudo/panoptic_shards",
+        num_shards=lambda wc: len(shard_ids(wc.ds)),
         k=config["clustering"]["k"],
         num_stuff=config["stuff"]["k"],
         max_thing_overlap=config["panoptic"]["max_thing_overlap"],
-        gallery_size=config["panoptic"]["gallery_size"],
     threads: 1
     resources:
-        mem_mb=mem_mb(3000),
-        runtime=240,
+        mem_mb=mem_mb(1000),
+        runtime=60,
     log:
         f"{RES}/logs/{{ds}}/pseudo/merge_panoptic.log",
     benchmark:
         f"{RES}/benchmarks/{{ds}}/pseudo/merge_panoptic.tsv"
     shell:
-        "{U2SEG} merge-panoptic --manifest {input.manifest:q} --instances {input.instances:q}"
-        " --stuff-dir {input.stuff:q} --k {params.k:q} --num-stuff {params.num_stuff:q}"
-        " --max-thing-overlap {params.max_thing_overlap:q} --gallery-size {params.gallery_size:q}"
+        "{U2SEG} concat-panoptic --shards-dir {params.shards_dir:q} --num-shards {params.num_shards}"
+        " --k {params.k:q} --num-stuff {params.num_stuff:q} --max-thing-overlap {params.max_thing_overlap:q}"
         " --cluster-summary {input.cluster_summary:q} --stuff-summary {input.stuff_summary:q}"
         " --out-json {output.json:q} --out-panoptic {output.panoptic:q} --out-semantic {output.semantic:q}"
         " --gallery {output.gallery:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
-# Format check of the pseudo-labels (fails the run on any inconsistency).
-rule validate_pseudo:
+# Format check of the pseudo-labels, per shard (parallel jobs), then combined (fails the run on any
+# inconsistency).
+rule validate_pseudo_shard:
     input:
-        json=f"{_PSEUDO}/panoptic.json",
-        panoptic=f"{_PSEUDO}/panoptic",
-        semantic=f"{_PSEUDO}/semantic",
-        instances=f"{_PSEUDO}/instances.json",
+        json=f"{_PSEUDO}/panoptic_shards/shard_{{shard}}.json",
+        folder=f"{_PSEUDO}/panoptic_shards/shard_{{shard}}",
+        instances=f"{_PSEUDO}/instances_shards",
     output:
-        f"{_PSEUDO}/validation.json",
+        f"{_PSEUDO}/panoptic_shards/shard_{{shard}}.validation.json",
     params:
         k=config["clustering"]["k"],
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
-        runtime=60,
+        runtime=30,
+    log:
+        f"{RES}/logs/{{ds}}/pseudo/validate_{{shard}}.log",
+    benchmark:
+        f"{RES}/benchmarks/{{ds}}/pseudo/validate_{{shard}}.tsv"
+    shell:
+        "{U2SEG} validate-panoptic --panoptic-json {input.json:q} --panoptic-dir {input.folder:q}/panoptic"
+        " --semantic-dir {input.folder:q}/semantic --instances {input.instances:q}/shard_{wildcards.shard}.json"
+        " --num-things {params.k:q} --report {output:q} > {log:q} 2>&1"
+
+
+rule validate_pseudo:
+    input:
+        reports=per_shard(f"{_PSEUDO}/panoptic_shards/shard_{{shard}}.validation.json"),
+        json=f"{_PSEUDO}/panoptic.json",
+    output:
+        f"{_PSEUDO}/validation.json",
+    params:
+        reports_dir=lambda wc: f"{RES}/{wc.ds}/pseudo/panoptic_shards",
+        num_shards=lambda wc: len(shard_ids(wc.ds)),
+    threads: 1
+    resources:
+        mem_mb=mem_mb(500),
+        runtime=10,
     log:
         f"{RES}/logs/{{ds}}/pseudo/validate.log",
     benchmark:
         f"{RES}/benchmarks/{{ds}}/pseudo/validate.tsv"
     shell:
-        "{U2SEG} validate-panoptic --panoptic-json {input.json:q} --panoptic-dir {input.panoptic:q}"
-        " --semantic-dir {input.semantic:q} --instances {input.instances:q} --num-things {params.k:q}"
+        "{U2SEG} concat-validation --reports-dir {params.reports_dir:q} --num-shards {params.num_shards}"
         " --report {output:q} > {log:q} 2>&1"
 
 

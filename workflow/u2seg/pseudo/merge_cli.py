@@ -45,11 +45,153 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summary", type=Path, required=True)
 
 
-def _stats(values: np.ndarray) -> dict[str, Any]:
-    if len(values) == 0:
+def _stats_from_histogram(hist: list[int]) -> dict[str, Any]:
+    """:func:`_stats` of the values whose histogram (bincount) is ``hist``."""
+    h = np.asarray(hist, dtype=np.int64)
+    n = int(h.sum())
+    if n == 0:
         return {"mean": 0.0, "max": 0, "histogram": []}
-    return {"mean": round(float(values.mean()), 4), "max": int(values.max()),
-            "histogram": np.bincount(values).tolist()}
+    nz = np.flatnonzero(h)
+    return {"mean": round(float((np.arange(len(h)) * h).sum() / n), 4), "max": int(nz[-1]),
+            "histogram": h[:nz[-1] + 1].tolist()}
+
+
+def _add_histograms(a: list[int], b: list[int]) -> list[int]:
+    out = [0] * max(len(a), len(b))
+    for h in (a, b):
+        for i, v in enumerate(h):
+            out[i] += int(v)
+    return out
+
+
+# Counters of merged images that add up over shards (see :func:`merge_images`, :func:`summary_of`).
+COUNTS = ("images", "images_without_instances", "instances", "visible_instances", "hidden_instances_dropped",
+          "stuff_segments", "stuff_segments_dropped_by_overlap", "void_pixels", "thing_pixels", "total_pixels")
+
+
+def add_counts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Sum of two per-shard statistics dicts (as returned by :func:`merge_images`)."""
+    out = {key: int(a.get(key, 0)) + int(b.get(key, 0)) for key in COUNTS}
+    for key in ("instances_histogram", "visible_instances_histogram"):
+        out[key] = _add_histograms(a.get(key, []), b.get(key, []))
+    return out
+
+
+def group_by_image(instances: dict[str, Any], source: Path, k: int,
+                   known: set[int]) -> dict[int, list[dict[str, Any]]]:
+    """Annotations of an instance json by image id (categories 1..k and image ids checked)."""
+    cat_ids = sorted(c["id"] for c in instances.get("categories", []))
+    if cat_ids != list(range(1, k + 1)):
+        raise UserError(f"{source} has categories {cat_ids[:3]}...{cat_ids[-1:]} but clustering.k="
+                        f"{k}: rerun cluster_instances")
+    by_image: dict[int, list[dict]] = {}
+    for ann in instances.get("annotations", []):
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    unknown = set(by_image) - known
+    if unknown:
+        raise UserError(f"{source} has annotations of {len(unknown)} images not in the manifest "
+                        f"(e.g. {sorted(unknown)[0]}): rerun cluster_instances")
+    return by_image
+
+
+def merge_images(manifest: dict[str, Any], images: list[dict[str, Any]], by_image: dict[int, list[dict]],
+                 source: Path, stuff_dir: Path, k: int, num_stuff: int, max_thing_overlap: float,
+                 first_id: int, pano_dir: Path, sem_dir: Path, sample: set[int]) -> tuple[list[dict], list[dict], list[tuple[str, np.ndarray]],
+                                                       dict[str, Any], int]:
+    """Merge ``images`` one at a time, writing their panoptic / semantic PNGs into the folders.
+
+    ``sample``: positions (in ``images``) that get a gallery tile. Returns (COCO panoptic images,
+    annotations, tiles, statistics for :func:`summary_of`, the next free segment id).
+    """
+    images_out, annotations_out = [], []
+    next_id = first_id
+    n_inst = np.zeros(len(images), dtype=np.int64)
+    n_visible = np.zeros_like(n_inst)
+    hidden = stuff_segments = stuff_dropped = 0
+    void_pixels = total_pixels = 0
+    thing_pixels = 0
+    tiles: list[tuple[str, np.ndarray]] = []
+    for idx, im in enumerate(tqdm(images, desc="panoptic merge", unit="img")):
+        h, w = im["height"], im["width"]
+        anns = by_image.get(im["id"], [])
+        for ann in anns:
+            if list(ann["segmentation"].get("size", [])) != [h, w]:
+                raise UserError(f"{source}: annotation {ann['id']} mask size "
+                                f"{ann['segmentation'].get('size')} != [height, width] {[h, w]} of "
+                                f"{im['file_name']}")
+        masks = [decode_mask(a["segmentation"], h, w) for a in anns]
+        cats = [int(a["category_id"]) for a in anns]
+        stuff = read_png(stuff_dir / png_name(im))
+        if stuff.shape != (h, w):
+            raise UserError(f"stuff map {png_name(im)} is {stuff.shape[::-1]} (w, h), image is {w}x{h}: "
+                            "rerun cluster_stuff")
+        try:
+            res = merge_panoptic(masks, cats, stuff, k, num_stuff, max_thing_overlap, next_id)
+        except ValueError as exc:
+            raise UserError(f"{im['file_name']}: {exc}") from exc
+        next_id += len(res.segments)
+        save_png_plain(pano_dir / png_name(im), id2rgb(res.pan))
+        save_png_plain(sem_dir / png_name(im), res.semantic)
+        images_out.append({"id": im["id"], "file_name": im["file_name"], "width": w, "height": h})
+        annotations_out.append({"image_id": im["id"], "file_name": png_name(im), "segments_info": res.segments})
+        n_inst[idx] = len(anns)
+        n_visible[idx] = len(res.thing_source)
+        hidden += res.hidden
+        stuff_dropped += res.stuff_dropped
+        stuff_segments += len(res.segments) - len(res.thing_source)
+        void_pixels += int((res.pan == 0).sum())
+        thing_pixels += int((res.semantic == 0).sum())
+        total_pixels += h * w
+        if idx in sample:
+            cat_of = {s["id"]: s["category_id"] for s in res.segments}
+            lut_keys = np.array(list(cat_of), dtype=np.int64)
+            pan_cat = np.zeros((h, w), dtype=np.int64)
+            for sid in lut_keys:
+                pan_cat[res.pan == sid] = cat_of[int(sid)]
+            rgb = load_rgb(image_path(manifest, im))
+            if rgb.shape[:2] != (h, w):
+                raise UserError(f"{im['file_name']}: size changed since ingestion; rerun the pipeline")
+            tiles.append((png_name(im), pseudo_label_tile(rgb, stuff, masks, [c - 1 for c in cats],
+                                                          pan_cat, k, num_stuff)))
+    stats = {"images": len(images), "images_without_instances": int((n_inst == 0).sum()),
+             "instances": int(n_inst.sum()), "visible_instances": int(n_visible.sum()),
+             "hidden_instances_dropped": hidden, "stuff_segments": stuff_segments,
+             "stuff_segments_dropped_by_overlap": stuff_dropped, "void_pixels": void_pixels,
+             "thing_pixels": thing_pixels, "total_pixels": total_pixels,
+             "instances_histogram": np.bincount(n_inst).tolist() if len(n_inst) else [],
+             "visible_instances_histogram": np.bincount(n_visible).tolist() if len(n_visible) else []}
+    return images_out, annotations_out, tiles, stats, next_id
+
+
+def summary_of(stats: dict[str, Any], k: int, num_stuff: int, max_thing_overlap: float,
+               gallery: list[str], seconds: float) -> dict[str, Any]:
+    """The pseudo-label summary from (summed) :func:`merge_images` statistics."""
+    total = max(stats["total_pixels"], 1)
+    thing, void = stats["thing_pixels"], stats["void_pixels"]
+    return {
+        "k": k, "num_stuff": num_stuff, "max_thing_overlap": max_thing_overlap,
+        "images": stats["images"],
+        "images_without_instances": stats["images_without_instances"],
+        "instances": stats["instances"], "visible_instances": stats["visible_instances"],
+        "hidden_instances_dropped": stats["hidden_instances_dropped"],
+        "instances_per_image": _stats_from_histogram(stats["instances_histogram"]),
+        "visible_instances_per_image": _stats_from_histogram(stats["visible_instances_histogram"]),
+        "stuff_segments": stats["stuff_segments"],
+        "stuff_segments_dropped_by_overlap": stats["stuff_segments_dropped_by_overlap"],
+        "pixel_fraction": {"thing": round(thing / total, 6),
+                           "stuff": round((stats["total_pixels"] - thing - void) / total, 6),
+                           "void": round(void / total, 6)},
+        "gallery": gallery,
+        "seconds": {"merge": round(seconds, 3)},
+    }
+
+
+def add_source_summaries(summary: dict[str, Any], cluster_summary: Path | None,
+                         stuff_summary: Path | None) -> None:
+    """Attach the clustering and stuff summaries (when given) to the pseudo-label summary."""
+    for key, path in (("clustering", cluster_summary), ("stuff", stuff_summary)):
+        if path is not None:
+            summary[key] = load_json(path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,73 +200,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"panoptic.max_thing_overlap must be in [0, 1], got {args.max_thing_overlap}")
     manifest = read_manifest(args.manifest)
     instances = load_json(args.instances)
-    cat_ids = sorted(c["id"] for c in instances.get("categories", []))
-    if cat_ids != list(range(1, args.k + 1)):
-        raise UserError(f"{args.instances} has categories {cat_ids[:3]}...{cat_ids[-1:]} but clustering.k="
-                        f"{args.k}: rerun cluster_instances")
-    by_image: dict[int, list[dict]] = {}
-    for ann in instances.get("annotations", []):
-        by_image.setdefault(ann["image_id"], []).append(ann)
-    known = {im["id"] for im in manifest["images"]}
-    unknown = set(by_image) - known
-    if unknown:
-        raise UserError(f"{args.instances} has annotations of {len(unknown)} images not in the manifest "
-                        f"(e.g. {sorted(unknown)[0]}): rerun cluster_instances")
-
-    images_out, annotations_out = [], []
-    next_id = 1
-    n_inst = np.zeros(len(manifest["images"]), dtype=np.int64)
-    n_visible = np.zeros_like(n_inst)
-    hidden = stuff_segments = stuff_dropped = 0
-    void_pixels = total_pixels = 0
-    thing_pixels = 0
+    by_image = group_by_image(instances, args.instances, args.k, {im["id"] for im in manifest["images"]})
     sample = set(gallery_indices(len(manifest["images"]), args.gallery_size))
-    tiles: list[tuple[str, np.ndarray]] = []
-    pano_tmp_cm = atomic_path(args.out_panoptic, directory=True)
-    sem_tmp_cm = atomic_path(args.out_semantic, directory=True)
-    with pano_tmp_cm as pano_tmp, sem_tmp_cm as sem_tmp:
-        for idx, im in enumerate(tqdm(manifest["images"], desc="panoptic merge", unit="img")):
-            h, w = im["height"], im["width"]
-            anns = by_image.get(im["id"], [])
-            for ann in anns:
-                if list(ann["segmentation"].get("size", [])) != [h, w]:
-                    raise UserError(f"{args.instances}: annotation {ann['id']} mask size "
-                                    f"{ann['segmentation'].get('size')} != [height, width] {[h, w]} of "
-                                    f"{im['file_name']}")
-            masks = [decode_mask(a["segmentation"], h, w) for a in anns]
-            cats = [int(a["category_id"]) for a in anns]
-            stuff = read_png(args.stuff_dir / png_name(im))
-            if stuff.shape != (h, w):
-                raise UserError(f"stuff map {png_name(im)} is {stuff.shape[::-1]} (w, h), image is {w}x{h}: "
-                                "rerun cluster_stuff")
-            try:
-                res = merge_panoptic(masks, cats, stuff, args.k, args.num_stuff, args.max_thing_overlap, next_id)
-            except ValueError as exc:
-                raise UserError(f"{im['file_name']}: {exc}") from exc
-            next_id += len(res.segments)
-            save_png_plain(pano_tmp / png_name(im), id2rgb(res.pan))
-            save_png_plain(sem_tmp / png_name(im), res.semantic)
-            images_out.append({"id": im["id"], "file_name": im["file_name"], "width": w, "height": h})
-            annotations_out.append({"image_id": im["id"], "file_name": png_name(im), "segments_info": res.segments})
-            n_inst[idx] = len(anns)
-            n_visible[idx] = len(res.thing_source)
-            hidden += res.hidden
-            stuff_dropped += res.stuff_dropped
-            stuff_segments += len(res.segments) - len(res.thing_source)
-            void_pixels += int((res.pan == 0).sum())
-            thing_pixels += int((res.semantic == 0).sum())
-            total_pixels += h * w
-            if idx in sample:
-                cat_of = {s["id"]: s["category_id"] for s in res.segments}
-                lut_keys = np.array(list(cat_of), dtype=np.int64)
-                pan_cat = np.zeros((h, w), dtype=np.int64)
-                for sid in lut_keys:
-                    pan_cat[res.pan == sid] = cat_of[int(sid)]
-                rgb = load_rgb(image_path(manifest, im))
-                if rgb.shape[:2] != (h, w):
-                    raise UserError(f"{im['file_name']}: size changed since ingestion; rerun the pipeline")
-                tiles.append((png_name(im), pseudo_label_tile(rgb, stuff, masks, [c - 1 for c in cats],
-                                                              pan_cat, args.k, args.num_stuff)))
+    with atomic_path(args.out_panoptic, directory=True) as pano_tmp, \
+            atomic_path(args.out_semantic, directory=True) as sem_tmp:
+        images_out, annotations_out, tiles, stats, _ = merge_images(
+            manifest, manifest["images"], by_image, args.instances, args.stuff_dir, args.k, args.num_stuff,
+            args.max_thing_overlap, 1, pano_tmp, sem_tmp, sample)
         data = {"info": {"description": "u2seg panoptic pseudo-labels", "k": args.k, "num_stuff": args.num_stuff},
                 "images": images_out, "annotations": annotations_out,
                 "categories": panoptic_categories(args.k, args.num_stuff)}
@@ -132,26 +214,11 @@ def run(args: argparse.Namespace) -> int:
     with atomic_path(args.gallery, directory=True) as gal_tmp:
         for name, tile in tiles:
             save_png_plain(gal_tmp / name, tile)
-
-    summary: dict[str, Any] = {
-        "k": args.k, "num_stuff": args.num_stuff, "max_thing_overlap": args.max_thing_overlap,
-        "images": len(images_out),
-        "images_without_instances": int((n_inst == 0).sum()),
-        "instances": int(n_inst.sum()), "visible_instances": int(n_visible.sum()),
-        "hidden_instances_dropped": hidden,
-        "instances_per_image": _stats(n_inst), "visible_instances_per_image": _stats(n_visible),
-        "stuff_segments": stuff_segments, "stuff_segments_dropped_by_overlap": stuff_dropped,
-        "pixel_fraction": {"thing": round(thing_pixels / max(total_pixels, 1), 6),
-                           "stuff": round((total_pixels - thing_pixels - void_pixels) / max(total_pixels, 1), 6),
-                           "void": round(void_pixels / max(total_pixels, 1), 6)},
-        "gallery": [name for name, _ in tiles],
-        "seconds": {"merge": round(time.perf_counter() - t_start, 3)},
-    }
-    for key, path in (("clustering", args.cluster_summary), ("stuff", args.stuff_summary)):
-        if path is not None:
-            summary[key] = load_json(path)
+    summary = summary_of(stats, args.k, args.num_stuff, args.max_thing_overlap, [name for name, _ in tiles],
+                         time.perf_counter() - t_start)
+    add_source_summaries(summary, args.cluster_summary, args.stuff_summary)
     write_json(args.summary, summary, indent=1)
     log.info("panoptic: %d images (%d without instances), %d/%d instances visible, %d stuff segments",
-             len(images_out), summary["images_without_instances"], summary["visible_instances"],
-             summary["instances"], stuff_segments)
+             summary["images"], summary["images_without_instances"], summary["visible_instances"],
+             summary["instances"], summary["stuff_segments"])
     return 0
