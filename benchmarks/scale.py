@@ -84,6 +84,20 @@ def _templates(h: int, w: int, n: int, seed: int) -> list[dict[str, Any]]:
     return out
 
 
+class Linker:
+    """Hard links to copies of one file (a new copy every 20,000 links: ext4 allows 65,000 per inode, and concat-panoptic links each PNG again)."""
+
+    def __init__(self, src: Path):
+        self.src, self.copy, self.n = src, src, 0
+
+    def __call__(self, dst: Path) -> None:
+        if self.n and self.n % 20000 == 0:
+            self.copy = self.src.with_name(f"{self.src.stem}_{self.n}{self.src.suffix}")
+            shutil.copyfile(self.src, self.copy)
+        os.link(self.copy, dst)
+        self.n += 1
+
+
 def build(work: Path, n: int, shard_size: int, masks_per_image: int, h: int, w: int, dim: int) -> dict[str, Any]:
     """Write the synthetic dataset and per-shard outputs; returns their sizes."""
     t0 = time.perf_counter()
@@ -107,6 +121,7 @@ def build(work: Path, n: int, shard_size: int, masks_per_image: int, h: int, w: 
     stuff[h // 2:] = 1
     Image.fromarray(stuff).save(work / "stuff.png")
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(work / "tiny.png")
+    link_stuff, link_tiny = Linker(work / "stuff.png"), Linker(work / "tiny.png")
     rng = np.random.default_rng(0)
     categories = panoptic_categories(K, S)
     params = {"tau": 0.15, "n_masks": 3}
@@ -133,9 +148,9 @@ def build(work: Path, n: int, shard_size: int, masks_per_image: int, h: int, w: 
         pan_anns = []
         for im in shard_imgs:
             name = f"{im['id']:012d}.png"
-            os.link(work / "stuff.png", stuff_dir / name)
-            os.link(work / "tiny.png", folder / "panoptic" / name)
-            os.link(work / "tiny.png", folder / "semantic" / name)
+            link_stuff(stuff_dir / name)
+            link_tiny(folder / "panoptic" / name)
+            link_tiny(folder / "semantic" / name)
             segs = [{"id": 1 + k, "category_id": 1 + k, "iscrowd": 0, "area": 1000 + k,
                      "bbox": [0.0, 0.0, 10.0, 10.0]} for k in range(masks_per_image)]
             segs += [{"id": 10 + k, "category_id": K + 1 + k, "iscrowd": 0, "area": 5000,
@@ -235,8 +250,9 @@ def dry_runs(work: Path, shard_size: int) -> dict[str, Any]:
         os.link(work / "results" / "images" / name, fresh / name)
     out = {"dry_run_after_ingest": _dry_run(work, "dry_after", shard_size, work / "fresh_results")}
     images = json.loads((fresh / "manifest.json").read_text())["images"]
+    link_jpeg = Linker(work / "template.jpg")
     for im in images:
-        os.link(work / "template.jpg", work / "images" / im["file_name"])
+        link_jpeg(work / "images" / im["file_name"])
     del images
     out["dry_run_before_ingest"] = _dry_run(work, "dry_before", shard_size, work / "empty_results")
     return out

@@ -102,3 +102,30 @@ def test_concat_validation_fails_on_a_bad_shard(tmp_path: Path, caplog):
     assert rep["ok"] is False and rep["panoptic"]["images"] == 3 and rep["panoptic"]["errors"] == 1
     assert main(["concat-validation", "--reports-dir", str(tmp_path), "--num-shards", "3",
                  "--report", str(tmp_path / "w.json")]) == 1  # a missing shard report
+
+
+def test_bounded_resolution_merge_is_consistent_at_full_size(synthetic: Synthetic, tmp_path: Path, caplog):
+    """Images above --max-merge-pixels are merged on a smaller grid and pasted back: full-size PNGs whose
+    areas and boxes the validator accepts, close to the full-resolution merge."""
+    whole = run_stages(synthetic, tmp_path / "whole")
+    out = tmp_path / "bounded"
+    assert main(["merge-panoptic", "--manifest", str(synthetic.manifest), "--instances", str(whole / "instances.json"),
+                 "--stuff-dir", str(whole / "stuff"), "--k", str(K), "--num-stuff", str(S), "--gallery-size", "2",
+                 "--max-merge-pixels", "600", "--out-json", str(out / "panoptic.json"),
+                 "--out-panoptic", str(out / "panoptic"), "--out-semantic", str(out / "semantic"),
+                 "--gallery", str(out / "gallery"), "--summary", str(out / "summary.json")]) == 0
+    assert caplog.text.count("pasted back at full size") == 5  # every image (1,440-2,560 px) took that path
+    assert main(["validate-panoptic", "--panoptic-json", str(out / "panoptic.json"), "--panoptic-dir",
+                 str(out / "panoptic"), "--semantic-dir", str(out / "semantic")]) == 0
+    pan = json.loads((out / "panoptic.json").read_text())
+    agree = []
+    for im, ann in zip(pan["images"], pan["annotations"]):
+        full = np.asarray(Image.open(whole / "semantic" / ann["file_name"]))
+        got = np.asarray(Image.open(out / "semantic" / ann["file_name"]))
+        assert got.shape == full.shape == (im["height"], im["width"])
+        agree.append((got == full).mean())
+    assert min(agree) > 0.85, agree  # 600 px grids of 1,900-2,600 px images: borders move by a pixel or two
+    summary = json.loads((out / "summary.json").read_text())
+    fr = summary["pixel_fraction"]
+    assert abs(fr["thing"] + fr["stuff"] + fr["void"] - 1) < 1e-5
+    assert abs(fr["thing"] - json.loads((whole / "summary.json").read_text())["pixel_fraction"]["thing"]) < 0.1

@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-stuff", type=int, default=27, help="stuff clusters S (config stuff.k)")
     parser.add_argument("--max-thing-overlap", type=float, default=0.7)
     parser.add_argument("--gallery-size", type=int, default=8)
+    parser.add_argument("--max-merge-pixels", type=int, default=0,
+                        help="merge larger images on a grid of at most this many pixels, pasted back (0 = off)")
     parser.add_argument("--cluster-summary", type=Path, default=None)
     parser.add_argument("--stuff-summary", type=Path, default=None)
     parser.add_argument("--out-json", type=Path, required=True, help="COCO panoptic json")
@@ -62,6 +64,52 @@ def _add_histograms(a: list[int], b: list[int]) -> list[int]:
         for i, v in enumerate(h):
             out[i] += int(v)
     return out
+
+
+def bounded_grid(h: int, w: int, max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source rows and columns of a nearest-neighbour grid of at most ``max_pixels`` pixels (all rows
+    and columns when the image is not larger; 0 = no limit). Both are non-decreasing."""
+    if max_pixels <= 0 or h * w <= max_pixels:
+        return np.arange(h), np.arange(w)
+    scale = (max_pixels / (h * w)) ** 0.5
+    gh, gw = max(1, int(h * scale)), max(1, int(w * scale))
+    return ((np.arange(gh) + 0.5) * h / gh).astype(np.int64), ((np.arange(gw) + 0.5) * w / gw).astype(np.int64)
+
+
+def _owners(n_full: int, n_grid: int) -> np.ndarray:
+    """Grid index of every full-size row (or column): nearest grid centre (non-decreasing)."""
+    return np.minimum((np.arange(n_full) * n_grid) // n_full, n_grid - 1)
+
+
+def grid_weights(h: int, w: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Full-size pixels each grid pixel stands for in the PNG that :func:`write_upsampled` writes (int32)."""
+    row_n = np.bincount(_owners(h, len(rows)), minlength=len(rows)).astype(np.int32)
+    col_n = np.bincount(_owners(w, len(cols)), minlength=len(cols)).astype(np.int32)
+    return row_n[:, None] * col_n[None, :]
+
+
+def full_size_segments(res: Any, h: int, w: int, rows: np.ndarray, cols: np.ndarray,
+                       weight: np.ndarray) -> list[dict[str, Any]]:
+    """``res.segments`` with area and box of the full-size PNG that :func:`write_upsampled` writes."""
+    row_of, col_of = _owners(h, len(rows)), _owners(w, len(cols))
+    row_n = np.bincount(row_of, minlength=len(rows))
+    col_n = np.bincount(col_of, minlength=len(cols))
+    row_start = np.searchsorted(row_of, np.arange(len(rows)))
+    col_start = np.searchsorted(col_of, np.arange(len(cols)))
+    out = []
+    for seg in res.segments:
+        sel = res.pan == seg["id"]
+        ys, xs = np.flatnonzero(sel.any(1)), np.flatnonzero(sel.any(0))
+        y0, x0 = int(row_start[ys[0]]), int(col_start[xs[0]])
+        y1, x1 = int(row_start[ys[-1]] + row_n[ys[-1]]), int(col_start[xs[-1]] + col_n[xs[-1]])
+        out.append(dict(seg, area=int(weight[sel].sum(dtype=np.int64)), bbox=[x0, y0, x1 - x0, y1 - y0]))
+    return out
+
+
+def write_upsampled(path: Path, grid: np.ndarray, h: int, w: int, rows: np.ndarray, cols: np.ndarray) -> None:
+    """Save ``grid`` (on the grid of :func:`bounded_grid`) as a full-size h x w PNG (nearest)."""
+    full = grid[_owners(h, len(rows))][:, _owners(w, len(cols))]
+    save_png_plain(path, full)
 
 
 # Counters of merged images that add up over shards (see :func:`merge_images`, :func:`summary_of`).
@@ -96,11 +144,14 @@ def group_by_image(instances: dict[str, Any], source: Path, k: int,
 
 def merge_images(manifest: dict[str, Any], images: list[dict[str, Any]], by_image: dict[int, list[dict]],
                  source: Path, stuff_dir: Path, k: int, num_stuff: int, max_thing_overlap: float,
-                 first_id: int, pano_dir: Path, sem_dir: Path, sample: set[int]) -> tuple[list[dict], list[dict], list[tuple[str, np.ndarray]],
+                 first_id: int, pano_dir: Path, sem_dir: Path, sample: set[int],
+                 max_pixels: int = 0) -> tuple[list[dict], list[dict], list[tuple[str, np.ndarray]],
                                                        dict[str, Any], int]:
     """Merge ``images`` one at a time, writing their panoptic / semantic PNGs into the folders.
 
-    ``sample``: positions (in ``images``) that get a gallery tile. Returns (COCO panoptic images,
+    ``sample``: positions (in ``images``) that get a gallery tile. Images of more than ``max_pixels``
+    pixels (0 = no limit) are merged on a nearest-neighbour grid of at most ``max_pixels`` and pasted
+    back at full size (:func:`bounded_grid`), so memory per image is bounded. Returns (COCO panoptic images,
     annotations, tiles, statistics for :func:`summary_of`, the next free segment id).
     """
     images_out, annotations_out = [], []
@@ -119,19 +170,32 @@ def merge_images(manifest: dict[str, Any], images: list[dict[str, Any]], by_imag
                 raise UserError(f"{source}: annotation {ann['id']} mask size "
                                 f"{ann['segmentation'].get('size')} != [height, width] {[h, w]} of "
                                 f"{im['file_name']}")
-        masks = [decode_mask(a["segmentation"], h, w) for a in anns]
-        cats = [int(a["category_id"]) for a in anns]
         stuff = read_png(stuff_dir / png_name(im))
         if stuff.shape != (h, w):
             raise UserError(f"stuff map {png_name(im)} is {stuff.shape[::-1]} (w, h), image is {w}x{h}: "
                             "rerun cluster_stuff")
+        rows, cols = bounded_grid(h, w, max_pixels)  # identity below max_pixels
+        masks = [decode_mask(a["segmentation"], h, w)[np.ix_(rows, cols)] if len(rows) < h or len(cols) < w
+                 else decode_mask(a["segmentation"], h, w) for a in anns]
+        if len(rows) < h or len(cols) < w:
+            stuff = stuff[np.ix_(rows, cols)]
+        cats = [int(a["category_id"]) for a in anns]
         try:
             res = merge_panoptic(masks, cats, stuff, k, num_stuff, max_thing_overlap, next_id)
         except ValueError as exc:
             raise UserError(f"{im['file_name']}: {exc}") from exc
         next_id += len(res.segments)
-        save_png_plain(pano_dir / png_name(im), id2rgb(res.pan))
-        save_png_plain(sem_dir / png_name(im), res.semantic)
+        weight = None
+        if len(rows) < h or len(cols) < w:  # paste back at full size; areas and boxes of the full-size PNG
+            weight = grid_weights(h, w, rows, cols)
+            res.segments = full_size_segments(res, h, w, rows, cols, weight)
+            write_upsampled(pano_dir / png_name(im), id2rgb(res.pan), h, w, rows, cols)
+            write_upsampled(sem_dir / png_name(im), res.semantic, h, w, rows, cols)
+            log.info("%s (%dx%d) merged at %dx%d (panoptic.max_merge_pixels), pasted back at full size",
+                     im["file_name"], w, h, len(cols), len(rows))
+        else:
+            save_png_plain(pano_dir / png_name(im), id2rgb(res.pan))
+            save_png_plain(sem_dir / png_name(im), res.semantic)
         images_out.append({"id": im["id"], "file_name": im["file_name"], "width": w, "height": h})
         annotations_out.append({"image_id": im["id"], "file_name": png_name(im), "segments_info": res.segments})
         n_inst[idx] = len(anns)
@@ -139,18 +203,23 @@ def merge_images(manifest: dict[str, Any], images: list[dict[str, Any]], by_imag
         hidden += res.hidden
         stuff_dropped += res.stuff_dropped
         stuff_segments += len(res.segments) - len(res.thing_source)
-        void_pixels += int((res.pan == 0).sum())
-        thing_pixels += int((res.semantic == 0).sum())
+        if weight is None:
+            void_pixels += int((res.pan == 0).sum())
+            thing_pixels += int((res.semantic == 0).sum())
+        else:
+            void_pixels += int(weight[res.pan == 0].sum(dtype=np.int64))
+            thing_pixels += int(weight[res.semantic == 0].sum(dtype=np.int64))
         total_pixels += h * w
-        if idx in sample:
+        if idx in sample:  # the tile is drawn at the merge resolution
             cat_of = {s["id"]: s["category_id"] for s in res.segments}
             lut_keys = np.array(list(cat_of), dtype=np.int64)
-            pan_cat = np.zeros((h, w), dtype=np.int64)
+            pan_cat = np.zeros(res.pan.shape, dtype=np.int64)
             for sid in lut_keys:
                 pan_cat[res.pan == sid] = cat_of[int(sid)]
             rgb = load_rgb(image_path(manifest, im))
             if rgb.shape[:2] != (h, w):
                 raise UserError(f"{im['file_name']}: size changed since ingestion; rerun the pipeline")
+            rgb = rgb[np.ix_(rows, cols)] if len(rows) < h or len(cols) < w else rgb
             tiles.append((png_name(im), pseudo_label_tile(rgb, stuff, masks, [c - 1 for c in cats],
                                                           pan_cat, k, num_stuff)))
     stats = {"images": len(images), "images_without_instances": int((n_inst == 0).sum()),
@@ -206,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
             atomic_path(args.out_semantic, directory=True) as sem_tmp:
         images_out, annotations_out, tiles, stats, _ = merge_images(
             manifest, manifest["images"], by_image, args.instances, args.stuff_dir, args.k, args.num_stuff,
-            args.max_thing_overlap, 1, pano_tmp, sem_tmp, sample)
+            args.max_thing_overlap, 1, pano_tmp, sem_tmp, sample, args.max_merge_pixels)
         data = {"info": {"description": "u2seg panoptic pseudo-labels", "k": args.k, "num_stuff": args.num_stuff},
                 "images": images_out, "annotations": annotations_out,
                 "categories": panoptic_categories(args.k, args.num_stuff)}

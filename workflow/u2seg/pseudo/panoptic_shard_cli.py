@@ -51,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-stuff", type=int, default=27, help="stuff clusters S (config stuff.k)")
     parser.add_argument("--max-thing-overlap", type=float, default=0.7)
     parser.add_argument("--gallery-size", type=int, default=8, help="gallery images of the whole dataset")
+    parser.add_argument("--max-merge-pixels", type=int, default=0,
+                        help="merge larger images on a grid of at most this many pixels, pasted back (0 = off)")
     parser.add_argument("--out-json", type=Path, required=True, help="the shard's COCO panoptic json")
     parser.add_argument("--out-dir", type=Path, required=True, help="folder: panoptic/, semantic/, gallery/")
 
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             (tmp / sub).mkdir()
         images_out, annotations_out, tiles, stats, _ = merge_images(
             manifest, images, by_image, source, args.stuff_dir, args.k, args.num_stuff, args.max_thing_overlap,
-            first_id, tmp / "panoptic", tmp / "semantic", sample)
+            first_id, tmp / "panoptic", tmp / "semantic", sample, args.max_merge_pixels)
         for name, tile in tiles:
             save_png_plain(tmp / "gallery" / name, tile)
     stats.update(segment_ids=scope, gallery=[name for name, _ in tiles],
