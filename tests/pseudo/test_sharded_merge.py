@@ -3,6 +3,7 @@ whole-dataset `u2seg merge-panoptic` (segment ids may differ by a per-shard offs
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,7 @@ def test_bounded_resolution_merge_is_consistent_at_full_size(synthetic: Syntheti
     areas and boxes the validator accepts, close to the full-resolution merge."""
     whole = run_stages(synthetic, tmp_path / "whole")
     out = tmp_path / "bounded"
+    caplog.set_level(logging.INFO)
     assert main(["merge-panoptic", "--manifest", str(synthetic.manifest), "--instances", str(whole / "instances.json"),
                  "--stuff-dir", str(whole / "stuff"), "--k", str(K), "--num-stuff", str(S), "--gallery-size", "2",
                  "--max-merge-pixels", "600", "--out-json", str(out / "panoptic.json"),
