@@ -26,6 +26,8 @@ sizes of the big files. Rows of docs/benchmarks.md come from it.
   python benchmarks/scale.py --images 1000 --work /tmp/scale          # smoke
   python benchmarks/scale.py --images 118287 --shard-size 16 --work /tmp/scale --dry-run
   python benchmarks/scale.py --images 1281167 --shard-size 2000 --work /tmp/scale
+  python benchmarks/scale.py --huge-image 9000 8000 --max-merge-pixels 4194304 --work /tmp/huge
+  python benchmarks/scale.py --ingest-images 20000 --work /tmp/ingest
 """
 from __future__ import annotations
 
@@ -258,6 +260,55 @@ def dry_runs(work: Path, shard_size: int) -> dict[str, Any]:
     return out
 
 
+def huge_image(work: Path, h: int, w: int, max_pixels: int) -> dict[str, Any]:
+    """Peak RSS and time of the per-shard panoptic merge + validation of one h x w image (3 masks)."""
+    res = work / "huge"
+    (res / "inst").mkdir(parents=True)
+    img = np.zeros((h, w, 3), np.uint8)
+    img[: h // 2] = (200, 60, 40)
+    Image.fromarray(img).save(work / "huge.jpg", quality=90)
+    stuff = np.zeros((h, w), np.uint8)
+    stuff[h // 2:] = 1
+    (res / "stuff").mkdir()
+    Image.fromarray(stuff).save(res / "stuff" / "huge.png")
+    del img, stuff
+    im = {"id": 1, "file_name": "huge.jpg", "width": w, "height": h}
+    (res / "manifest.json").write_text(json.dumps({"root": str(work), "images": [im], "annotations": None}))
+    anns = [dict(t, id=i + 1, image_id=1, category_id=1 + i, iscrowd=0) for i, t in enumerate(_templates(h, w, 3, 1))]
+    (res / "inst" / "shard_00000.json").write_text(json.dumps(
+        {"info": {}, "images": [im], "annotations": anns, "categories": panoptic_categories(K, 0)}))
+    (res / "inst" / "index.json").write_text(json.dumps({"k": K, "shard_size": 1, "shards": [{"images": 1, "annotations": 3}]}))
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+    out = {"image": [h, w], "max_merge_pixels": max_pixels}
+    out["merge_panoptic_shard"] = run_measured(u2seg(
+        "merge-panoptic-shard", "--manifest", str(res / "manifest.json"), "--instances-dir", str(res / "inst"),
+        "--shard", "0", "--shard-size", "1", "--stuff-dir", str(res / "stuff"), "--k", str(K), "--num-stuff", "2",
+        "--gallery-size", "1", "--max-merge-pixels", str(max_pixels), "--out-json", str(res / "p.json"),
+        "--out-dir", str(res / "p")), logs / "huge_merge.log")
+    out["validate_shard"] = run_measured(u2seg(
+        "validate-panoptic", "--panoptic-json", str(res / "p.json"), "--panoptic-dir", str(res / "p" / "panoptic"),
+        "--semantic-dir", str(res / "p" / "semantic"), "--instances", str(res / "inst" / "shard_00000.json"),
+        "--num-things", str(K)), logs / "huge_validate.log")
+    return out
+
+
+def ingest(work: Path, n: int) -> dict[str, Any]:
+    """Peak RSS and time of ``u2seg ingest --kind images`` over n hard links to one small JPEG."""
+    root = work / "ingest_images"
+    for d in range(0, n, 1000):  # folders of 1,000, as ImageNet's class folders
+        (root / f"d{d // 1000:04d}").mkdir(parents=True)
+    Image.new("RGB", (64, 48), (90, 120, 150)).save(work / "small.jpg")
+    link = Linker(work / "small.jpg")
+    for i in range(n):
+        link(root / f"d{i // 1000:04d}" / f"{i:08d}.jpg")
+    (work / "logs").mkdir(exist_ok=True)
+    row = run_measured(u2seg("ingest", "--kind", "images", "--root", str(root), "--workers", "2",
+                             "--manifest", str(work / "manifest.json"), "--skipped", str(work / "skipped.json")),
+                       work / "logs" / "ingest.log")
+    return {"images": n, "ingest": row}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=1000)
@@ -271,10 +322,26 @@ def main() -> None:
     ap.add_argument("--dry-run", action="store_true", help="also time `snakemake -n pseudo_labels`")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
     ap.add_argument("--out", type=Path, default=None, help="write the result json here too")
+    ap.add_argument("--huge-image", type=int, nargs=2, metavar=("H", "W"), default=None,
+                    help="instead: the per-shard panoptic merge + validation of one H x W image")
+    ap.add_argument("--max-merge-pixels", type=int, default=0, help="with --huge-image (0 = full resolution)")
+    ap.add_argument("--ingest-images", type=int, default=None,
+                    help="instead: u2seg ingest over this many hard links to one small JPEG")
     args = ap.parse_args()
     if args.work.exists():
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
+    if args.huge_image or args.ingest_images:
+        try:
+            result = (huge_image(args.work, *args.huge_image, args.max_merge_pixels) if args.huge_image
+                      else ingest(args.work, args.ingest_images))
+        finally:
+            if not args.keep:
+                shutil.rmtree(args.work, ignore_errors=True)
+        print(json.dumps(result, indent=1))
+        if args.out is not None:
+            args.out.write_text(json.dumps(result, indent=1) + "\n")
+        return
     try:
         built = build(args.work, args.images, args.shard_size, args.masks_per_image, args.height, args.width,
                       args.dim)

@@ -139,6 +139,7 @@ rule merge_panoptic_shard:
         num_stuff=config["stuff"]["k"],
         max_thing_overlap=config["panoptic"]["max_thing_overlap"],
         gallery_size=config["panoptic"]["gallery_size"],
+        max_merge_pixels=config["panoptic"]["max_merge_pixels"],
     threads: 1
     resources:
         mem_mb=mem_mb(3000),
@@ -151,7 +152,8 @@ rule merge_panoptic_shard:
         "{U2SEG} merge-panoptic-shard --manifest {input.manifest:q} --instances-dir {input.instances:q}"
         " --shard {params.shard} --shard-size {params.shard_size:q} --stuff-dir {input.stuff:q}"
         " --k {params.k:q} --num-stuff {params.num_stuff:q} --max-thing-overlap {params.max_thing_overlap:q}"
-        " --gallery-size {params.gallery_size:q} --out-json {output.json:q} --out-dir {output.folder:q}"
+        " --gallery-size {params.gallery_size:q} --max-merge-pixels {params.max_merge_pixels:q}"
+        " --out-json {output.json:q} --out-dir {output.folder:q}"
         " > {log:q} 2>&1"
 
 
