@@ -51,18 +51,31 @@ REPO = Path(__file__).resolve().parents[1]
 K, S = 8, 27
 
 
-def run_measured(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+# A small launcher between this process and each measured command: a child inherits the parent's
+# peak RSS as the floor of its own ru_maxrss (Linux keeps the high-water mark across fork + exec), and
+# this process is large after building the inputs; the launcher (python -S, ~10 MB) is not.
+_LAUNCH = (
+    "import os, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "_, status, ru = os.wait4(pid, 0)\n"
+    "open(sys.argv[1], 'w').write('%d %f %d' % (os.waitstatus_to_exitcode(status), ru.ru_utime + ru.ru_stime, ru.ru_maxrss))\n"
+)
+
+
+def run_measured(cmd: list[str], log: Path) -> dict[str, Any]:
     """Run ``cmd``; wall seconds, CPU seconds and peak RSS (MiB) of that process (and its waited-for children)."""
+    usage = log.with_suffix(".usage")
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
+        subprocess.run([sys.executable, "-S", "-c", _LAUNCH, str(usage), *cmd], stdout=fh, stderr=subprocess.STDOUT,
+                       check=True)
     seconds = time.perf_counter() - t0
-    rc = os.waitstatus_to_exitcode(status)
-    if rc != 0:
+    rc, cpu, maxrss = usage.read_text().split()
+    if int(rc) != 0:
         raise SystemExit(f"{cmd[:4]} failed ({rc}); see {log}:\n{log.read_text()[-3000:]}")
-    return {"seconds": round(seconds, 2), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    return {"seconds": round(seconds, 2), "cpu_seconds": round(float(cpu), 2), "peak_rss_mb": round(int(maxrss) / 1024, 1)}
 
 
 def u2seg(*args: str) -> list[str]:
