@@ -63,16 +63,51 @@ def shard_ids(ds):
     return [f"{i:05d}" for i in range((n + size - 1) // size)]
 
 
-@functools.lru_cache(maxsize=16)
-def _count_manifest(path, mtime_ns):
-    """Images of a manifest, cached per (path, mtime): the DAG asks once per aggregate job."""
+@functools.lru_cache(maxsize=8)
+def _manifest_facts(path, mtime_ns, shard_size):
+    """(images, largest image's pixels per shard) of a manifest, read once per (path, mtime)."""
     with open(path) as fh:
-        return len(json.load(fh)["images"])
+        pixels = [im["width"] * im["height"] for im in json.load(fh)["images"]]
+    return len(pixels), tuple(max(pixels[i:i + shard_size]) for i in range(0, len(pixels), shard_size))
 
 
 def manifest_image_count(path):
     """Number of images in the manifest at ``path``."""
-    return _count_manifest(path, os.stat(path).st_mtime_ns)
+    return _manifest_facts(str(path), os.stat(path).st_mtime_ns, int(config["features"]["shard_size"]))[0]
+
+
+def dataset_size(ds, shard=None):
+    """(images of ``ds``, pixels of the largest image of ``shard``) for resource requests, without
+    waiting for the checkpoint: from the manifest when it exists, else (images from the dataset
+    listing, pixels None); (0, None) when neither is known."""
+    manifest = Path(f"{RES}/{ds}/manifest.json")
+    if not manifest.exists():
+        return listed_image_count(ds) or 0, None
+    n, pixels = _manifest_facts(str(manifest), os.stat(manifest).st_mtime_ns, int(config["features"]["shard_size"]))
+    return n, (pixels[int(shard)] if shard is not None and int(shard) < len(pixels) else None)
+
+
+def declared_mem(base_mb, per_image_kb=0.0, per_pixel_b=0.0, grid_pixel_b=0.0, grid_cap=0, pixels_unknown=0):
+    """``mem_mb`` from measured per-unit figures (docs/benchmarks.md, "Scale"): ``base_mb`` + ``per_image_kb``
+    per image of the dataset + ``per_pixel_b`` per pixel of the shard's largest image + ``grid_pixel_b``
+    per pixel of it up to ``grid_cap`` (work done on a bounded grid); ``pixels_unknown`` pixels are
+    assumed before ingest. Grows by half per Snakemake retry attempt."""
+    def _mem(wildcards, attempt):
+        n, px = dataset_size(wildcards.ds, getattr(wildcards, "shard", None))
+        px = pixels_unknown if px is None else px
+        grid = min(px, grid_cap) if grid_cap else px
+        mb = base_mb + per_image_kb * n / 1024 + (per_pixel_b * px + grid_pixel_b * grid) / 2**20
+        return int(mb * (1 + 0.5 * (attempt - 1)))
+    return _mem
+
+
+def declared_runtime(base_min, per_image_s=0.0, per_shard_image_s=0.0):
+    """``runtime`` (minutes) from measured per-unit figures: ``base_min`` + ``per_image_s`` per image of
+    the dataset + ``per_shard_image_s`` per image of one shard (``features.shard_size``)."""
+    def _runtime(wildcards):
+        n, _ = dataset_size(wildcards.ds)
+        return int(base_min + (per_image_s * n + per_shard_image_s * int(config["features"]["shard_size"])) / 60)
+    return _runtime
 
 
 @functools.lru_cache(maxsize=16)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import tempfile
 from array import array
@@ -19,10 +18,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from u2seg.atomic import atomic_path, write_json
 from u2seg.errors import UserError
+from u2seg.streamjson import dump, finish, first_duplicate
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +103,9 @@ def _read_shard(path: Path) -> dict[str, Any]:
     return shard
 
 
-def _dump(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"))
-
-
 def _info(params: Any) -> str:
     """The merged json's ``info`` value followed by the opening of its ``images`` list."""
-    return _dump({"description": "u2seg MaskCut class-agnostic pseudo-masks", "maskcut": params}) + ',"images":['
+    return dump({"description": "u2seg MaskCut class-agnostic pseudo-masks", "maskcut": params}) + ',"images":['
 
 
 def write_merged(paths: list[Path], out: Path) -> dict[str, Any]:
@@ -149,23 +143,18 @@ def write_merged(paths: list[Path], out: Path) -> dict[str, Any]:
                     fh.write(_info(shard["stats"]["params"] if "stats" in shard else None))
                     info_written = True
                 for im in shard["images"]:
-                    fh.write(("" if first_image else ",") + _dump(im))
+                    fh.write(("" if first_image else ",") + dump(im))
                     first_image = False
                 for ann in annotations:
-                    spill.write(("" if first_ann else ",") + _dump(ann))
+                    spill.write(("" if first_ann else ",") + dump(ann))
                     first_ann = False
                 del shard, annotations
             if not info_written:  # no shard at all
                 fh.write(_info(None))
-            fh.write('],"annotations":[')
-            spill.seek(0)
-            shutil.copyfileobj(spill, fh, 1 << 20)
-            fh.write('],"categories":' + _dump(CATEGORIES) + "}\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        uniq, counts = np.unique(np.frombuffer(ids, dtype=np.int64), return_counts=True)
-        if (counts > 1).any():
-            raise UserError(f"image id {int(uniq[counts > 1][0])} appears in more than one shard")
+            finish(fh, spill, CATEGORIES)
+        dup = first_duplicate(ids)
+        if dup is not None:
+            raise UserError(f"image id {dup} appears in more than one shard")
     return summary.result()
 
 

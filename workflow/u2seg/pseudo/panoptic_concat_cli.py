@@ -10,7 +10,6 @@ image (the ids, checked for duplicates). Shards are found as ``--shards-dir/shar
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -20,18 +19,13 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from u2seg.atomic import atomic_path, write_json
 from u2seg.errors import UserError
 from u2seg.jsonio import load_json
+from u2seg.streamjson import dump, finish, first_duplicate
 from u2seg.pseudo.merge_cli import COUNTS, add_counts, add_source_summaries, summary_of
 
 log = logging.getLogger(__name__)
-
-
-def _dump(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"))
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -82,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             shard = load_json(path)
             if categories is None:
                 categories, info = shard["categories"], shard["info"]
-                fh.write('{"info":' + _dump(info) + ',"images":[')
+                fh.write('{"info":' + dump(info) + ',"images":[')
             elif shard["categories"] != categories:
                 raise UserError(f"{path}: categories differ from shard 0's (mixed clustering.k / stuff.k?): "
                                 "rerun merge_panoptic_shard")
@@ -91,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError(f"{path}: {len(shard['images'])} images but {len(shard['annotations'])} annotations")
             for im, ann in zip(shard["images"], shard["annotations"]):
                 ids.append(int(im["id"]))
-                fh.write(("" if first else ",") + _dump(im))
-                spill.write(("" if first else ",") + _dump(ann))
+                fh.write(("" if first else ",") + dump(im))
+                spill.write(("" if first else ",") + dump(ann))
                 first = False
                 link_or_copy(folder / "panoptic" / ann["file_name"], pano / ann["file_name"])
                 link_or_copy(folder / "semantic" / ann["file_name"], sem / ann["file_name"])
@@ -102,15 +96,10 @@ def run(args: argparse.Namespace) -> int:
             scopes.add(shard["stats"]["segment_ids"])
             seconds += float(shard["stats"].get("seconds", 0.0))
             totals = add_counts(totals, shard["stats"])
-        fh.write('],"annotations":[')
-        spill.seek(0)
-        shutil.copyfileobj(spill, fh, 1 << 20)
-        fh.write('],"categories":' + _dump(categories) + "}\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-        uniq, counts = np.unique(np.frombuffer(ids, dtype=np.int64), return_counts=True)
-        if (counts > 1).any():
-            raise UserError(f"image id {int(uniq[counts > 1][0])} is in more than one panoptic shard")
+        finish(fh, spill, categories)
+        dup = first_duplicate(ids)
+        if dup is not None:
+            raise UserError(f"image id {dup} is in more than one panoptic shard")
     summary = summary_of(totals, args.k, args.num_stuff, args.max_thing_overlap, gallery,
                          seconds + time.perf_counter() - t_start)
     summary["segment_ids"] = "unique in the dataset" if scopes == {"dataset"} else "unique within each shard"
