@@ -34,8 +34,9 @@ rule maskcut:
         seed=_mc["seed"],
     threads: 2
     resources:
-        mem_mb=mem_mb(4000),
-        runtime=60,
+        # measured figures (docs/benchmarks.md "Scale"): + the manifest it reads; 1.6 s per image (x2)
+        mem_mb=declared_mem(4000, per_image_kb=MANIFEST_KB_PER_IMAGE),
+        runtime=declared_runtime(10, per_shard_image_s=3.2),
         gpu=gpu_request(config["maskcut"]["device"]),
     log:
         f"{RES}/logs/{{ds}}/maskcut/shard_{{shard}}.log",
@@ -69,8 +70,9 @@ rule merge_masks:
         num_shards=lambda wc: len(shard_ids(wc.ds)),
     threads: 1
     resources:
-        mem_mb=mem_mb(2000),
-        runtime=10,
+        # streamed: one shard + 8 bytes per image (docs/benchmarks.md "Scale")
+        mem_mb=declared_mem(MERGE_MASKS_BASE_MB, per_image_kb=MERGE_MASKS_KB_PER_IMAGE),
+        runtime=declared_runtime(5, per_image_s=MERGE_MASKS_S_PER_IMAGE),
     log:
         f"{RES}/logs/{{ds}}/maskcut/merge.log",
     benchmark:

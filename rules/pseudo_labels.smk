@@ -26,8 +26,8 @@ rule embed:
         device=config["features"]["device"],
     threads: 2
     resources:
-        mem_mb=mem_mb(3000),
-        runtime=30,
+        mem_mb=declared_mem(3000, per_image_kb=MANIFEST_KB_PER_IMAGE),
+        runtime=declared_runtime(30, per_shard_image_s=1.0),
     log:
         f"{RES}/logs/{{ds}}/pseudo/embed_{{shard}}.log",
     benchmark:
@@ -63,8 +63,9 @@ rule cluster_instances:
         device=config["features"]["device"],
     threads: 2
     resources:
-        mem_mb=mem_mb(4000),
-        runtime=240,
+        # measured per image (docs/benchmarks.md "Scale"); the k-means fit: benchmarks/cluster.py
+        mem_mb=declared_mem(CLUSTER_BASE_MB, per_image_kb=CLUSTER_KB_PER_IMAGE),
+        runtime=declared_runtime(240, per_image_s=CLUSTER_S_PER_IMAGE),
     log:
         f"{RES}/logs/{{ds}}/pseudo/cluster_instances.log",
     benchmark:
@@ -142,8 +143,12 @@ rule merge_panoptic_shard:
         max_merge_pixels=config["panoptic"]["max_merge_pixels"],
     threads: 1
     resources:
-        mem_mb=mem_mb(3000),
-        runtime=60,
+        # + the manifest; per pixel of the shard's largest image (full-size PNGs) and of its merge grid
+        mem_mb=declared_mem(MERGE_SHARD_BASE_MB, per_image_kb=MANIFEST_KB_PER_IMAGE,
+                            per_pixel_b=MERGE_B_PER_PIXEL, grid_pixel_b=MERGE_B_PER_GRID_PIXEL,
+                            grid_cap=config["panoptic"]["max_merge_pixels"],
+                            pixels_unknown=config["panoptic"]["max_merge_pixels"]),
+        runtime=declared_runtime(10, per_shard_image_s=0.5),
     log:
         f"{RES}/logs/{{ds}}/pseudo/merge_panoptic_{{shard}}.log",
     benchmark:
@@ -177,8 +182,9 @@ rule merge_panoptic:
         max_thing_overlap=config["panoptic"]["max_thing_overlap"],
     threads: 1
     resources:
-        mem_mb=mem_mb(1000),
-        runtime=60,
+        # streamed: one shard json + 8 bytes per image (docs/benchmarks.md "Scale")
+        mem_mb=declared_mem(CONCAT_BASE_MB, per_image_kb=CONCAT_KB_PER_IMAGE),
+        runtime=declared_runtime(10, per_image_s=CONCAT_S_PER_IMAGE),
     log:
         f"{RES}/logs/{{ds}}/pseudo/merge_panoptic.log",
     benchmark:
@@ -204,8 +210,10 @@ rule validate_pseudo_shard:
         k=config["clustering"]["k"],
     threads: 1
     resources:
-        mem_mb=mem_mb(2000),
-        runtime=30,
+        # per pixel of the shard's largest image (docs/benchmarks.md "Scale")
+        mem_mb=declared_mem(VALIDATE_BASE_MB, per_pixel_b=VALIDATE_B_PER_PIXEL,
+                            pixels_unknown=config["panoptic"]["max_merge_pixels"]),
+        runtime=declared_runtime(10, per_shard_image_s=0.5),
     log:
         f"{RES}/logs/{{ds}}/pseudo/validate_{{shard}}.log",
     benchmark:
@@ -227,8 +235,8 @@ rule validate_pseudo:
         num_shards=lambda wc: len(shard_ids(wc.ds)),
     threads: 1
     resources:
-        mem_mb=mem_mb(500),
-        runtime=10,
+        mem_mb=declared_mem(200),
+        runtime=declared_runtime(5, per_image_s=0.0001),
     log:
         f"{RES}/logs/{{ds}}/pseudo/validate.log",
     benchmark:
