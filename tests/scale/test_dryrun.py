@@ -20,6 +20,7 @@ def test_dry_run_lists_shard_jobs_before_ingest(tmp_path: Path):
     (images / "sub").mkdir(parents=True)
     for i in range(5):
         Image.new("RGB", (40, 30), (40 * i, 0, 0)).save(images / "sub" / f"a{i}.jpg")
+    Image.new("RGB", (1600, 1200), (0, 90, 0)).save(images / "sub" / "big.jpg")  # 1.9 Mpx: a larger request
     (images / "sub" / "broken.jpg").write_bytes(b"not a jpeg")  # listed, then skipped by ingest
     (images / ".hidden").mkdir()
     Image.new("RGB", (40, 30)).save(images / ".hidden" / "x.jpg")  # not listed (as ingest)
@@ -27,13 +28,19 @@ def test_dry_run_lists_shard_jobs_before_ingest(tmp_path: Path):
            "ingest": {"max_skipped_fraction": 0.5}}
     proc = run_snakemake(tmp_path / "w", ["pseudo_labels"], cfg, extra=["-n"])
     jobs = _job_counts(proc.stdout)
-    # 6 listed images -> 3 shards: every per-shard job is visible before ingest has run
+    # 7 listed images -> 4 shards: every per-shard job is visible before ingest has run
     for rule in ("features_shard", "maskcut", "embed", "merge_panoptic_shard", "validate_pseudo_shard"):
-        assert jobs[rule] == 3, (rule, jobs)
+        assert jobs[rule] == 4, (rule, jobs)
     assert jobs["ingest"] == 1
     assert re.search(r"rule features_shard:.*?resources:.*?mem_mb=\d+", proc.stdout, re.S)
-    # ingest skips the broken file: 5 images -> still 3 shards; a second broken one -> 4 images, 2 shards
+    # ingest skips the broken files (a4 broken too now): 5 images -> 3 shards: a0 a1 | a2 a3 | big
     (images / "sub" / "a4.jpg").write_bytes(b"broken too")
     run_snakemake(tmp_path / "w", [str(tmp_path / "w" / "results" / "images" / "manifest.json")], cfg)
-    jobs = _job_counts(run_snakemake(tmp_path / "w", ["pseudo_labels"], cfg, extra=["-n"]).stdout)
-    assert jobs["features_shard"] == 2 and jobs["maskcut"] == 2 and "ingest" not in jobs, jobs
+    out = run_snakemake(tmp_path / "w", ["pseudo_labels"], cfg, extra=["-n"]).stdout
+    jobs = _job_counts(out)
+    assert jobs["features_shard"] == 3 and jobs["maskcut"] == 3 and "ingest" not in jobs, jobs
+    # memory requests follow the pixels of each shard's largest image (read from the manifest)
+    mem = {m.group(1): int(m.group(2)) for m in re.finditer(
+        r"rule validate_pseudo_shard:.*?shard=(\d{5}).*?mem_mb=(\d+)", out, re.S)}
+    assert set(mem) == {"00000", "00001", "00002"}, mem
+    assert mem["00000"] == mem["00001"] < mem["00002"], mem
