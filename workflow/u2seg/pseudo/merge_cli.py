@@ -38,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gallery-size", type=int, default=8)
     parser.add_argument("--max-merge-pixels", type=int, default=0,
                         help="merge larger images on a grid of at most this many pixels, pasted back (0 = off)")
+    add_output_arguments(parser)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """The dataset-level outputs (shared with ``u2seg concat-panoptic``) and the summaries attached."""
     parser.add_argument("--cluster-summary", type=Path, default=None)
     parser.add_argument("--stuff-summary", type=Path, default=None)
     parser.add_argument("--out-json", type=Path, required=True, help="COCO panoptic json")

@@ -23,7 +23,7 @@ from u2seg.atomic import atomic_path, write_json
 from u2seg.errors import UserError
 from u2seg.jsonio import load_json
 from u2seg.streamjson import dump, finish, first_duplicate
-from u2seg.pseudo.merge_cli import COUNTS, add_counts, add_source_summaries, summary_of
+from u2seg.pseudo.merge_cli import COUNTS, add_counts, add_output_arguments, add_source_summaries, summary_of
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, required=True)
     parser.add_argument("--num-stuff", type=int, required=True)
     parser.add_argument("--max-thing-overlap", type=float, required=True)
-    parser.add_argument("--cluster-summary", type=Path, default=None)
-    parser.add_argument("--stuff-summary", type=Path, default=None)
-    parser.add_argument("--out-json", type=Path, required=True, help="COCO panoptic json")
-    parser.add_argument("--out-panoptic", type=Path, required=True, help="folder of panoptic PNGs")
-    parser.add_argument("--out-semantic", type=Path, required=True, help="folder of semantic PNGs")
-    parser.add_argument("--gallery", type=Path, required=True, help="folder of overlay PNGs")
-    parser.add_argument("--summary", type=Path, required=True)
+    add_output_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
