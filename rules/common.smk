@@ -1,5 +1,7 @@
 # Shared helpers for every rule file: dataset keys, result paths, shard lists, the CLI command.
+import functools
 import json
+import os
 import re
 import shlex
 import sys
@@ -75,12 +77,109 @@ def dataset_protocols(ds):
 
 
 def shard_ids(ds):
-    """Shard indices of dataset ``ds`` (read from the ingest checkpoint's manifest)."""
-    manifest = checkpoints.ingest.get(ds=ds).output.manifest
-    with open(manifest) as fh:
-        n = len(json.load(fh)["images"])
+    """Shard indices of dataset ``ds``: the single function that decides them.
+
+    Normally from the ingest checkpoint's manifest (exact: ingest may skip unreadable images). In a
+    dry-run (``snakemake -n``) before ingest has run, from the dataset listing instead
+    (:func:`listed_image_count`, an upper bound), so that the per-shard feature / MaskCut / embedding
+    jobs and their resources are listed; a real run still waits for the checkpoint.
+    """
     size = int(config["features"]["shard_size"])
+    manifest = Path(f"{RES}/{ds}/manifest.json")
+    n = None
+    if workflow.dryrun and not manifest.exists():
+        n = listed_image_count(ds)
+    if n is None:
+        n = manifest_image_count(checkpoints.ingest.get(ds=ds).output.manifest)
     return [f"{i:05d}" for i in range((n + size - 1) // size)]
+
+
+@functools.lru_cache(maxsize=8)
+def _manifest_facts(path, mtime_ns, shard_size):
+    """(images, largest image's pixels per shard) of a manifest, read once per (path, mtime)."""
+    with open(path) as fh:
+        pixels = [im["width"] * im["height"] for im in json.load(fh)["images"]]
+    return len(pixels), tuple(max(pixels[i:i + shard_size]) for i in range(0, len(pixels), shard_size))
+
+
+def manifest_image_count(path):
+    """Number of images in the manifest at ``path``."""
+    return _manifest_facts(str(path), os.stat(path).st_mtime_ns, int(config["features"]["shard_size"]))[0]
+
+
+def dataset_size(ds, shard=None):
+    """(images of ``ds``, pixels of the largest image of ``shard``) for resource requests, without
+    waiting for the checkpoint: from the manifest when it exists, else (images from the dataset
+    listing, pixels None); (0, None) when neither is known."""
+    manifest = Path(f"{RES}/{ds}/manifest.json")
+    if not manifest.exists():
+        return listed_image_count(ds) or 0, None
+    n, pixels = _manifest_facts(str(manifest), os.stat(manifest).st_mtime_ns, int(config["features"]["shard_size"]))
+    return n, (pixels[int(shard)] if shard is not None and int(shard) < len(pixels) else None)
+
+
+def declared_mem(base_mb, per_image_kb=0.0, per_pixel_b=0.0, grid_pixel_b=0.0, grid_cap=0, pixels_unknown=0):
+    """``mem_mb`` from measured per-unit figures (docs/benchmarks.md, "Scale"): ``base_mb`` + ``per_image_kb``
+    per image of the dataset + ``per_pixel_b`` per pixel of the shard's largest image + ``grid_pixel_b``
+    per pixel of it up to ``grid_cap`` (work done on a bounded grid); ``pixels_unknown`` pixels are
+    assumed before ingest. Grows by half per Snakemake retry attempt."""
+    def _mem(wildcards, attempt):
+        n, px = dataset_size(wildcards.ds, getattr(wildcards, "shard", None))
+        px = pixels_unknown if px is None else px
+        grid = min(px, grid_cap) if grid_cap else px
+        mb = base_mb + per_image_kb * n / 1024 + (per_pixel_b * px + grid_pixel_b * grid) / 2**20
+        return int(mb * (1 + 0.5 * (attempt - 1)))
+    return _mem
+
+
+def declared_runtime(base_min, per_image_s=0.0, per_shard_image_s=0.0):
+    """``runtime`` (minutes) from measured per-unit figures: ``base_min`` + ``per_image_s`` per image of
+    the dataset + ``per_shard_image_s`` per image of one shard (``features.shard_size``)."""
+    def _runtime(wildcards):
+        n, _ = dataset_size(wildcards.ds)
+        return int(base_min + (per_image_s * n + per_shard_image_s * int(config["features"]["shard_size"])) / 60)
+    return _runtime
+
+
+@functools.lru_cache(maxsize=16)
+def listed_image_count(ds):
+    """Images the dataset listing of ``ds`` holds before ingest (None when not known cheaply).
+
+    `images`: image files under `images_dir` (recursively, hidden ones excluded, as ingest lists
+    them); COCO: the files of the split's image folder, at most `limit`. Ingest may skip
+    unreadable ones, so this is an upper bound; it is used for dry-runs only (see shard_ids).
+    """
+    from u2seg.images import IMAGE_SUFFIXES
+
+    if ds == "images" and config.get("images_dir"):
+        root, limit = Path(config["images_dir"]), None
+    elif ds in DATASETS:  # a COCO-format dataset named under `datasets`
+        root, limit = Path(DATASETS[ds]["images"]), DATASETS[ds].get("limit")
+    elif ds.startswith("coco-"):
+        root, limit = Path(config["coco_root"]) / f"{ds.split('-', 1)[1]}2017", config.get("limit")
+    else:
+        root, limit = None, None
+    n = None
+    if root is not None and root.is_dir():
+        n = 0
+        for top, dirs, files in os.walk(root):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            n += sum(1 for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        if limit:
+            n = min(n, int(limit))
+    return n or None
+
+
+# ---- measured per-unit figures for the resource requests (issue 18; docs/benchmarks.md "Scale") ----
+# From `python benchmarks/scale.py` on the 2-core machine (peak RSS per process, with margins noted
+# there). Memory in MB (+ KB per image of the dataset, bytes per pixel), runtime in seconds per unit.
+MANIFEST_KB_PER_IMAGE = 0.6  # json.load of the manifest (0.45 KB measured): every job that reads it
+INGEST_BASE_MB, INGEST_KB_PER_IMAGE, INGEST_S_PER_IMAGE = 500, 3.0, 0.01
+MERGE_MASKS_BASE_MB, MERGE_MASKS_KB_PER_IMAGE, MERGE_MASKS_S_PER_IMAGE = 500, 0.01, 0.001
+CLUSTER_BASE_MB, CLUSTER_KB_PER_IMAGE, CLUSTER_S_PER_IMAGE = 1500, 1.0, 0.01
+MERGE_SHARD_BASE_MB, MERGE_B_PER_PIXEL, MERGE_B_PER_GRID_PIXEL = 300, 14, 90
+CONCAT_BASE_MB, CONCAT_KB_PER_IMAGE, CONCAT_S_PER_IMAGE = 300, 0.01, 0.001
+VALIDATE_BASE_MB, VALIDATE_B_PER_PIXEL = 300, 60
 
 
 def per_shard(pattern):

@@ -19,8 +19,8 @@ rule features_shard:
         device=config["features"]["device"],
     threads: 2
     resources:
-        mem_mb=mem_mb(4000),
-        runtime=30,
+        mem_mb=declared_mem(4000, per_image_kb=MANIFEST_KB_PER_IMAGE),
+        runtime=declared_runtime(30, per_shard_image_s=0.5),
         gpu=gpu_request(config["features"]["device"]),
     log:
         f"{RES}/logs/{{ds}}/features/shard_{{shard}}.log",

@@ -27,8 +27,8 @@ rule embed:
         device=config["features"]["device"],
     threads: 2
     resources:
-        mem_mb=mem_mb(3000),
-        runtime=30,
+        mem_mb=declared_mem(3000, per_image_kb=MANIFEST_KB_PER_IMAGE),
+        runtime=declared_runtime(30, per_shard_image_s=1.0),
     log:
         f"{RES}/logs/{{ds}}/pseudo/embed_{{shard}}.log",
     benchmark:
@@ -52,6 +52,8 @@ rule cluster_instances:
         instances=f"{_PSEUDO}/instances.json",
         centroids=f"{_PSEUDO}/centroids.npy",
         summary=f"{_PSEUDO}/cluster_summary.json",
+        # the same annotations split per shard (+ index.json), read by the per-shard panoptic jobs
+        shards=directory(f"{_PSEUDO}/instances_shards"),
     params:
         embed_dir=lambda wc: f"{RES}/{wc.ds}/pseudo/embed",
         masks_dir=lambda wc: f"{RES}/{wc.ds}/maskcut",
@@ -63,8 +65,9 @@ rule cluster_instances:
         device=config["features"]["device"],
     threads: 2
     resources:
-        mem_mb=mem_mb(4000),
-        runtime=240,
+        # measured per image (docs/benchmarks.md "Scale"); the k-means fit: benchmarks/cluster.py
+        mem_mb=declared_mem(CLUSTER_BASE_MB, per_image_kb=CLUSTER_KB_PER_IMAGE),
+        runtime=declared_runtime(240, per_image_s=CLUSTER_S_PER_IMAGE),
     log:
         f"{RES}/logs/{{ds}}/pseudo/cluster_instances.log",
     benchmark:
@@ -74,7 +77,8 @@ rule cluster_instances:
         " --embed-dir {params.embed_dir:q} --masks-dir {params.masks_dir:q} --k {params.k:q}"
         " --iterations {params.iterations:q} --seed {params.seed:q} --chunk-size {params.chunk_size:q}"
         " --device {params.device:q} --threads {threads} --out-instances {output.instances:q}"
-        " --out-centroids {output.centroids:q} --summary {output.summary:q} > {log:q} 2>&1"
+        " --out-centroids {output.centroids:q} --summary {output.summary:q}"
+        " --out-shards {output.shards:q} > {log:q} 2>&1"
 
 
 rule cluster_stuff:
@@ -124,12 +128,51 @@ rule cluster_stuff:
         " --out-model {output.model:q} --out-maps {output.maps:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
-rule merge_panoptic:
-    """Merge instances and stuff into COCO panoptic pseudo-labels (+ semantic PNGs, gallery)."""
+# The panoptic merge runs per shard (parallel jobs; memory and time of one shard), then one streaming
+# concatenation writes the dataset's COCO panoptic json and hard-links the PNGs into the standard folders.
+rule merge_panoptic_shard:
+    """Merge one shard's instances and stuff into COCO panoptic pseudo-labels (+ semantic PNGs, gallery)."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
-        instances=f"{_PSEUDO}/instances.json",
+        instances=f"{_PSEUDO}/instances_shards",
         stuff=f"{_PSEUDO}/stuff",
+    output:
+        json=f"{_PSEUDO}/panoptic_shards/shard_{{shard}}.json",
+        folder=directory(f"{_PSEUDO}/panoptic_shards/shard_{{shard}}"),
+    params:
+        shard=lambda wc: int(wc.shard),
+        shard_size=config["features"]["shard_size"],
+        k=config["clustering"]["k"],
+        num_stuff=config["stuff"]["k"],
+        max_thing_overlap=config["panoptic"]["max_thing_overlap"],
+        gallery_size=config["panoptic"]["gallery_size"],
+        max_merge_pixels=config["panoptic"]["max_merge_pixels"],
+    threads: 1
+    resources:
+        # + the manifest; per pixel of the shard's largest image (full-size PNGs) and of its merge grid
+        mem_mb=declared_mem(MERGE_SHARD_BASE_MB, per_image_kb=MANIFEST_KB_PER_IMAGE,
+                            per_pixel_b=MERGE_B_PER_PIXEL, grid_pixel_b=MERGE_B_PER_GRID_PIXEL,
+                            grid_cap=config["panoptic"]["max_merge_pixels"],
+                            pixels_unknown=config["panoptic"]["max_merge_pixels"]),
+        runtime=declared_runtime(10, per_shard_image_s=0.5),
+    log:
+        f"{RES}/logs/{{ds}}/pseudo/merge_panoptic_{{shard}}.log",
+    benchmark:
+        f"{RES}/benchmarks/{{ds}}/pseudo/merge_panoptic_{{shard}}.tsv"
+    shell:
+        "{U2SEG} merge-panoptic-shard --manifest {input.manifest:q} --instances-dir {input.instances:q}"
+        " --shard {params.shard} --shard-size {params.shard_size:q} --stuff-dir {input.stuff:q}"
+        " --k {params.k:q} --num-stuff {params.num_stuff:q} --max-thing-overlap {params.max_thing_overlap:q}"
+        " --gallery-size {params.gallery_size:q} --max-merge-pixels {params.max_merge_pixels:q}"
+        " --out-json {output.json:q} --out-dir {output.folder:q}"
+        " > {log:q} 2>&1"
+
+
+rule merge_panoptic:
+    """Concatenate the per-shard panoptic pseudo-labels into the dataset's COCO panoptic json + PNG folders."""
+    input:
+        jsons=per_shard(f"{_PSEUDO}/panoptic_shards/shard_{{shard}}.json"),
+        folders=per_shard(f"{_PSEUDO}/panoptic_shards/shard_{{shard}}"),
         cluster_summary=f"{_PSEUDO}/cluster_summary.json",
         stuff_summary=f"{_PSEUDO}/stuff_summary.json",
     output:
@@ -139,50 +182,76 @@ rule merge_panoptic:
         gallery=directory(f"{_PSEUDO}/gallery"),
         summary=f"{_PSEUDO}/summary.json",
     params:
+        shards_dir=lambda wc: f"{RES}/{wc.ds}/pseudo/panoptic_shards",
+        num_shards=lambda wc: len(shard_ids(wc.ds)),
         k=config["clustering"]["k"],
         num_stuff=config["stuff"]["k"],
         max_thing_overlap=config["panoptic"]["max_thing_overlap"],
-        gallery_size=config["panoptic"]["gallery_size"],
     threads: 1
     resources:
-        mem_mb=mem_mb(3000),
-        runtime=240,
+        # streamed: one shard json + 8 bytes per image (docs/benchmarks.md "Scale")
+        mem_mb=declared_mem(CONCAT_BASE_MB, per_image_kb=CONCAT_KB_PER_IMAGE),
+        runtime=declared_runtime(10, per_image_s=CONCAT_S_PER_IMAGE),
     log:
         f"{RES}/logs/{{ds}}/pseudo/merge_panoptic.log",
     benchmark:
         f"{RES}/benchmarks/{{ds}}/pseudo/merge_panoptic.tsv"
     shell:
-        "{U2SEG} merge-panoptic --manifest {input.manifest:q} --instances {input.instances:q}"
-        " --stuff-dir {input.stuff:q} --k {params.k:q} --num-stuff {params.num_stuff:q}"
-        " --max-thing-overlap {params.max_thing_overlap:q} --gallery-size {params.gallery_size:q}"
+        "{U2SEG} concat-panoptic --shards-dir {params.shards_dir:q} --num-shards {params.num_shards}"
+        " --k {params.k:q} --num-stuff {params.num_stuff:q} --max-thing-overlap {params.max_thing_overlap:q}"
         " --cluster-summary {input.cluster_summary:q} --stuff-summary {input.stuff_summary:q}"
         " --out-json {output.json:q} --out-panoptic {output.panoptic:q} --out-semantic {output.semantic:q}"
         " --gallery {output.gallery:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
-# Format check of the pseudo-labels (fails the run on any inconsistency).
-rule validate_pseudo:
-    """Format check of the pseudo-labels (the run fails on any inconsistency)."""
+# Format check of the pseudo-labels, per shard (parallel jobs), then combined (fails the run on any
+# inconsistency).
+rule validate_pseudo_shard:
+    """Format check of one shard's panoptic pseudo-labels (the run fails on any inconsistency)."""
     input:
-        json=f"{_PSEUDO}/panoptic.json",
-        panoptic=f"{_PSEUDO}/panoptic",
-        semantic=f"{_PSEUDO}/semantic",
-        instances=f"{_PSEUDO}/instances.json",
+        json=f"{_PSEUDO}/panoptic_shards/shard_{{shard}}.json",
+        folder=f"{_PSEUDO}/panoptic_shards/shard_{{shard}}",
+        instances=f"{_PSEUDO}/instances_shards",
     output:
-        f"{_PSEUDO}/validation.json",
+        f"{_PSEUDO}/panoptic_shards/shard_{{shard}}.validation.json",
     params:
         k=config["clustering"]["k"],
     threads: 1
     resources:
-        mem_mb=mem_mb(2000),
-        runtime=60,
+        # per pixel of the shard's largest image (docs/benchmarks.md "Scale")
+        mem_mb=declared_mem(VALIDATE_BASE_MB, per_pixel_b=VALIDATE_B_PER_PIXEL,
+                            pixels_unknown=config["panoptic"]["max_merge_pixels"]),
+        runtime=declared_runtime(10, per_shard_image_s=0.5),
+    log:
+        f"{RES}/logs/{{ds}}/pseudo/validate_{{shard}}.log",
+    benchmark:
+        f"{RES}/benchmarks/{{ds}}/pseudo/validate_{{shard}}.tsv"
+    shell:
+        "{U2SEG} validate-panoptic --panoptic-json {input.json:q} --panoptic-dir {input.folder:q}/panoptic"
+        " --semantic-dir {input.folder:q}/semantic --instances {input.instances:q}/shard_{wildcards.shard}.json"
+        " --num-things {params.k:q} --report {output:q} > {log:q} 2>&1"
+
+
+rule validate_pseudo:
+    """Combine the per-shard validation reports (the run fails on any inconsistency)."""
+    input:
+        reports=per_shard(f"{_PSEUDO}/panoptic_shards/shard_{{shard}}.validation.json"),
+        json=f"{_PSEUDO}/panoptic.json",
+    output:
+        f"{_PSEUDO}/validation.json",
+    params:
+        reports_dir=lambda wc: f"{RES}/{wc.ds}/pseudo/panoptic_shards",
+        num_shards=lambda wc: len(shard_ids(wc.ds)),
+    threads: 1
+    resources:
+        mem_mb=declared_mem(200),
+        runtime=declared_runtime(5, per_image_s=0.0001),
     log:
         f"{RES}/logs/{{ds}}/pseudo/validate.log",
     benchmark:
         f"{RES}/benchmarks/{{ds}}/pseudo/validate.tsv"
     shell:
-        "{U2SEG} validate-panoptic --panoptic-json {input.json:q} --panoptic-dir {input.panoptic:q}"
-        " --semantic-dir {input.semantic:q} --instances {input.instances:q} --num-things {params.k:q}"
+        "{U2SEG} concat-validation --reports-dir {params.reports_dir:q} --num-shards {params.num_shards}"
         " --report {output:q} > {log:q} 2>&1"
 
 

@@ -69,3 +69,26 @@ def test_stuff_map_with_and_without_crf():
     assert (refined[:, :14] == plain[0, 0]).all() and (refined[:, 16:] == plain[0, -1]).all()
     with pytest.raises(ValueError, match="CRF"):
         stuff_map(model, dense, 20, 30, image=None, crf=CRFParams())
+
+
+def test_sample_patches_from_arrays_reads_only_picked_images():
+    """Shards given as arrays (zarr `dense`): the same sample, and images without a pick are not read."""
+    maps = [np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4) + 100 * i for i in range(40)]
+
+    class Counting:
+        def __init__(self, arr):
+            self.arr, self.shape, self.read = arr, arr.shape, []
+
+        def __len__(self):
+            return len(self.arr)
+
+        def __getitem__(self, j):
+            self.read.append(j)
+            return self.arr[j]
+
+    arrays = [Counting(np.stack(maps[i:i + 10])) for i in range(0, 40, 10)]
+    iters = [lambda i=i: iter(maps[i:i + 10]) for i in range(0, 40, 10)]
+    a = sample_patches([lambda a=a: a for a in arrays], [10] * 4, 12, 5, seed=3)
+    assert np.array_equal(a, sample_patches(iters, [10] * 4, 12, 5, seed=3))
+    n_read = sum(len(arr.read) for arr in arrays)
+    assert 1 <= n_read <= 5  # 5 patches: at most 5 of the 40 images were read

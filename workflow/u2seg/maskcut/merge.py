@@ -1,8 +1,10 @@
 """``u2seg merge-masks``: per-shard MaskCut jsons -> one COCO instances json + summary + gallery.
 
-Annotation ids are renumbered 1..M in shard order; the shards' ``stats`` go to ``summary.json``
-(masks-per-image histogram, images without a mask, timings, eigensolver diagnostics); the shards'
-overlay PNGs are collected into one gallery folder.
+Annotation ids are renumbered 1..M in shard order; the json is written streaming (one shard in
+memory at a time); the shards' ``stats`` go to ``summary.json`` (masks-per-image histogram, images
+without a mask, timings, eigensolver diagnostics); the shards' overlay PNGs are collected into one
+gallery folder. The rule passes ``--shards-dir`` + ``--num-shards``: its command line does not grow
+with the dataset.
 """
 from __future__ import annotations
 
@@ -10,13 +12,15 @@ import argparse
 import json
 import logging
 import shutil
+import tempfile
+from array import array
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from u2seg.atomic import atomic_path, write_json
-from u2seg.coco_format import instances_json
 from u2seg.errors import UserError
+from u2seg.streamjson import dump, finish, first_duplicate
 
 log = logging.getLogger(__name__)
 
@@ -24,73 +28,154 @@ log = logging.getLogger(__name__)
 CATEGORIES = [{"id": 1, "name": "fg", "supercategory": "fg"}]
 
 
-def merge_shards(shards: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Merge shard jsons (as written by ``u2seg maskcut``) -> (COCO instances dict, summary dict)."""
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    seen: set[int] = set()
-    stats = []
-    for shard in shards:
-        for im in shard["images"]:
-            if im["id"] in seen:
-                raise UserError(f"image id {im['id']} ({im['file_name']}) appears in more than one shard")
-            seen.add(im["id"])
-            images.append(im)
-        for ann in shard["annotations"]:
-            if ann["image_id"] not in seen:
-                raise UserError(f"annotation {ann['id']} refers to image {ann['image_id']} outside its shard")
-            annotations.append(dict(ann, id=len(annotations) + 1))
-        if "stats" in shard:
-            stats.append(shard["stats"])
-    params = [json.dumps(s.get("params"), sort_keys=True) for s in stats]
-    if len(set(params)) > 1:
-        raise UserError("the shards were made with different MaskCut parameters; rerun them")
-    merged = instances_json(images, annotations, CATEGORIES,
-                            info={"description": "u2seg MaskCut class-agnostic pseudo-masks",
-                                  "maskcut": stats[0]["params"] if stats else None})
-    return merged, summarize(images, annotations, stats)
+class _Summary:
+    """Masks-per-image histogram, images with zero masks, areas, timings: updated one shard at a time
+    (memory independent of the image count)."""
+
+    def __init__(self) -> None:
+        self.n_images = self.n_masks = self.zero = 0
+        self.zero_files: list[str] = []
+        self.hist: Counter[int] = Counter()
+        self.area_sum = 0.0
+        self.seconds: Counter[str] = Counter()
+        self.eigen: Counter[str] = Counter()
+        self.total = 0.0
+        self.first: dict[str, Any] | None = None
+        self.params: str | None = None
+
+    def add(self, images: list[dict[str, Any]], annotations: list[dict[str, Any]],
+            stats: dict[str, Any] | None) -> None:
+        per_image = Counter(a["image_id"] for a in annotations)
+        image_area = {im["id"]: im["width"] * im["height"] for im in images}
+        for im in images:
+            n = per_image.get(im["id"], 0)
+            self.hist[n] += 1
+            if n == 0:
+                self.zero += 1
+                if len(self.zero_files) < 50:
+                    self.zero_files.append(im["file_name"])
+        self.area_sum += sum(a["area"] / image_area[a["image_id"]] for a in annotations)
+        self.n_images += len(images)
+        self.n_masks += len(annotations)
+        if stats is None:
+            return
+        params = json.dumps(stats.get("params"), sort_keys=True)
+        if self.first is None:
+            self.first, self.params = stats, params
+        elif params != self.params:
+            raise UserError("the shards were made with different MaskCut parameters; rerun them")
+        self.seconds.update(stats.get("seconds", {}))
+        self.eigen.update(stats.get("eigen", {}))
+        self.total += float(stats.get("seconds_total", 0.0))
+
+    def result(self) -> dict[str, Any]:
+        n = max(self.n_images, 1)
+        first = self.first or {}
+        return {
+            "n_images": self.n_images,
+            "n_masks": self.n_masks,
+            "masks_per_image_mean": self.n_masks / n,
+            "masks_per_image_histogram": {str(k): self.hist[k] for k in sorted(self.hist)},
+            "images_without_masks": self.zero,
+            "images_without_masks_files": self.zero_files,
+            "mask_area_fraction_mean": (self.area_sum / self.n_masks) if self.n_masks else None,
+            "backbone": first.get("backbone"),
+            "input_size": first.get("input_size"),
+            "grid": first.get("grid"),
+            "device": first.get("device"),
+            "params": first.get("params"),
+            "seconds_total": round(self.total, 3),
+            "seconds_per_image": round(self.total / n, 4),
+            "seconds_by_step": {k: round(v, 3) for k, v in sorted(self.seconds.items())},
+            "eigen": dict(self.eigen),
+        }
 
 
-def summarize(images: list[dict[str, Any]], annotations: list[dict[str, Any]],
-              stats: list[dict[str, Any]]) -> dict[str, Any]:
-    """Masks-per-image histogram, images with zero masks, areas, timings."""
-    per_image = Counter(a["image_id"] for a in annotations)
-    counts = [per_image.get(im["id"], 0) for im in images]
-    hist = Counter(counts)
-    zero = [im["file_name"] for im in images if per_image.get(im["id"], 0) == 0]
-    seconds: Counter[str] = Counter()
-    eigen: Counter[str] = Counter()
-    total = 0.0
-    for s in stats:
-        seconds.update(s.get("seconds", {}))
-        eigen.update(s.get("eigen", {}))
-        total += float(s.get("seconds_total", 0.0))
-    n = max(len(images), 1)
-    image_area = {im["id"]: im["width"] * im["height"] for im in images}
-    rel_area = [a["area"] / image_area[a["image_id"]] for a in annotations]
-    first = stats[0] if stats else {}
-    return {
-        "n_images": len(images),
-        "n_masks": len(annotations),
-        "masks_per_image_mean": len(annotations) / n,
-        "masks_per_image_histogram": {str(k): hist[k] for k in sorted(hist)},
-        "images_without_masks": len(zero),
-        "images_without_masks_files": zero[:50],
-        "mask_area_fraction_mean": (sum(rel_area) / len(rel_area)) if rel_area else None,
-        "backbone": first.get("backbone"),
-        "input_size": first.get("input_size"),
-        "grid": first.get("grid"),
-        "device": first.get("device"),
-        "params": first.get("params"),
-        "seconds_total": round(total, 3),
-        "seconds_per_image": round(total / n, 4),
-        "seconds_by_step": {k: round(v, 3) for k, v in sorted(seconds.items())},
-        "eigen": dict(eigen),
-    }
+def _read_shard(path: Path) -> dict[str, Any]:
+    try:
+        with open(path) as fh:
+            shard = json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read MaskCut shard json {path}: {exc}") from exc
+    if not isinstance(shard, dict) or not isinstance(shard.get("images"), list) \
+            or not isinstance(shard.get("annotations"), list):
+        raise UserError(f"{path}: not a MaskCut shard json (needs 'images' and 'annotations' lists)")
+    return shard
+
+
+def _info(params: Any) -> str:
+    """The merged json's ``info`` value followed by the opening of its ``images`` list."""
+    return dump({"description": "u2seg MaskCut class-agnostic pseudo-masks", "maskcut": params}) + ',"images":['
+
+
+def write_merged(paths: list[Path], out: Path) -> dict[str, Any]:
+    """Stream shard jsons into the merged COCO instances json ``out`` (atomically); returns the summary.
+
+    One shard is in memory at a time: images are written as they are read, annotations (ids renumbered
+    1..M) go to a spill file beside ``out`` that is appended after the images, and the summary is
+    accumulated per shard. Besides one shard, memory holds 8 bytes per image (the ids, checked for
+    duplicates at the end).
+    """
+    summary = _Summary()
+    ids = array("q")
+    n_ann = 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp, tempfile.TemporaryFile("w+", dir=out.parent) as spill:
+        with open(tmp, "w") as fh:
+            fh.write('{"info":')
+            info_written = False  # the info holds the first shard's params: written once it is read
+            first_image = first_ann = True
+            for path in paths:
+                shard = _read_shard(path)
+                in_shard = set()
+                for im in shard["images"]:
+                    in_shard.add(im["id"])
+                    ids.append(int(im["id"]))
+                annotations = []
+                for ann in shard["annotations"]:
+                    if ann.get("image_id") not in in_shard:
+                        raise UserError(f"{path}: annotation {ann.get('id')} refers to image "
+                                        f"{ann.get('image_id')} outside its shard")
+                    n_ann += 1
+                    annotations.append(dict(ann, id=n_ann))
+                summary.add(shard["images"], annotations, shard.get("stats"))
+                if not info_written:
+                    fh.write(_info(shard["stats"]["params"] if "stats" in shard else None))
+                    info_written = True
+                for im in shard["images"]:
+                    fh.write(("" if first_image else ",") + dump(im))
+                    first_image = False
+                for ann in annotations:
+                    spill.write(("" if first_ann else ",") + dump(ann))
+                    first_ann = False
+                del shard, annotations
+            if not info_written:  # no shard at all
+                fh.write(_info(None))
+            finish(fh, spill, CATEGORIES)
+        dup = first_duplicate(ids)
+        if dup is not None:
+            raise UserError(f"image id {dup} appears in more than one shard")
+    return summary.result()
+
+
+def shard_paths(folder: Path, num_shards: int) -> tuple[list[Path], list[Path]]:
+    """``folder/shard_{i:05d}.json`` and ``folder/shard_{i:05d}_gallery`` for i < num_shards."""
+    if num_shards < 1:
+        raise UserError(f"--num-shards must be >= 1, got {num_shards}")
+    jsons = [folder / f"shard_{i:05d}.json" for i in range(num_shards)]
+    missing = [p for p in jsons if not p.is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} MaskCut shard json(s) missing, e.g. {missing[0]} (run the maskcut rule)")
+    return jsons, [folder / f"shard_{i:05d}_gallery" for i in range(num_shards)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--inputs", type=Path, nargs="+", required=True, help="shard jsons, in shard order")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--inputs", type=Path, nargs="+", help="shard jsons, in shard order")
+    src.add_argument("--shards-dir", type=Path,
+                     help="folder of shard_{i:05d}.json and shard_{i:05d}_gallery/ (with --num-shards; "
+                          "the command line does not grow with the dataset)")
+    parser.add_argument("--num-shards", type=int, default=None, help="shards 0..N-1 of --shards-dir")
     parser.add_argument("--galleries", type=Path, nargs="*", default=[], help="shard gallery folders")
     parser.add_argument("--out", type=Path, required=True, help="merged COCO instances json")
     parser.add_argument("--summary", type=Path, required=True, help="summary json")
@@ -98,25 +183,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    shards = []
-    for path in args.inputs:
-        try:
-            with open(path) as fh:
-                shards.append(json.load(fh))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"cannot read MaskCut shard json {path}: {exc}") from exc
-    merged, summary = merge_shards(shards)
+    if args.shards_dir is not None:
+        if args.num_shards is None:
+            raise UserError("--shards-dir needs --num-shards")
+        inputs, galleries = shard_paths(args.shards_dir, args.num_shards)
+    else:
+        inputs, galleries = list(args.inputs), list(args.galleries)
+    for folder in galleries:
+        if not folder.is_dir():
+            raise UserError(f"gallery folder not found: {folder}")
     with atomic_path(args.gallery_out, directory=True) as tmp:
-        for folder in args.galleries:
-            if not folder.is_dir():
-                raise UserError(f"gallery folder not found: {folder}")
+        for folder in galleries:
             for png in sorted(folder.glob("*.png")):
                 if (tmp / png.name).exists():
                     raise UserError(f"two shards wrote the gallery image {png.name}")
                 shutil.copyfile(png, tmp / png.name)
-        write_json(args.out, merged)
+        summary = write_merged(inputs, args.out)
         write_json(args.summary, summary, indent=2)
-    log.info("merged %d shards: %d images, %d masks (%.2f / image, %d without a mask) -> %s", len(shards),
+    log.info("merged %d shards: %d images, %d masks (%.2f / image, %d without a mask) -> %s", len(inputs),
              summary["n_images"], summary["n_masks"], summary["masks_per_image_mean"],
              summary["images_without_masks"], args.out)
     return 0

@@ -10,6 +10,7 @@ The instance json is written streaming (one annotation at a time).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import tempfile
@@ -66,15 +67,24 @@ def _annotation(ann: dict[str, Any], new_id: int, category_id: int) -> dict[str,
 
 
 def write_instances(path: Path, manifest: dict[str, Any], shard_size: int, embed_paths: list[Path],
-                    mask_paths: list[Path], labels: np.ndarray, k: int) -> np.ndarray:
-    """Stream the class-aware instance json; returns instances per image (manifest order)."""
+                    mask_paths: list[Path], labels: np.ndarray, k: int,
+                    shards_dir: Path | None = None) -> np.ndarray:
+    """Stream the class-aware instance json; returns instances per image (manifest order).
+
+    With ``shards_dir``, the same annotations also go to one instance json per shard
+    (``shard_{i:05d}.json``: the shard's images and annotations, categories 1..K) plus ``index.json``
+    (images and annotations per shard), for the per-shard panoptic merge and validation jobs.
+    """
     images = [{"id": im["id"], "file_name": im["file_name"], "width": im["width"], "height": im["height"]}
               for im in manifest["images"]]
     per_image = {im["id"]: 0 for im in images}
     head = {"info": {"description": "u2seg pseudo-labels: MaskCut masks clustered into K classes", "k": k},
             "images": images}
     row = 0
-    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+    categories = thing_categories(k)
+    index = {"k": k, "shard_size": shard_size, "shards": []}
+    shards_cm = atomic_path(shards_dir, directory=True) if shards_dir is not None else contextlib.nullcontext()
+    with shards_cm as shards_tmp, atomic_path(path) as tmp, open(tmp, "w") as fh:
         fh.write(json.dumps(head, separators=(",", ":"))[:-1] + ',"annotations":[')
         first = True
         for (shard, shard_imgs), epath, mpath in zip(shard_iter(manifest, shard_size), embed_paths, mask_paths):
@@ -82,6 +92,7 @@ def write_instances(path: Path, manifest: dict[str, Any], shard_size: int, embed
             fragment = load_json(mpath)
             shard_annotations(fragment, shard_imgs, mpath)  # validates ids and sizes
             anns = fragment["annotations"]
+            shard_out = []
             for image_id, idx in zip(image_ids.tolist(), ann_index.tolist()):
                 if not 0 <= idx < len(anns) or anns[idx].get("image_id") != image_id:
                     raise UserError(f"{epath} does not match {mpath} (rerun embed)")
@@ -90,7 +101,19 @@ def write_instances(path: Path, manifest: dict[str, Any], shard_size: int, embed
                 first = False
                 per_image[image_id] += 1
                 row += 1
-        fh.write('],"categories":' + json.dumps(thing_categories(k), separators=(",", ":")) + "}\n")
+                if shards_tmp is not None:
+                    shard_out.append(ann)
+            if shards_tmp is not None:
+                shard_images = [images[i] for i in range(shard * shard_size,
+                                                         min((shard + 1) * shard_size, len(images)))]
+                with open(shards_tmp / f"shard_{shard:05d}.json", "w") as sh:
+                    json.dump({"info": head["info"], "images": shard_images, "annotations": shard_out,
+                               "categories": categories}, sh, separators=(",", ":"))
+                index["shards"].append({"images": len(shard_images), "annotations": len(shard_out)})
+        fh.write('],"categories":' + json.dumps(categories, separators=(",", ":")) + "}\n")
+        if shards_tmp is not None:
+            with open(shards_tmp / "index.json", "w") as sh:
+                json.dump(index, sh, separators=(",", ":"))
     if row != len(labels):
         raise UserError(f"wrote {row} annotations but clustered {len(labels)} embeddings")
     return np.array([per_image[im["id"]] for im in images], dtype=np.int64)
@@ -112,6 +135,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-instances", type=Path, required=True,
                         help="output COCO instances json (category = cluster + 1)")
     parser.add_argument("--out-centroids", type=Path, required=True, help="output centroids .npy (K x D)")
+    parser.add_argument("--out-shards", type=Path, default=None,
+                        help="also write one instance json per shard (+ index.json) into this folder")
     parser.add_argument("--summary", type=Path, required=True, help="output summary json (cluster sizes, iterations)")
 
 
@@ -150,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
         timings["assign"] = time.perf_counter() - t0
     sizes = cluster_sizes(labels, args.k)
     t0 = time.perf_counter()
-    per_image = write_instances(args.out_instances, manifest, args.shard_size, embed_paths, mask_paths, labels, args.k)
+    per_image = write_instances(args.out_instances, manifest, args.shard_size, embed_paths, mask_paths, labels, args.k,
+                                args.out_shards)
     timings["write"] = time.perf_counter() - t0
     with atomic_path(args.out_centroids) as tmp:
         with open(tmp, "wb") as fh:

@@ -1,22 +1,25 @@
-"""Shared I/O of the pseudo-label CLIs: shard lists, MaskCut fragments, feature shards, PNG folders."""
+"""Shared I/O of the pseudo-label CLIs: shard lists, MaskCut fragments, feature shards, PNG folders.
+
+(torch and the feature store are imported where needed: the merge / validation CLIs run without them.)
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 from PIL import Image
 
 from u2seg.errors import UserError
 from u2seg.jsonio import load_json
-from u2seg.features import open_shard
 from u2seg.manifest import image_stem, load_manifest, num_shards, shard_images
 
 
 def set_threads(threads: int) -> None:
     """Use ``threads`` torch CPU threads (0 = torch default)."""
     if threads > 0:
+        import torch  # here, not at the top: the panoptic merge / validation CLIs do not need torch
+
         torch.set_num_threads(threads)
 
 
@@ -74,6 +77,8 @@ def check_shard_images(shard: Any, images: list[dict[str, Any]], path: Path) -> 
 
 def iter_dense(path: Path) -> Iterator[np.ndarray]:
     """Dense maps (C, h, w) float32 of one feature shard, one image at a time."""
+    from u2seg.features import open_shard  # imports torch: only where feature shards are read
+
     dense = open_shard(path)["dense"]
     for i in range(dense.shape[0]):
         yield np.asarray(dense[i], dtype=np.float32)

@@ -37,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-thing-overlap", type=float, default=0.7,
                         help="drop a stuff cluster's region when more than this fraction of it is covered by things")
     parser.add_argument("--gallery-size", type=int, default=8, help="images (fixed hash sample) that get overlay PNGs")
+    parser.add_argument("--max-merge-pixels", type=int, default=0,
+                        help="merge larger images on a grid of at most this many pixels, pasted back (0 = off)")
+    add_output_arguments(parser)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """The dataset-level outputs (shared with ``u2seg concat-panoptic``) and the summaries attached."""
     parser.add_argument("--cluster-summary", type=Path, default=None,
                         help="summary json of `u2seg cluster-instances` (copied into the summary)")
     parser.add_argument("--stuff-summary", type=Path, default=None,
@@ -48,11 +55,220 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summary", type=Path, required=True, help="output summary json")
 
 
-def _stats(values: np.ndarray) -> dict[str, Any]:
-    if len(values) == 0:
+def _stats_from_histogram(hist: list[int]) -> dict[str, Any]:
+    """:func:`_stats` of the values whose histogram (bincount) is ``hist``."""
+    h = np.asarray(hist, dtype=np.int64)
+    n = int(h.sum())
+    if n == 0:
         return {"mean": 0.0, "max": 0, "histogram": []}
-    return {"mean": round(float(values.mean()), 4), "max": int(values.max()),
-            "histogram": np.bincount(values).tolist()}
+    nz = np.flatnonzero(h)
+    return {"mean": round(float((np.arange(len(h)) * h).sum() / n), 4), "max": int(nz[-1]),
+            "histogram": h[:nz[-1] + 1].tolist()}
+
+
+def _add_histograms(a: list[int], b: list[int]) -> list[int]:
+    out = [0] * max(len(a), len(b))
+    for h in (a, b):
+        for i, v in enumerate(h):
+            out[i] += int(v)
+    return out
+
+
+def bounded_grid(h: int, w: int, max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source rows and columns of a nearest-neighbour grid of at most ``max_pixels`` pixels (all rows
+    and columns when the image is not larger; 0 = no limit). Both are non-decreasing."""
+    if max_pixels <= 0 or h * w <= max_pixels:
+        return np.arange(h), np.arange(w)
+    scale = (max_pixels / (h * w)) ** 0.5
+    gh, gw = max(1, int(h * scale)), max(1, int(w * scale))
+    return ((np.arange(gh) + 0.5) * h / gh).astype(np.int64), ((np.arange(gw) + 0.5) * w / gw).astype(np.int64)
+
+
+def _owners(n_full: int, n_grid: int) -> np.ndarray:
+    """Grid index of every full-size row (or column): nearest grid centre (non-decreasing)."""
+    return np.minimum((np.arange(n_full) * n_grid) // n_full, n_grid - 1)
+
+
+def grid_weights(h: int, w: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Full-size pixels each grid pixel stands for in the PNG that :func:`write_upsampled` writes (int32)."""
+    row_n = np.bincount(_owners(h, len(rows)), minlength=len(rows)).astype(np.int32)
+    col_n = np.bincount(_owners(w, len(cols)), minlength=len(cols)).astype(np.int32)
+    return row_n[:, None] * col_n[None, :]
+
+
+def full_size_segments(res: Any, h: int, w: int, rows: np.ndarray, cols: np.ndarray,
+                       weight: np.ndarray) -> list[dict[str, Any]]:
+    """``res.segments`` with area and box of the full-size PNG that :func:`write_upsampled` writes."""
+    row_of, col_of = _owners(h, len(rows)), _owners(w, len(cols))
+    row_n = np.bincount(row_of, minlength=len(rows))
+    col_n = np.bincount(col_of, minlength=len(cols))
+    row_start = np.searchsorted(row_of, np.arange(len(rows)))
+    col_start = np.searchsorted(col_of, np.arange(len(cols)))
+    out = []
+    for seg in res.segments:
+        sel = res.pan == seg["id"]
+        ys, xs = np.flatnonzero(sel.any(1)), np.flatnonzero(sel.any(0))
+        y0, x0 = int(row_start[ys[0]]), int(col_start[xs[0]])
+        y1, x1 = int(row_start[ys[-1]] + row_n[ys[-1]]), int(col_start[xs[-1]] + col_n[xs[-1]])
+        out.append(dict(seg, area=int(weight[sel].sum(dtype=np.int64)), bbox=[x0, y0, x1 - x0, y1 - y0]))
+    return out
+
+
+def write_upsampled(path: Path, grid: np.ndarray, h: int, w: int, rows: np.ndarray, cols: np.ndarray) -> None:
+    """Save ``grid`` (on the grid of :func:`bounded_grid`) as a full-size h x w PNG (nearest)."""
+    full = grid[_owners(h, len(rows))][:, _owners(w, len(cols))]
+    save_png_plain(path, full)
+
+
+# Counters of merged images that add up over shards (see :func:`merge_images`, :func:`summary_of`).
+COUNTS = ("images", "images_without_instances", "instances", "visible_instances", "hidden_instances_dropped",
+          "stuff_segments", "stuff_segments_dropped_by_overlap", "void_pixels", "thing_pixels", "total_pixels")
+
+
+def add_counts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Sum of two per-shard statistics dicts (as returned by :func:`merge_images`)."""
+    out = {key: int(a.get(key, 0)) + int(b.get(key, 0)) for key in COUNTS}
+    for key in ("instances_histogram", "visible_instances_histogram"):
+        out[key] = _add_histograms(a.get(key, []), b.get(key, []))
+    return out
+
+
+def group_by_image(instances: dict[str, Any], source: Path, k: int,
+                   known: set[int]) -> dict[int, list[dict[str, Any]]]:
+    """Annotations of an instance json by image id (categories 1..k and image ids checked)."""
+    cat_ids = sorted(c["id"] for c in instances.get("categories", []))
+    if cat_ids != list(range(1, k + 1)):
+        raise UserError(f"{source} has categories {cat_ids[:3]}...{cat_ids[-1:]} but clustering.k="
+                        f"{k}: rerun cluster_instances")
+    by_image: dict[int, list[dict]] = {}
+    for ann in instances.get("annotations", []):
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    unknown = set(by_image) - known
+    if unknown:
+        raise UserError(f"{source} has annotations of {len(unknown)} images not in the manifest "
+                        f"(e.g. {sorted(unknown)[0]}): rerun cluster_instances")
+    return by_image
+
+
+def merge_images(manifest: dict[str, Any], images: list[dict[str, Any]], by_image: dict[int, list[dict]],
+                 source: Path, stuff_dir: Path, k: int, num_stuff: int, max_thing_overlap: float,
+                 first_id: int, pano_dir: Path, sem_dir: Path, sample: set[int],
+                 max_pixels: int = 0) -> tuple[list[dict], list[dict], list[tuple[str, np.ndarray]],
+                                                       dict[str, Any], int]:
+    """Merge ``images`` one at a time, writing their panoptic / semantic PNGs into the folders.
+
+    ``sample``: positions (in ``images``) that get a gallery tile. Images of more than ``max_pixels``
+    pixels (0 = no limit) are merged on a nearest-neighbour grid of at most ``max_pixels`` and pasted
+    back at full size (:func:`bounded_grid`), so memory per image is bounded. Returns (COCO panoptic images,
+    annotations, tiles, statistics for :func:`summary_of`, the next free segment id).
+    """
+    images_out, annotations_out = [], []
+    next_id = first_id
+    n_inst = np.zeros(len(images), dtype=np.int64)
+    n_visible = np.zeros_like(n_inst)
+    hidden = stuff_segments = stuff_dropped = 0
+    void_pixels = total_pixels = 0
+    thing_pixels = 0
+    tiles: list[tuple[str, np.ndarray]] = []
+    for idx, im in enumerate(tqdm(images, desc="panoptic merge", unit="img")):
+        h, w = im["height"], im["width"]
+        anns = by_image.get(im["id"], [])
+        for ann in anns:
+            if list(ann["segmentation"].get("size", [])) != [h, w]:
+                raise UserError(f"{source}: annotation {ann['id']} mask size "
+                                f"{ann['segmentation'].get('size')} != [height, width] {[h, w]} of "
+                                f"{im['file_name']}")
+        stuff = read_png(stuff_dir / png_name(im))
+        if stuff.shape != (h, w):
+            raise UserError(f"stuff map {png_name(im)} is {stuff.shape[::-1]} (w, h), image is {w}x{h}: "
+                            "rerun cluster_stuff")
+        rows, cols = bounded_grid(h, w, max_pixels)  # identity below max_pixels
+        masks = [decode_mask(a["segmentation"], h, w)[np.ix_(rows, cols)] if len(rows) < h or len(cols) < w
+                 else decode_mask(a["segmentation"], h, w) for a in anns]
+        if len(rows) < h or len(cols) < w:
+            stuff = stuff[np.ix_(rows, cols)]
+        cats = [int(a["category_id"]) for a in anns]
+        try:
+            res = merge_panoptic(masks, cats, stuff, k, num_stuff, max_thing_overlap, next_id)
+        except ValueError as exc:
+            raise UserError(f"{im['file_name']}: {exc}") from exc
+        next_id += len(res.segments)
+        weight = None
+        if len(rows) < h or len(cols) < w:  # paste back at full size; areas and boxes of the full-size PNG
+            weight = grid_weights(h, w, rows, cols)
+            res.segments = full_size_segments(res, h, w, rows, cols, weight)
+            write_upsampled(pano_dir / png_name(im), id2rgb(res.pan), h, w, rows, cols)
+            write_upsampled(sem_dir / png_name(im), res.semantic, h, w, rows, cols)
+            log.info("%s (%dx%d) merged at %dx%d (panoptic.max_merge_pixels), pasted back at full size",
+                     im["file_name"], w, h, len(cols), len(rows))
+        else:
+            save_png_plain(pano_dir / png_name(im), id2rgb(res.pan))
+            save_png_plain(sem_dir / png_name(im), res.semantic)
+        images_out.append({"id": im["id"], "file_name": im["file_name"], "width": w, "height": h})
+        annotations_out.append({"image_id": im["id"], "file_name": png_name(im), "segments_info": res.segments})
+        n_inst[idx] = len(anns)
+        n_visible[idx] = len(res.thing_source)
+        hidden += res.hidden
+        stuff_dropped += res.stuff_dropped
+        stuff_segments += len(res.segments) - len(res.thing_source)
+        if weight is None:
+            void_pixels += int((res.pan == 0).sum())
+            thing_pixels += int((res.semantic == 0).sum())
+        else:
+            void_pixels += int(weight[res.pan == 0].sum(dtype=np.int64))
+            thing_pixels += int(weight[res.semantic == 0].sum(dtype=np.int64))
+        total_pixels += h * w
+        if idx in sample:  # the tile is drawn at the merge resolution
+            cat_of = {s["id"]: s["category_id"] for s in res.segments}
+            lut_keys = np.array(list(cat_of), dtype=np.int64)
+            pan_cat = np.zeros(res.pan.shape, dtype=np.int64)
+            for sid in lut_keys:
+                pan_cat[res.pan == sid] = cat_of[int(sid)]
+            rgb = load_rgb(image_path(manifest, im))
+            if rgb.shape[:2] != (h, w):
+                raise UserError(f"{im['file_name']}: size changed since ingestion; rerun the pipeline")
+            rgb = rgb[np.ix_(rows, cols)] if len(rows) < h or len(cols) < w else rgb
+            tiles.append((png_name(im), pseudo_label_tile(rgb, stuff, masks, [c - 1 for c in cats],
+                                                          pan_cat, k, num_stuff)))
+    stats = {"images": len(images), "images_without_instances": int((n_inst == 0).sum()),
+             "instances": int(n_inst.sum()), "visible_instances": int(n_visible.sum()),
+             "hidden_instances_dropped": hidden, "stuff_segments": stuff_segments,
+             "stuff_segments_dropped_by_overlap": stuff_dropped, "void_pixels": void_pixels,
+             "thing_pixels": thing_pixels, "total_pixels": total_pixels,
+             "instances_histogram": np.bincount(n_inst).tolist() if len(n_inst) else [],
+             "visible_instances_histogram": np.bincount(n_visible).tolist() if len(n_visible) else []}
+    return images_out, annotations_out, tiles, stats, next_id
+
+
+def summary_of(stats: dict[str, Any], k: int, num_stuff: int, max_thing_overlap: float,
+               gallery: list[str], seconds: float) -> dict[str, Any]:
+    """The pseudo-label summary from (summed) :func:`merge_images` statistics."""
+    total = max(stats["total_pixels"], 1)
+    thing, void = stats["thing_pixels"], stats["void_pixels"]
+    return {
+        "k": k, "num_stuff": num_stuff, "max_thing_overlap": max_thing_overlap,
+        "images": stats["images"],
+        "images_without_instances": stats["images_without_instances"],
+        "instances": stats["instances"], "visible_instances": stats["visible_instances"],
+        "hidden_instances_dropped": stats["hidden_instances_dropped"],
+        "instances_per_image": _stats_from_histogram(stats["instances_histogram"]),
+        "visible_instances_per_image": _stats_from_histogram(stats["visible_instances_histogram"]),
+        "stuff_segments": stats["stuff_segments"],
+        "stuff_segments_dropped_by_overlap": stats["stuff_segments_dropped_by_overlap"],
+        "pixel_fraction": {"thing": round(thing / total, 6),
+                           "stuff": round((stats["total_pixels"] - thing - void) / total, 6),
+                           "void": round(void / total, 6)},
+        "gallery": gallery,
+        "seconds": {"merge": round(seconds, 3)},
+    }
+
+
+def add_source_summaries(summary: dict[str, Any], cluster_summary: Path | None,
+                         stuff_summary: Path | None) -> None:
+    """Attach the clustering and stuff summaries (when given) to the pseudo-label summary."""
+    for key, path in (("clustering", cluster_summary), ("stuff", stuff_summary)):
+        if path is not None:
+            summary[key] = load_json(path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,73 +277,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"panoptic.max_thing_overlap must be in [0, 1], got {args.max_thing_overlap}")
     manifest = read_manifest(args.manifest)
     instances = load_json(args.instances)
-    cat_ids = sorted(c["id"] for c in instances.get("categories", []))
-    if cat_ids != list(range(1, args.k + 1)):
-        raise UserError(f"{args.instances} has categories {cat_ids[:3]}...{cat_ids[-1:]} but clustering.k="
-                        f"{args.k}: rerun cluster_instances")
-    by_image: dict[int, list[dict]] = {}
-    for ann in instances.get("annotations", []):
-        by_image.setdefault(ann["image_id"], []).append(ann)
-    known = {im["id"] for im in manifest["images"]}
-    unknown = set(by_image) - known
-    if unknown:
-        raise UserError(f"{args.instances} has annotations of {len(unknown)} images not in the manifest "
-                        f"(e.g. {sorted(unknown)[0]}): rerun cluster_instances")
-
-    images_out, annotations_out = [], []
-    next_id = 1
-    n_inst = np.zeros(len(manifest["images"]), dtype=np.int64)
-    n_visible = np.zeros_like(n_inst)
-    hidden = stuff_segments = stuff_dropped = 0
-    void_pixels = total_pixels = 0
-    thing_pixels = 0
+    by_image = group_by_image(instances, args.instances, args.k, {im["id"] for im in manifest["images"]})
     sample = set(gallery_indices(len(manifest["images"]), args.gallery_size))
-    tiles: list[tuple[str, np.ndarray]] = []
-    pano_tmp_cm = atomic_path(args.out_panoptic, directory=True)
-    sem_tmp_cm = atomic_path(args.out_semantic, directory=True)
-    with pano_tmp_cm as pano_tmp, sem_tmp_cm as sem_tmp:
-        for idx, im in enumerate(tqdm(manifest["images"], desc="panoptic merge", unit="img")):
-            h, w = im["height"], im["width"]
-            anns = by_image.get(im["id"], [])
-            for ann in anns:
-                if list(ann["segmentation"].get("size", [])) != [h, w]:
-                    raise UserError(f"{args.instances}: annotation {ann['id']} mask size "
-                                    f"{ann['segmentation'].get('size')} != [height, width] {[h, w]} of "
-                                    f"{im['file_name']}")
-            masks = [decode_mask(a["segmentation"], h, w) for a in anns]
-            cats = [int(a["category_id"]) for a in anns]
-            stuff = read_png(args.stuff_dir / png_name(im))
-            if stuff.shape != (h, w):
-                raise UserError(f"stuff map {png_name(im)} is {stuff.shape[::-1]} (w, h), image is {w}x{h}: "
-                                "rerun cluster_stuff")
-            try:
-                res = merge_panoptic(masks, cats, stuff, args.k, args.num_stuff, args.max_thing_overlap, next_id)
-            except ValueError as exc:
-                raise UserError(f"{im['file_name']}: {exc}") from exc
-            next_id += len(res.segments)
-            save_png_plain(pano_tmp / png_name(im), id2rgb(res.pan))
-            save_png_plain(sem_tmp / png_name(im), res.semantic)
-            images_out.append({"id": im["id"], "file_name": im["file_name"], "width": w, "height": h})
-            annotations_out.append({"image_id": im["id"], "file_name": png_name(im), "segments_info": res.segments})
-            n_inst[idx] = len(anns)
-            n_visible[idx] = len(res.thing_source)
-            hidden += res.hidden
-            stuff_dropped += res.stuff_dropped
-            stuff_segments += len(res.segments) - len(res.thing_source)
-            void_pixels += int((res.pan == 0).sum())
-            thing_pixels += int((res.semantic == 0).sum())
-            total_pixels += h * w
-            if idx in sample:
-                cat_of = {s["id"]: s["category_id"] for s in res.segments}
-                lut_keys = np.array(list(cat_of), dtype=np.int64)
-                pan_cat = np.zeros((h, w), dtype=np.int64)
-                for sid in lut_keys:
-                    pan_cat[res.pan == sid] = cat_of[int(sid)]
-                rgb = load_rgb(image_path(manifest, im))
-                if rgb.shape[:2] != (h, w):
-                    raise UserError(f"{im['file_name']}: size changed since ingestion; rerun the pipeline")
-                tiles.append((png_name(im), pseudo_label_tile(rgb, stuff, masks, [c - 1 for c in cats],
-                                                              pan_cat, args.k, args.num_stuff)))
+    with atomic_path(args.out_panoptic, directory=True) as pano_tmp, \
+            atomic_path(args.out_semantic, directory=True) as sem_tmp:
+        images_out, annotations_out, tiles, stats, _ = merge_images(
+            manifest, manifest["images"], by_image, args.instances, args.stuff_dir, args.k, args.num_stuff,
+            args.max_thing_overlap, 1, pano_tmp, sem_tmp, sample, args.max_merge_pixels)
         data = {"info": {"description": "u2seg panoptic pseudo-labels", "k": args.k, "num_stuff": args.num_stuff},
                 "images": images_out, "annotations": annotations_out,
                 "categories": panoptic_categories(args.k, args.num_stuff)}
@@ -135,26 +291,11 @@ def run(args: argparse.Namespace) -> int:
     with atomic_path(args.gallery, directory=True) as gal_tmp:
         for name, tile in tiles:
             save_png_plain(gal_tmp / name, tile)
-
-    summary: dict[str, Any] = {
-        "k": args.k, "num_stuff": args.num_stuff, "max_thing_overlap": args.max_thing_overlap,
-        "images": len(images_out),
-        "images_without_instances": int((n_inst == 0).sum()),
-        "instances": int(n_inst.sum()), "visible_instances": int(n_visible.sum()),
-        "hidden_instances_dropped": hidden,
-        "instances_per_image": _stats(n_inst), "visible_instances_per_image": _stats(n_visible),
-        "stuff_segments": stuff_segments, "stuff_segments_dropped_by_overlap": stuff_dropped,
-        "pixel_fraction": {"thing": round(thing_pixels / max(total_pixels, 1), 6),
-                           "stuff": round((total_pixels - thing_pixels - void_pixels) / max(total_pixels, 1), 6),
-                           "void": round(void_pixels / max(total_pixels, 1), 6)},
-        "gallery": [name for name, _ in tiles],
-        "seconds": {"merge": round(time.perf_counter() - t_start, 3)},
-    }
-    for key, path in (("clustering", args.cluster_summary), ("stuff", args.stuff_summary)):
-        if path is not None:
-            summary[key] = load_json(path)
+    summary = summary_of(stats, args.k, args.num_stuff, args.max_thing_overlap, [name for name, _ in tiles],
+                         time.perf_counter() - t_start)
+    add_source_summaries(summary, args.cluster_summary, args.stuff_summary)
     write_json(args.summary, summary, indent=1)
     log.info("panoptic: %d images (%d without instances), %d/%d instances visible, %d stuff segments",
-             len(images_out), summary["images_without_instances"], summary["visible_instances"],
-             summary["instances"], stuff_segments)
+             summary["images"], summary["images_without_instances"], summary["visible_instances"],
+             summary["instances"], summary["stuff_segments"])
     return 0

@@ -119,8 +119,9 @@ def sample_patches(dense_maps: Sequence[Callable[[], Iterable[np.ndarray]]], cou
                    patches_per_image: int, n_sample: int, seed: int) -> np.ndarray:
     """Seeded uniform sample (without replacement) of patch feature rows from every shard.
 
-    ``dense_maps[s]()`` yields shard s's dense maps (C, h, w) one image at a time (``counts[s]``
-    images, ``patches_per_image`` patches each). Returns (m, C) float16 rows, m = min(n_sample, total),
+    ``dense_maps[s]()`` returns shard s's dense maps (C, h, w) (``counts[s]`` images,
+    ``patches_per_image`` patches each): an array indexed by image (e.g. the shard's zarr ``dense``
+    array: only the images holding sampled patches are read), or an iterator over the images. Returns (m, C) float16 rows, m = min(n_sample, total),
     in shard/image/patch order; only the sample and one image are in memory.
     """
     total = int(sum(counts)) * patches_per_image
@@ -136,18 +137,32 @@ def sample_patches(dense_maps: Sequence[Callable[[], Iterable[np.ndarray]]], cou
         if hi_s == lo_s:  # nothing sampled from this shard: do not read it
             offset += n * patches_per_image
             continue
-        for dense in shard_maps():
+        maps = shard_maps()
+        if hasattr(maps, "shape") and hasattr(maps, "__getitem__"):  # an array (zarr): read picked images only
+            if maps.shape[0] != n:
+                raise ValueError(f"a shard has {maps.shape[0]} dense maps, expected {n}")
+            firsts = np.searchsorted(picks, offset + patches_per_image * np.arange(n + 1))
+            picked = np.flatnonzero(firsts[1:] > firsts[:-1]).tolist()
+            images = (maps[j] for j in picked)
+            offsets = iter([offset + patches_per_image * j for j in picked])
+            offset += n * patches_per_image
+        else:
+            images, offsets = maps, None
+        for dense in images:
+            dense = np.asarray(dense, dtype=np.float32)
+            at = next(offsets) if offsets is not None else offset
             c = dense.shape[0]
             if dense.shape[1] * dense.shape[2] != patches_per_image:
                 raise ValueError("every dense map must have the same number of patches")
-            lo, hi = np.searchsorted(picks, [offset, offset + patches_per_image])
+            lo, hi = np.searchsorted(picks, [at, at + patches_per_image])
             if hi > lo:
                 if out is None:
                     out = np.empty((m, c), dtype=np.float16)
                 rows = dense.reshape(c, -1).T
-                out[filled:filled + hi - lo] = rows[picks[lo:hi] - offset]
+                out[filled:filled + hi - lo] = rows[picks[lo:hi] - at]
                 filled += hi - lo
-            offset += patches_per_image
+            if offsets is None:
+                offset += patches_per_image
     if out is None or filled != m:
         raise ValueError(f"sampled {filled} patches, expected {m} (image counts do not match the shards)")
     return out

@@ -116,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    sample = sample_patches([lambda p=p: iter_dense(p) for p in paths], [len(im) for _, im in shards],
+    # the shards' dense arrays: the sample reads only the images holding sampled patches
+    sample = sample_patches([lambda p=p: open_shard(p)["dense"] for p in paths], [len(im) for _, im in shards],
                             gh * gw, args.sample_patches, args.seed)
     timings["sample"] = time.perf_counter() - t0
     if len(sample) < args.k:
