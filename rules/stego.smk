@@ -29,6 +29,7 @@ def stego_stuff_flags(wildcards):
 
 
 rule stego_knn:
+    """STEGO: the crop kNN table over the dataset's global feature descriptors."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
         features=per_shard(f"{RES}/{{ds}}/features/shard_{{shard}}.zarr"),
@@ -68,6 +69,7 @@ _STEGO_TRAIN_FLAGS = " ".join(
 
 
 rule stego_train:
+    """STEGO: train the segmentation head + cluster probe without labels (resumable; loss curve)."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
         features=per_shard(f"{RES}/{{ds}}/features/shard_{{shard}}.zarr"),
@@ -101,6 +103,7 @@ rule stego_train:
 
 # The head + cluster probe the maps are made with: trained here, or imported from the official checkpoint.
 rule stego_model:
+    """STEGO: the head + cluster probe the maps are made with (trained here, or the official checkpoint)."""
     input:
         lambda wc: [f"{RES}/{wc.ds}/pseudo/stego/trained.npz"] if config["stuff"]["model"] == "stego" else [],
     output:
@@ -120,6 +123,7 @@ rule stego_model:
 
 
 rule stego_infer:
+    """STEGO: stuff label maps of one feature shard from the cluster probe."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
         features=f"{RES}/{{ds}}/features/shard_{{shard}}.zarr",

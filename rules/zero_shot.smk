@@ -21,6 +21,7 @@ def zero_shot_sets():
 
 
 rule zero_shot_table:
+    """One table of the zero-shot model's metrics across every evaluation set."""
     input:
         metrics=lambda wc: [f"{RES}/eval/{s}/{wc.model}/metrics.json" for s in zero_shot_sets()],
     output:
@@ -41,5 +42,6 @@ rule zero_shot_table:
 
 # Target: the zero-shot table of the model trained on `zero_shot.train` (default `dataset`).
 rule eval_zero_shot:
+    """Target: train on zero_shot.train's pseudo-labels, evaluate on every zero_shot.eval set, one table."""
     input:
         f"{RES}/zero_shot/{ZS_MODEL}/table.md",

@@ -146,7 +146,8 @@ def cups(n: int) -> Callable[..., dict[str, Any]]:
         conf, _ = _pixel_pass(pgt, pan_preds, pred_ids, gt_map, classes, 0.0)
         assignment = matching.hungarian_assign(conf[:-1, :-1])
         pred_map = {pred_ids[r]: classes[c].id for r, c in enumerate(assignment) if c >= 0}
-        pq = panoptic.pq_compute(pgt.sources, pan_preds, classes, gt_map, pred_map, workers=workers)
+        pq = panoptic.pq_compute(pgt.sources, pan_preds, classes, gt_map, pred_map, workers=workers,
+                             pred_categories=pred_ids)
         return {"protocol": f"CUPS: predicted labels -> {n} Cityscapes classes, one-to-one pixel Hungarian over "
                             "the set; unmatched labels VOID (PQ) / errors (mIoU)",
                 "panoptic": pq, "semantic": _semantic_scores(conf, assignment, classes),
@@ -169,7 +170,8 @@ def u2seg(pgt: gtmod.PanopticGT, pan_preds: dict, pred_cats: list[dict[str, Any]
             v = votes[r, stuff_cols]
             if v.max() > 0:
                 pred_map[k] = classes[stuff_cols[int(np.argmax(v))]].id
-    pq = panoptic.pq_compute(pgt.sources, pan_preds, classes, gt_map, pred_map, workers=workers)
+    pq = panoptic.pq_compute(pgt.sources, pan_preds, classes, gt_map, pred_map, workers=workers,
+                             pred_categories=pred_ids)
     names = {c.id: c.name for c in classes}
     return {"protocol": "U2Seg Cityscapes: 8 things via instance/majority, 11 stuff via per-image IoU > "
                         f"{vote_iou} votes; unmapped labels VOID",

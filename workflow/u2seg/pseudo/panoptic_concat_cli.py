@@ -39,10 +39,10 @@ def link_or_copy(src: Path, dst: Path) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards-dir", type=Path, required=True,
                         help="folder of shard_{i:05d}.json + shard_{i:05d}/ (u2seg merge-panoptic-shard)")
-    parser.add_argument("--num-shards", type=int, required=True)
-    parser.add_argument("--k", type=int, required=True)
-    parser.add_argument("--num-stuff", type=int, required=True)
-    parser.add_argument("--max-thing-overlap", type=float, required=True)
+    parser.add_argument("--num-shards", type=int, required=True, help="number of shards (shard_00000 .. shard_{n-1})")
+    parser.add_argument("--k", type=int, required=True, help="thing clusters K (config clustering.k)")
+    parser.add_argument("--num-stuff", type=int, required=True, help="stuff clusters S (config stuff.k)")
+    parser.add_argument("--max-thing-overlap", type=float, required=True, help="drop a stuff cluster's region when more than this fraction of it is covered by things")
     add_output_arguments(parser)
 
 

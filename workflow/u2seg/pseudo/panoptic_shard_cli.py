@@ -41,15 +41,15 @@ def first_segment_id(index: dict[str, Any], shard: int, num_stuff: int) -> tuple
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (from `u2seg ingest`)")
     parser.add_argument("--instances-dir", type=Path, required=True,
                         help="per-shard instance jsons + index.json (cluster-instances --out-shards)")
-    parser.add_argument("--shard", type=int, required=True)
-    parser.add_argument("--shard-size", type=int, required=True)
+    parser.add_argument("--shard", type=int, required=True, help="index of the shard to merge")
+    parser.add_argument("--shard-size", type=int, required=True, help="images per feature shard (config features.shard_size)")
     parser.add_argument("--stuff-dir", type=Path, required=True, help="folder of stuff PNGs (0..S-1)")
     parser.add_argument("--k", type=int, required=True, help="thing clusters K (config clustering.k)")
     parser.add_argument("--num-stuff", type=int, default=27, help="stuff clusters S (config stuff.k)")
-    parser.add_argument("--max-thing-overlap", type=float, default=0.7)
+    parser.add_argument("--max-thing-overlap", type=float, default=0.7, help="drop a stuff cluster's region when more than this fraction of it is covered by things")
     parser.add_argument("--gallery-size", type=int, default=8, help="gallery images of the whole dataset")
     parser.add_argument("--max-merge-pixels", type=int, default=0,
                         help="merge larger images on a grid of at most this many pixels, pasted back (0 = off)")

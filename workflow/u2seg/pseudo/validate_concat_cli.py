@@ -45,10 +45,10 @@ def combine(reports: list[dict[str, Any]] | Any, max_errors: int = 100) -> dict[
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reports-dir", type=Path, required=True)
-    parser.add_argument("--num-shards", type=int, required=True)
-    parser.add_argument("--report", type=Path, required=True)
-    parser.add_argument("--max-errors", type=int, default=100)
+    parser.add_argument("--reports-dir", type=Path, required=True, help="folder of the per-shard shard_{i:05d}.validation.json reports")
+    parser.add_argument("--num-shards", type=int, required=True, help="number of shards (shard_00000 .. shard_{n-1})")
+    parser.add_argument("--report", type=Path, required=True, help="output combined validation report (json)")
+    parser.add_argument("--max-errors", type=int, default=100, help="error messages kept in the report at most (the error counts stay complete)")
 
 
 def run(args: argparse.Namespace) -> int:
