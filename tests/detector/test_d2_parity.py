@@ -213,7 +213,8 @@ def test_end_to_end_predict_matches_detectron2(pair, tmp_path):
     out = tmp_path / "pred"
     assert cli_main(["predict", "--weights", str(model_file), "--manifest", str(manifest), "--out-dir", str(out),
                      "--min-size", str(MIN_SIZE), "--max-size", str(MAX_SIZE), "--device", "cpu",
-                     "--no-progress"]) == 0
+                     # one image per forward pass, as DefaultPredictor (a batch pads to its largest image)
+                     "--batch-size", "1", "--no-progress"]) == 0
     results = json.loads((out / "instances_results.json").read_text())
     pan_json = json.loads((out / "panoptic.json").read_text())
     predictor = DefaultPredictor(cfg)
