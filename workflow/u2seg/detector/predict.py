@@ -146,7 +146,7 @@ def semantic_argmax(logits: torch.Tensor, image_hw: tuple[int, int]) -> np.ndarr
     wins, as ``argmax``), so that only one full-size channel is held."""
     best = best_val = None
     for c in range(logits.shape[0]):
-        v = F.interpolate(logits[None, c:c + 1].float(), size=image_hw, mode="bilinear", align_corners=False)[0, 0]
+        v = F.interpolate(logits[None, c:c + 1], size=image_hw, mode="bilinear", align_corners=False)[0, 0]
         if best is None:
             best_val, best = v, torch.zeros(image_hw, dtype=torch.uint8, device=v.device)
             continue
