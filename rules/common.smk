@@ -108,14 +108,16 @@ def manifest_image_count(path):
 
 
 def dataset_size(ds, shard=None):
-    """(images of ``ds``, pixels of the largest image of ``shard``) for resource requests, without
-    waiting for the checkpoint: from the manifest when it exists, else (images from the dataset
-    listing, pixels None); (0, None) when neither is known."""
+    """(images of ``ds``, pixels of the largest image of ``shard``, or of the whole dataset when ``shard``
+    is None) for resource requests, without waiting for the checkpoint: from the manifest when it exists,
+    else (images from the dataset listing, pixels None); (0, None) when neither is known."""
     manifest = Path(f"{RES}/{ds}/manifest.json")
     if not manifest.exists():
         return listed_image_count(ds) or 0, None
     n, pixels = _manifest_facts(str(manifest), os.stat(manifest).st_mtime_ns, int(config["features"]["shard_size"]))
-    return n, (pixels[int(shard)] if shard is not None and int(shard) < len(pixels) else None)
+    if shard is None:
+        return n, (max(pixels) if pixels else None)
+    return n, (pixels[int(shard)] if int(shard) < len(pixels) else None)
 
 
 def declared_mem(base_mb, per_image_kb=0.0, per_pixel_b=0.0, grid_pixel_b=0.0, grid_cap=0, pixels_unknown=0):
@@ -180,6 +182,13 @@ CLUSTER_BASE_MB, CLUSTER_KB_PER_IMAGE, CLUSTER_S_PER_IMAGE = 1500, 1.0, 0.01
 MERGE_SHARD_BASE_MB, MERGE_B_PER_PIXEL, MERGE_B_PER_GRID_PIXEL = 300, 14, 90
 CONCAT_BASE_MB, CONCAT_KB_PER_IMAGE, CONCAT_S_PER_IMAGE = 300, 0.01, 0.001
 VALIDATE_BASE_MB, VALIDATE_B_PER_PIXEL = 300, 60
+# predict: the network runs at the test size; full-size outputs are built one mask at a time on its box
+# (11.9 B/pixel measured between 4000x3000 and 9000x8000 with a tiny model: 1150 -> 1850 MiB). The base
+# is the earlier 6,000 MB request (the ResNet-50 network at the test size; not re-measured here).
+# The detections of every image stay in memory until instances_results.json is written: 78 KiB per image
+# as Python objects (100 detections of images up to 1200 x 900; 258 KiB at 2400 x 1800) + its json text.
+PREDICT_BASE_MB, PREDICT_B_PER_PIXEL, PREDICT_KB_PER_IMAGE = 6000, 16, 120
+PREDICT_PIXELS_UNKNOWN = 24_000_000  # assumed before ingest has measured the images (a 6000 x 4000 photo)
 
 
 def per_shard(pattern):

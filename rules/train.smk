@@ -178,7 +178,10 @@ rule predict:
         flags=_cli_flags({k: v for k, v in config["predict"].items() if k != "threads"}),
     threads: config["predict"]["threads"]
     resources:
-        mem_mb=mem_mb(6000),
+        # + the manifest and the detections of every image; per pixel of the largest image (full-size outputs)
+        mem_mb=declared_mem(PREDICT_BASE_MB, per_image_kb=MANIFEST_KB_PER_IMAGE + PREDICT_KB_PER_IMAGE,
+                            per_pixel_b=PREDICT_B_PER_PIXEL,
+                            pixels_unknown=PREDICT_PIXELS_UNKNOWN),
         runtime=12 * 60,
         gpu=_gpu("predict"),
     log:

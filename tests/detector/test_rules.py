@@ -1,7 +1,8 @@
 """rules/train.smk: the round DAG and the commands it builds (Snakemake dry run, no training)."""
 from __future__ import annotations
 
-import shutil
+import json
+import re
 
 from tests.conftest import run_snakemake
 
@@ -12,7 +13,9 @@ def test_rounds_dag_and_commands(tmp_path):
     data = make_dataset(tmp_path / "data", n_images=2)
     ds_dir = tmp_path / "results" / "samples"
     ds_dir.mkdir(parents=True)
-    shutil.copy(data["manifest"], ds_dir / "manifest.json")
+    manifest = json.loads(data["manifest"].read_text())
+    manifest["images"][1].update(width=8000, height=9000)  # the dry run reads only the sizes
+    (ds_dir / "manifest.json").write_text(json.dumps(manifest))
     (ds_dir / "skipped.json").write_text("[]")
     cfg = tmp_path / "rounds.yaml"
     cfg.write_text("train:\n  rounds: 2\nclustering:\n  k: 5\n")
@@ -31,3 +34,6 @@ def test_rounds_dag_and_commands(tmp_path):
     predicts = [line for line in out.splitlines() if " -m u2seg predict " in line]
     assert {("train/r1/" in c, "train/r2/" in c) for c in predicts} == {(True, False), (False, True)}
     assert out.count("rule train_round:") == 2 and out.count("rule self_train_labels:") == 1
+    # predict's memory request: 6000 MB + the detections per image + 16 B per pixel of the largest image
+    mems = re.findall(r"rule predict:.*?mem_mb=(\d+)", out, re.S)
+    assert mems == [str(int(6000 + 120.6 * 2 / 1024 + 16 * 9000 * 8000 / 2**20))] * 2, mems

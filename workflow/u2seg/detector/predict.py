@@ -8,15 +8,16 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from pycocotools import mask as mask_utils
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from u2seg.atomic import atomic_path, write_json
-from u2seg.coco_format import encode_mask, id2rgb, mask_bbox
+from u2seg.coco_format import id2rgb
 from u2seg.detector import checkpoint as ckpt
 from u2seg.detector.data import output_size, resize_image
 from u2seg.detector.model import ModelConfig, PanopticCascadeRCNN, build_model
@@ -72,47 +73,113 @@ def categories(obj: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------ post-processing
-def paste_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, image_hw: tuple[int, int],
-                threshold: float = 0.5) -> torch.Tensor:
-    """detectron2's ``paste_masks_in_image``: (N, M, M) probabilities -> (N, H, W) bool masks.
+# Full-size outputs are built one mask at a time, on each mask's box: memory is a few bytes per pixel of
+# the image (the panoptic id map, one semantic channel, one mask's box), never (masks x H x W) or
+# (classes x H x W); measured per-pixel figures in rules/common.smk (PREDICT_*) and docs/benchmarks.md.
+PASTE_CHUNK_PIXELS = 1 << 20  # pixels of one grid_sample call when pasting a mask (rows of its box)
+BAND_PIXELS = 1 << 22  # pixels of one row band of the full-size panoptic / semantic outputs
 
-    Every image pixel centre (x + 0.5, y + 0.5) is mapped into its box, [x0, x1] -> [-1, 1], and the
+
+@dataclass
+class MaskCrop:
+    """A binary mask of an ``image_hw`` image stored on its box: ``mask`` covers rows y0.. and columns x0.."""
+
+    y0: int
+    x0: int
+    mask: np.ndarray  # bool (box height, box width)
+    image_hw: tuple[int, int]
+
+    def full(self) -> np.ndarray:
+        """The (H, W) bool mask."""
+        out = np.zeros(self.image_hw, dtype=bool)
+        out[self.y0:self.y0 + self.mask.shape[0], self.x0:self.x0 + self.mask.shape[1]] = self.mask
+        return out
+
+
+def paste_mask(mask_prob: torch.Tensor, box: torch.Tensor, image_hw: tuple[int, int],
+               threshold: float = 0.5, chunk_pixels: int = PASTE_CHUNK_PIXELS) -> MaskCrop:
+    """detectron2's ``paste_masks_in_image`` for one (M, M) probability map, on its box only.
+
+    Every image pixel centre (x + 0.5, y + 0.5) is mapped into the box, [x0, x1] -> [-1, 1], and the
     M x M mask is sampled there bilinearly (``grid_sample``, align_corners=False, zeros outside);
-    a pixel is in the mask when the sample is >= ``threshold``. Each mask is sampled only on its box
+    a pixel is in the mask when the sample is >= ``threshold``. The mask is sampled only on its box
     widened by one pixel (floor - 1 .. ceil + 1, as detectron2 on CPU): outside it a sample is < 0.5.
+    Rows are sampled in chunks of about ``chunk_pixels`` (each pixel is sampled on its own: same result).
     """
     h, w = image_hw
-    n = mask_probs.shape[0]
-    out = torch.zeros((n, h, w), dtype=torch.bool, device=mask_probs.device)
-    if n == 0:
-        return out
-    probs = mask_probs.float()[:, None]
-    boxes = boxes.float()
-    for i in range(n):
-        box = boxes[i]
-        x0i = max(int(torch.floor(box[0]).item()) - 1, 0)
-        y0i = max(int(torch.floor(box[1]).item()) - 1, 0)
-        x1i = min(int(torch.ceil(box[2]).item()) + 1, w)
-        y1i = min(int(torch.ceil(box[3]).item()) + 1, h)
-        if x1i <= x0i or y1i <= y0i:
+    box = box.float()
+    x0i = max(int(torch.floor(box[0]).item()) - 1, 0)
+    y0i = max(int(torch.floor(box[1]).item()) - 1, 0)
+    x1i = min(int(torch.ceil(box[2]).item()) + 1, w)
+    y1i = min(int(torch.ceil(box[3]).item()) + 1, h)
+    if x1i <= x0i or y1i <= y0i:
+        return MaskCrop(0, 0, np.zeros((0, 0), dtype=bool), image_hw)
+    prob = mask_prob.float()[None, None]
+    ys = torch.arange(y0i, y1i, device=prob.device, dtype=torch.float32) + 0.5
+    xs = torch.arange(x0i, x1i, device=prob.device, dtype=torch.float32) + 0.5
+    ys = (ys - box[1]) / (box[3] - box[1]) * 2 - 1
+    xs = (xs - box[0]) / (box[2] - box[0]) * 2 - 1
+    out = np.zeros((y1i - y0i, x1i - x0i), dtype=bool)
+    step = max(1, chunk_pixels // xs.numel())
+    for a in range(0, ys.numel(), step):
+        band = ys[a:a + step]
+        grid = torch.stack([xs[None, :].expand(band.numel(), xs.numel()),
+                            band[:, None].expand(band.numel(), xs.numel())], dim=2)[None]
+        out[a:a + band.numel()] = (F.grid_sample(prob, grid, align_corners=False)[0, 0] >= threshold).cpu().numpy()
+    return MaskCrop(y0i, x0i, out, image_hw)
+
+
+def paste_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, image_hw: tuple[int, int],
+                threshold: float = 0.5) -> torch.Tensor:
+    """detectron2's ``paste_masks_in_image``: (N, M, M) probabilities -> (N, H, W) bool masks
+    (:func:`paste_mask` of each; for small images and tests: it holds N x H x W)."""
+    out = np.zeros((mask_probs.shape[0], *image_hw), dtype=bool)
+    for i in range(mask_probs.shape[0]):
+        crop = paste_mask(mask_probs[i], boxes[i], image_hw, threshold)
+        out[i, crop.y0:crop.y0 + crop.mask.shape[0], crop.x0:crop.x0 + crop.mask.shape[1]] = crop.mask
+    return torch.from_numpy(out).to(mask_probs.device)
+
+
+def semantic_argmax(logits: torch.Tensor, image_hw: tuple[int, int]) -> np.ndarray:
+    """``sem_seg_postprocess`` + arg-max: (S, h, w) logits resized bilinearly to ``image_hw`` (align_corners
+    False) -> uint8 (H, W) class map, one class channel at a time (a running max: the first maximal class
+    wins, as ``argmax``), so that only one full-size channel is held."""
+    best = best_val = None
+    for c in range(logits.shape[0]):
+        v = F.interpolate(logits[None, c:c + 1], size=image_hw, mode="bilinear", align_corners=False)[0, 0]
+        if best is None:
+            best_val, best = v, torch.zeros(image_hw, dtype=torch.uint8, device=v.device)
             continue
-        ys = torch.arange(y0i, y1i, device=probs.device, dtype=torch.float32) + 0.5
-        xs = torch.arange(x0i, x1i, device=probs.device, dtype=torch.float32) + 0.5
-        ys = (ys - box[1]) / (box[3] - box[1]) * 2 - 1
-        xs = (xs - box[0]) / (box[2] - box[0]) * 2 - 1
-        gx = xs[None, :].expand(ys.numel(), xs.numel())
-        gy = ys[:, None].expand(ys.numel(), xs.numel())
-        grid = torch.stack([gx, gy], dim=2)[None]
-        sampled = F.grid_sample(probs[i:i + 1], grid, align_corners=False)[0, 0]
-        out[i, y0i:y1i, x0i:x1i] = sampled >= threshold
-    return out
+        better = v > best_val
+        best[better] = c
+        torch.maximum(best_val, v, out=best_val)
+        del v, better
+    return best.cpu().numpy()
 
 
-def postprocess(result: dict[str, torch.Tensor], input_hw: tuple[int, int], orig_hw: tuple[int, int],
-                mask_threshold: float = 0.5) -> dict[str, np.ndarray]:
+@dataclass
+class Prediction:
+    """One image's post-processed detections at its original size; masks are pasted on demand
+    (:meth:`mask`), one at a time, so that a huge image never holds (N, H, W)."""
+
+    boxes: np.ndarray  # (N, 4) float32 x0 y0 x1 y1, clipped to the image
+    scores: np.ndarray  # (N,) float32
+    labels: np.ndarray  # (N,) int64
+    mask_probs: torch.Tensor  # (N, M, M)
+    image_hw: tuple[int, int]
+    threshold: float
+    semantic: np.ndarray | None  # uint8 (H, W) or None
+
+    def mask(self, i: int) -> MaskCrop:
+        """Mask ``i`` pasted on its box (:func:`paste_mask`)."""
+        return paste_mask(self.mask_probs[i], torch.from_numpy(self.boxes[i]), self.image_hw, self.threshold)
+
+
+def postprocess_image(result: dict[str, torch.Tensor], input_hw: tuple[int, int], orig_hw: tuple[int, int],
+                      mask_threshold: float = 0.5) -> Prediction:
     """detectron2's ``detector_postprocess`` + ``sem_seg_postprocess``: boxes scaled to the original
-    image and clipped, detections whose box became empty dropped, masks pasted there (bool, p >=
-    ``mask_threshold``), semantic logits resized bilinearly and arg-maxed (uint8)."""
+    image and clipped, detections whose box became empty dropped, masks pasted there on demand (bool,
+    p >= ``mask_threshold``), semantic logits resized bilinearly and arg-maxed (uint8)."""
     h, w = orig_hw
     sy, sx = h / input_hw[0], w / input_hw[1]
     boxes = result["boxes"].float().clone()
@@ -121,38 +188,93 @@ def postprocess(result: dict[str, torch.Tensor], input_hw: tuple[int, int], orig
     boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=w)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=h)
     keep = ((boxes[:, 2] - boxes[:, 0]) > 0) & ((boxes[:, 3] - boxes[:, 1]) > 0)
-    boxes = boxes[keep]
-    masks = paste_masks(result["mask_probs"][keep], boxes, (h, w), mask_threshold).cpu().numpy()
-    out = {"boxes": boxes.cpu().numpy(), "scores": result["scores"][keep].float().cpu().numpy(),
-           "labels": result["labels"][keep].cpu().numpy().astype(np.int64), "masks": masks}
-    if "sem_seg" in result:
-        logits = F.interpolate(result["sem_seg"][None], size=(h, w), mode="bilinear", align_corners=False)[0]
-        out["semantic"] = logits.argmax(0).to(torch.uint8).cpu().numpy()
+    semantic = semantic_argmax(result["sem_seg"], (h, w)) if "sem_seg" in result else None
+    return Prediction(boxes[keep].cpu().numpy(), result["scores"][keep].float().cpu().numpy(),
+                      result["labels"][keep].cpu().numpy().astype(np.int64), result["mask_probs"][keep],
+                      (h, w), mask_threshold, semantic)
+
+
+def postprocess(result: dict[str, torch.Tensor], input_hw: tuple[int, int], orig_hw: tuple[int, int],
+                mask_threshold: float = 0.5) -> dict[str, np.ndarray]:
+    """:func:`postprocess_image` with every mask pasted: a dict of boxes, scores, labels, masks
+    (N, H, W) and semantic (for small images and tests)."""
+    pred = postprocess_image(result, input_hw, orig_hw, mask_threshold)
+    masks = np.zeros((len(pred.scores), *orig_hw), dtype=bool)
+    for i in range(len(pred.scores)):
+        crop = pred.mask(i)
+        masks[i, crop.y0:crop.y0 + crop.mask.shape[0], crop.x0:crop.x0 + crop.mask.shape[1]] = crop.mask
+    out = {"boxes": pred.boxes, "scores": pred.scores, "labels": pred.labels, "masks": masks}
+    if pred.semantic is not None:
+        out["semantic"] = pred.semantic
     return out
 
 
-def panoptic_fusion(masks: np.ndarray, scores: np.ndarray, labels: np.ndarray, semantic: np.ndarray | None,
-                    num_classes: int, instance_score_thresh: float = 0.5, overlap_thresh: float = 0.5,
-                    stuff_area_thresh: int = 4096) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def crop_rle(crop: MaskCrop) -> dict[str, Any]:
+    """Compressed COCO RLE (ascii counts, size [h, w]) of the full-size mask of ``crop``, computed on
+    the full-height columns of its box only (same string as ``encode_mask`` of :meth:`MaskCrop.full`)."""
+    h, w = crop.image_hw
+    ch, cw = crop.mask.shape
+    counts: list[int] = [h * w] if cw == 0 else []
+    if cw:
+        cols = np.zeros((cw, h), dtype=bool)  # column-major order of the box's columns
+        cols[:, crop.y0:crop.y0 + ch] = crop.mask.T
+        flat = cols.ravel()
+        edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+        counts = ([0] if flat[0] else []) + runs  # runs alternate zeros, ones, ... starting with zeros
+        counts[0] += crop.x0 * h
+        tail = (w - crop.x0 - cw) * h
+        if tail:
+            if len(counts) % 2:  # the last run is zeros
+                counts[-1] += tail
+            else:
+                counts.append(tail)
+    rle = mask_utils.frPyObjects({"counts": counts, "size": [h, w]}, h, w)
+    return {"size": [int(h), int(w)], "counts": rle["counts"].decode("ascii")}
+
+
+def _tight_box(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """Rows and columns of the tight box of a bool mask (None when empty), without listing its pixels."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def _bbox(mask: np.ndarray, y_off: int = 0, x_off: int = 0) -> list[float]:
+    """[x, y, w, h] of a bool mask (as ``mask_bbox``; zeros when empty), offset by (x_off, y_off)."""
+    box = _tight_box(mask)
+    if box is None:
+        return [0.0, 0.0, 0.0, 0.0]
+    ys, xs = box
+    return [float(xs.start + x_off), float(ys.start + y_off), float(xs.stop - xs.start), float(ys.stop - ys.start)]
+
+
+def fuse_panoptic(mask_of: Callable[[int], MaskCrop | None], scores: np.ndarray, labels: np.ndarray,
+                  semantic: np.ndarray | None, image_hw: tuple[int, int], num_classes: int,
+                  instance_score_thresh: float = 0.5, overlap_thresh: float = 0.5,
+                  stuff_area_thresh: int = 4096) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """detectron2's panoptic combination (spec 7.3) -> (segment id map int32 (H, W), segments_info).
 
     Instances by descending score until score < ``instance_score_thresh``; an instance is skipped
     when more than ``overlap_thresh`` of its mask is already taken, else its free part is added.
     Then every semantic class c >= 1 on still-free pixels becomes one stuff segment (category K + c)
-    if its area is at least ``stuff_area_thresh``. Thing category = label + 1.
+    if its area is at least ``stuff_area_thresh``. Thing category = label + 1. ``mask_of(i)`` gives
+    instance i on a box that holds it (or None when empty); each is asked for once, in score order.
     """
-    pan = np.zeros(masks.shape[1:], dtype=np.int32)  # masks: (N, H, W), N may be 0
+    h, w = image_hw
+    pan = np.zeros(image_hw, dtype=np.int32)
     segments: list[dict[str, Any]] = []
     for i in np.argsort(-scores, kind="stable"):
         if scores[i] < instance_score_thresh:
             break
-        rows = np.flatnonzero(masks[i].any(axis=1))
-        if rows.size == 0:
+        crop = mask_of(int(i))
+        area = 0 if crop is None else int(crop.mask.sum())
+        if area == 0:
             continue
-        cols = np.flatnonzero(masks[i].any(axis=0))
-        crop = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # the mask's box: same result
-        mask, pan_crop = masks[i][crop], pan[crop]  # (pan_crop is a view: painting it paints pan)
-        area = int(mask.sum())
+        mask = crop.mask
+        pan_crop = pan[crop.y0:crop.y0 + mask.shape[0], crop.x0:crop.x0 + mask.shape[1]]  # a view
         taken = mask & (pan_crop > 0)
         if taken.sum() / area > overlap_thresh:
             continue
@@ -161,23 +283,39 @@ def panoptic_fusion(masks: np.ndarray, scores: np.ndarray, labels: np.ndarray, s
             continue
         seg_id = len(segments) + 1
         pan_crop[free] = seg_id
-        x, y, bw, bh = mask_bbox(free)
         segments.append({"id": seg_id, "category_id": int(labels[i]) + 1, "iscrowd": 0, "isthing": 1,
-                         "score": float(scores[i]), "area": int(free.sum()),
-                         "bbox": [x + float(cols[0]), y + float(rows[0]), bw, bh]})
+                         "score": float(scores[i]), "area": int(free.sum()), "bbox": _bbox(free, crop.y0, crop.x0)})
     if semantic is not None:
-        free = pan == 0  # stuff regions of different classes are disjoint: one free map serves them all
-        areas = np.bincount(semantic[free], minlength=1)
+        # stuff regions of different classes are disjoint: one free map serves them all; areas by row bands
+        step = max(1, BAND_PIXELS // max(w, 1))
+        areas = np.zeros(256, dtype=np.int64)
+        for a in range(0, h, step):
+            band = semantic[a:a + step][pan[a:a + step] == 0]
+            areas += np.bincount(band, minlength=256)[:256]
         for c in np.flatnonzero(areas):  # ascending, as np.unique
             area = int(areas[c])
             if c == 0 or area < stuff_area_thresh:
                 continue
-            region = (semantic == c) & free
+            region = (semantic == c) & (pan == 0)
             seg_id = len(segments) + 1
             pan[region] = seg_id
             segments.append({"id": seg_id, "category_id": num_classes + int(c), "iscrowd": 0, "isthing": 0,
-                             "area": area, "bbox": mask_bbox(region)})
+                             "area": area, "bbox": _bbox(region)})
+            del region
     return pan, segments
+
+
+def panoptic_fusion(masks: np.ndarray, scores: np.ndarray, labels: np.ndarray, semantic: np.ndarray | None,
+                    num_classes: int, instance_score_thresh: float = 0.5, overlap_thresh: float = 0.5,
+                    stuff_area_thresh: int = 4096) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """:func:`fuse_panoptic` of full (N, H, W) masks (each taken on its tight box)."""
+    def mask_of(i: int) -> MaskCrop | None:
+        box = _tight_box(masks[i])
+        if box is None:
+            return None
+        return MaskCrop(box[0].start, box[1].start, masks[i][box], masks.shape[1:])
+    return fuse_panoptic(mask_of, scores, labels, semantic, masks.shape[1:], num_classes,
+                         instance_score_thresh, overlap_thresh, stuff_area_thresh)
 
 
 # ------------------------------------------------------------------------------------ running
@@ -205,7 +343,7 @@ def _collate(items: list[Any]) -> list[Any]:
 
 
 def predict_manifest(model: PanopticCascadeRCNN, manifest: dict[str, Any], cfg: PredictConfig,
-                     device: torch.device, progress: bool = True) -> Iterator[tuple[dict[str, Any], dict]]:
+                     device: torch.device, progress: bool = True) -> Iterator[tuple[dict[str, Any], Prediction]]:
     """Yield (manifest image, post-processed prediction) for every image, in manifest order."""
     model.set_test_params(cfg.score_thresh, cfg.nms_thresh, cfg.detections_per_image)
     loader = torch.utils.data.DataLoader(_ImageSet(manifest, cfg), batch_size=cfg.batch_size, shuffle=False,
@@ -218,7 +356,7 @@ def predict_manifest(model: PanopticCascadeRCNN, manifest: dict[str, Any], cfg: 
             with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 results = model(images)
             for (im, t, orig), res in zip(batch, results):
-                yield im, postprocess(res, tuple(t.shape[-2:]), orig, cfg.mask_threshold)
+                yield im, postprocess_image(res, tuple(t.shape[-2:]), orig, cfg.mask_threshold)
             bar.update(len(batch))
             prog.update(len(batch))
 
@@ -240,18 +378,26 @@ def run_predict(weights: str | Path, manifest_path: str | Path, out_dir: str | P
             atomic_path(out / "semantic", directory=True) as sem_dir:
         for im, pred in predict_manifest(model, manifest, cfg, device, progress):
             image_id = int(im["id"])
-            for box, score, label, mask in zip(pred["boxes"], pred["scores"], pred["labels"], pred["masks"]):
+            rles: list[dict[str, Any] | None] = [None] * len(pred.scores)
+
+            def mask_of(i: int, pred: Prediction = pred, rles: list = rles) -> MaskCrop:
+                crop = pred.mask(i)  # each mask pasted once: RLE-encoded here, then fused
+                rles[i] = crop_rle(crop)
+                return crop
+
+            pan, segments = fuse_panoptic(mask_of, pred.scores, pred.labels, pred.semantic, pred.image_hw, k,
+                                          cfg.instance_score_thresh, cfg.overlap_thresh, cfg.stuff_area_thresh)
+            for i, (box, score, label) in enumerate(zip(pred.boxes, pred.scores, pred.labels)):
                 x0, y0, x1, y1 = (float(v) for v in box)
                 results.append({"image_id": image_id, "category_id": int(label) + 1,
                                 "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-                                "score": round(float(score), 5), "segmentation": encode_mask(mask)})
-            semantic = pred.get("semantic")
-            pan, segments = panoptic_fusion(pred["masks"], pred["scores"], pred["labels"], semantic, k,
-                                            cfg.instance_score_thresh, cfg.overlap_thresh, cfg.stuff_area_thresh)
+                                "score": round(float(score), 5),
+                                "segmentation": rles[i] if rles[i] is not None else crop_rle(pred.mask(i))})
             stem = image_stem(im)
-            _save_png(pan_dir / f"{stem}.png", id2rgb(pan))
-            if semantic is not None:
-                _save_png(sem_dir / f"{stem}.png", semantic)
+            _save_png(pan_dir / f"{stem}.png", _pan_rgb(pan))
+            del pan
+            if pred.semantic is not None:
+                _save_png(sem_dir / f"{stem}.png", pred.semantic)
             annotations.append({"image_id": image_id, "file_name": f"{stem}.png", "segments_info": segments})
     seconds = time.perf_counter() - t0
     write_json(out / "instances_results.json", results)
@@ -266,6 +412,15 @@ def run_predict(weights: str | Path, manifest_path: str | Path, out_dir: str | P
     log.info("predicted %d images: %d detections (%.2f s/image)", len(images), len(results),
              summary["seconds_per_image"])
     return summary
+
+
+def _pan_rgb(pan: np.ndarray) -> np.ndarray:
+    """``id2rgb`` of a panoptic id map, by row bands (its int64 temporaries stay small)."""
+    rgb = np.empty(pan.shape + (3,), dtype=np.uint8)
+    step = max(1, BAND_PIXELS // max(pan.shape[1], 1))
+    for a in range(0, pan.shape[0], step):
+        rgb[a:a + step] = id2rgb(pan[a:a + step])
+    return rgb
 
 
 def _save_png(path: Path, array: np.ndarray) -> None:
