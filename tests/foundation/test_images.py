@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from u2seg.images import ImageReadError, load_rgb, resize_square
+from u2seg.images import ImageReadError, load_rgb, probe_image, resize_square
 
 
 def _photo(h: int = 40, w: int = 60) -> np.ndarray:
@@ -107,6 +107,22 @@ def test_bad_images_refused_with_reason(tmp_path, kind):
         expected = "decompression-bomb"
     with pytest.raises(ImageReadError, match=expected):
         load_rgb(p, max_side=20000, min_side=8)
+    with pytest.raises(ImageReadError, match=expected):  # ingest's probe refuses it for the same reason
+        probe_image(p, max_side=20000, min_side=8)
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 5, 6, 7, 8])
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "CMYK", "I;16"])
+def test_probe_gives_the_size_load_rgb_decodes(tmp_path, orientation, mode):
+    """Ingest's probe (no RGB copy) reports exactly the (width, height) of load_rgb's array."""
+    img = Image.fromarray(_photo(20, 52))
+    img = img.convert(mode) if mode != "I;16" else Image.fromarray(_photo(20, 52)[..., 0].astype(np.uint16) * 257)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    p = tmp_path / ("x.jpg" if mode in ("RGB", "L", "CMYK") else "x.png")
+    img.save(p, exif=exif)
+    arr = load_rgb(p)
+    assert probe_image(p) == (arr.shape[1], arr.shape[0])
 
 
 def test_resize_square():

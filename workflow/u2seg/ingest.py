@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from u2seg import atomic
 from u2seg.errors import UserError
-from u2seg.images import IMAGE_SUFFIXES, ImageReadError, load_rgb
+from u2seg.images import IMAGE_SUFFIXES, ImageReadError, probe_image
 from u2seg.jsonio import load_json
 from u2seg.manifest import assign_stems
 
@@ -133,10 +133,10 @@ def coco_format_sources(images_dir: Path, instances: Path | None, panoptic_json:
 
 def _probe(root: Path, rel: str, max_side: int, min_side: int) -> tuple[str, tuple[int, int] | str]:
     try:
-        arr = load_rgb(root / rel, max_side=max_side, min_side=min_side)
+        width, height = probe_image(root / rel, max_side=max_side, min_side=min_side)
     except ImageReadError as exc:
         return rel, str(exc).replace(str(root / rel) + ": ", "")
-    return rel, (int(arr.shape[1]), int(arr.shape[0]))
+    return rel, (int(width), int(height))
 
 
 def probe_images(root: Path, rel_paths: list[str], max_side: int, min_side: int,
