@@ -130,7 +130,7 @@ def declared_mem(base_mb, per_image_kb=0.0, per_pixel_b=0.0, grid_pixel_b=0.0, g
         px = pixels_unknown if px is None else px
         grid = min(px, grid_cap) if grid_cap else px
         mb = base_mb + per_image_kb * n / 1024 + (per_pixel_b * px + grid_pixel_b * grid) / 2**20
-        return int(mb * (1 + 0.5 * (attempt - 1)))
+        return with_retries(mb, attempt)
     return _mem
 
 
@@ -198,9 +198,14 @@ def per_shard(pattern):
     return _inputs
 
 
+def with_retries(mb, attempt):
+    """``mb`` grown by half per Snakemake retry attempt (attempt 1: ``mb``)."""
+    return int(mb * (1 + 0.5 * (attempt - 1)))
+
+
 def mem_mb(base):
     """Memory request that grows with Snakemake's retry attempt."""
-    return lambda wildcards, attempt: int(base * (1 + 0.5 * (attempt - 1)))
+    return lambda wildcards, attempt: with_retries(base, attempt)
 
 
 def gpu_request(device):
