@@ -20,6 +20,7 @@ from tqdm import tqdm
 from u2seg import __version__
 from u2seg.atomic import atomic_path
 from u2seg.backbones import Backbone, build_backbone
+from u2seg.cliargs import add_device_arguments
 from u2seg.errors import UserError
 from u2seg.images import load_rgb
 from u2seg.manifest import image_path, load_manifest, num_shards, shard_images
@@ -83,9 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, default=480,
                         help="images are resized to this square size (pixels) before the backbone")
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="auto (CUDA when present), cpu or cuda")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_device_arguments(parser, default="auto")
     parser.add_argument("--out", type=Path, required=True, help="output zarr store")
 
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from u2seg.atomic import atomic_path, save_png, write_json
 from u2seg.backbones import resolve_device
+from u2seg.cliargs import add_device_arguments
 from u2seg.coco_format import instance_annotation, instances_json
 from u2seg.errors import UserError
 from u2seg.images import load_rgb, resize_square
@@ -77,9 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     crf.add_argument("--crf-iterations", type=int, default=c.iterations, help="CRF mean-field iterations")
     run_ = parser.add_argument_group("execution")
     run_.add_argument("--batch-size", type=int, default=4, help="images per batched eigen solve")
-    run_.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                      help="auto (CUDA when present), cpu or cuda")
-    run_.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_device_arguments(run_, default="auto")
     run_.add_argument("--seed", type=int, default=d.seed, help="seed of the eigensolver start and the gallery sample")
 
 

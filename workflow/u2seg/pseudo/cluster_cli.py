@@ -22,6 +22,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from u2seg.atomic import atomic_path, write_json
+from u2seg.cliargs import add_device_arguments
 from u2seg.errors import UserError
 from u2seg.pseudo.embed_cli import load_embeddings
 from u2seg.pseudo.io import load_json, read_manifest, set_threads, shard_annotations, shard_files, shard_iter
@@ -129,9 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, default=100, help="maximum k-means (Lloyd) iterations")
     parser.add_argument("--seed", type=int, default=0, help="seed of the k-means initialisation")
     parser.add_argument("--chunk-size", type=int, default=65536, help="embedding rows streamed from disk per step")
-    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
-                        help="auto (CUDA when present), cpu or cuda")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_device_arguments(parser)
     parser.add_argument("--out-instances", type=Path, required=True,
                         help="output COCO instances json (category = cluster + 1)")
     parser.add_argument("--out-centroids", type=Path, required=True, help="output centroids .npy (K x D)")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from u2seg.atomic import atomic_path
+from u2seg.cliargs import add_device_arguments
 from u2seg.coco_format import decode_mask
 from u2seg.errors import UserError
 from u2seg.features import open_shard
@@ -62,9 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop-size", type=int, default=480,
                         help="crop_cls: crops are resized to this square size (pixels)")
     parser.add_argument("--batch-size", type=int, default=16, help="crops per forward pass (crop_cls)")
-    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
-                        help="auto (CUDA when present), cpu or cuda")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_device_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="output .npz")
 
 

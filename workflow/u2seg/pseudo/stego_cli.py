@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from u2seg.atomic import atomic_path, write_json
+from u2seg.cliargs import add_device_arguments
 from u2seg.errors import UserError
 from u2seg.features import open_shard
 from u2seg.pseudo.io import check_shard_images, png_name, read_manifest, set_threads, shard_files, shard_iter
@@ -64,9 +65,7 @@ def add_knn_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features-dir", type=Path, required=True, help="folder of shard_{i:05d}.zarr")
     add_crop_arguments(parser)
     parser.add_argument("--knn", type=int, default=30, help="neighbours stored per crop (self included)")
-    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
-                        help="auto (CUDA when present), cpu or cuda")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_device_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="kNN table (.npz)")
 
 
@@ -124,9 +123,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"STEGO switch {name} (config stuff.stego.{name})")
     parser.add_argument("--preload-mb", type=float, default=4096.0,
                         help="keep the dense maps in memory (float16) when they fit in this many MB")
-    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
-                        help="auto (CUDA when present), cpu or cuda")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_device_arguments(parser)
     parser.add_argument("--work-dir", type=Path, required=True, help="resumable checkpoints")
     parser.add_argument("--out-model", type=Path, required=True, help="trained stuff model (.npz)")
     parser.add_argument("--out-history", type=Path, required=True, help="loss history + timings (json)")
@@ -231,9 +228,7 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     from u2seg.pseudo.stuff_cli import add_crf_arguments
 
     add_crf_arguments(parser)
-    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
-                        help="auto (CUDA when present), cpu or cuda")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_device_arguments(parser)
     parser.add_argument("--out-maps", type=Path, required=True, help="folder of this shard's stuff PNGs")
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from u2seg.atomic import atomic_path, write_json
+from u2seg.cliargs import add_device_arguments
 from u2seg.errors import UserError
 from u2seg.features import open_shard
 from u2seg.images import load_rgb
@@ -38,9 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stuff model (config stuff.model); stego*: gather the maps of `u2seg stego infer`")
     parser.add_argument("--stego-maps-dir", type=Path, default=None, help="stego*: folder of shard_XXXXX/ maps")
     parser.add_argument("--stego-model", type=Path, default=None, help="stego*: the STEGO stuff model (.npz)")
-    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
-                        help="auto (CUDA when present), cpu or cuda")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_device_arguments(parser)
     parser.add_argument("--out-model", type=Path, required=True, help="stuff model (.npz)")
     parser.add_argument("--out-maps", type=Path, required=True, help="folder of stuff PNGs")
     parser.add_argument("--summary", type=Path, required=True, help="stuff summary json")
