@@ -1,4 +1,4 @@
-"""Issue 7: the pipeline on a real Slurm cluster, through `snakemake --profile profiles/slurm`.
+"""The pipeline on a real Slurm cluster, through `snakemake --profile profiles/slurm`.
 
 Starts a one-node cluster on this machine (tests/slurm/cluster.py: slurmctld + slurmd + a private
 munged, as root, config in a temporary folder, no accounting), installing Debian's slurm-wlm and
