@@ -106,7 +106,7 @@ def _slug(heading: str) -> str:
 
 
 def _anchors(md: Path) -> set[str]:
-    text = md.read_text()
+    text = re.sub(r"^```.*?^```", "", md.read_text(), flags=re.M | re.S)  # no code-block comments
     found = {_slug(h) for h in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
     return found | set(re.findall(r'<a id="([^"]+)"></a>', text))
 
