@@ -43,7 +43,7 @@ except WorkflowError as _exc:
 if _config_error:  # raised outside the handler: Snakemake would print the chained original too
     raise WorkflowError(_config_error)
 
-# ---- reliability (issue 8): environment checks before any job starts -------------------------
+# ---- reliability: environment checks before any job starts -------------------------
 # Missing dataset folder / COCO split, missing local weights file, unwritable results folder:
 # fail now, naming the config key (u2seg.preflight; no torch import, cheap enough for every job).
 from snakemake.exceptions import WorkflowError
@@ -101,7 +101,7 @@ onsuccess:
     print("\n".join(summary_lines(RES, DS, int(config["train"]["rounds"]), _targets, _last)), file=sys.stderr)
 
 
-# ---- a mistyped target (issue 16): list the targets instead of "No rule to produce ..." -----------
+# ---- a mistyped target: list the targets instead of "No rule to produce ..." -----------
 def _unknown_target(wildcards):
     """Input function of the catch-all rule below: raises (before any job) naming the targets."""
     import difflib

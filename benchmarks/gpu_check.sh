@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU readiness check (issue 14): one prepared script; its steps are capped at 240 + 60 + 60 + 90 s
+# GPU readiness check: one prepared script; its steps are capped at 240 + 60 + 60 + 90 s
 # (7.5 minutes) on one GPU.
 #   bash benchmarks/gpu_check.sh [FIGURES_FILE]        (default: gpu_check/figures.txt)
 # Runs from the repository root with the project's environment (PYTHON, default: python; the u2seg

@@ -1,4 +1,4 @@
-"""Class-agnostic box and mask AP of MaskCut masks against COCO instances (CutLER protocol, spec 8.2).
+"""Class-agnostic box and mask AP of MaskCut masks against COCO instances (CutLER protocol, docs/method.md §8.2).
 
 All ground-truth categories are collapsed into one (crowd stays crowd); evaluation runs on the images
 of the masks json only; every mask is a detection with score 1 (``--score rank``: 1 / k for the

@@ -1,4 +1,4 @@
-"""Peak memory and time of `u2seg predict` on one huge synthetic photo (issue 18).
+"""Peak memory and time of `u2seg predict` on one huge synthetic photo.
 
     python benchmarks/predict_scale.py --size 9000 8000 --work /tmp/predict_scale
 

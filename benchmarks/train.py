@@ -7,7 +7,7 @@ seeded synthetic images of a fixed size with rectangle instances, so only the mo
 Presets:
   demo   the `model:` section of config.yaml (the samples demo: efficientnet_lite2, FPN 128, 500 RPN
          proposals, 64 RoIs / image); run it at the demo's input size (short side 192-224, long <= 320)
-  paper  spec 7.1 (ResNet-50 FPN 256, 4000 RPN proposals, 512 RoIs / image; random init)
+  paper  docs/method.md §7.1 (ResNet-50 FPN 256, 4000 RPN proposals, 512 RoIs / image; random init)
   u2seg-coco  the `model:` section of configs/u2seg-coco.yaml (as paper, with BN in backbone and FPN;
          random init instead of the DINO file; K = clustering.k of the preset unless --k is given)
 

@@ -172,7 +172,7 @@ def listed_image_count(ds):
     return n or None
 
 
-# ---- measured per-unit figures for the resource requests (issue 18; docs/benchmarks.md "Scale") ----
+# ---- measured per-unit figures for the resource requests (docs/benchmarks.md "Scale") ----
 # From `python benchmarks/scale.py` on the 2-core machine (peak RSS per process, with margins noted
 # there). Memory in MB (+ KB per image of the dataset, bytes per pixel), runtime in seconds per unit.
 MANIFEST_KB_PER_IMAGE = 0.6  # json.load of the manifest (0.45 KB measured): every job that reads it

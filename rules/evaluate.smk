@@ -1,4 +1,4 @@
-# Evaluation (spec 8): class-agnostic + cluster-matched AP, PQ / SQ / RQ, PixelAcc / mIoU against COCO GT.
+# Evaluation (docs/method.md §8): class-agnostic + cluster-matched AP, PQ / SQ / RQ, PixelAcc / mIoU against COCO GT.
 # Output: {RES}/eval/{ds}/{model}/metrics.json + metrics.md, with {model} a trained model
 # ({train ds}-r{n}, predictions from the `predict` rule), `maskcut` (class-agnostic AP of the
 # MaskCut masks) or `pseudo` (the pseudo-labels). Target: eval_coco.

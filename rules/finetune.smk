@@ -1,4 +1,4 @@
-# Few-shot fine-tuning (spec 7.4): the U2Seg model trained on coco-train pseudo-labels as the
+# Few-shot fine-tuning (docs/method.md §7.4): the U2Seg model trained on coco-train pseudo-labels as the
 # initialisation for a small labelled subset of coco-train, against a baseline initialised from the
 # backbone's own weights, same schedule; both evaluated with standard COCO AP on coco-val.
 # Target `finetune` -> {RES}/finetune/{tag}/comparison.md (tag = frac{fraction}-seed{seed} or custom-seed{seed}).

@@ -1,4 +1,4 @@
-# MaskCut (spec section 3): class-agnostic masks per feature shard, merged into one COCO json.
+# MaskCut (docs/method.md §3): class-agnostic masks per feature shard, merged into one COCO json.
 
 _mc = config["maskcut"]
 _mc_crf = _mc["crf"]

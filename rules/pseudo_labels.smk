@@ -1,4 +1,4 @@
-# Pseudo-labels (spec 4-6): per-shard instance embeddings, instance clustering (K = clustering.k),
+# Pseudo-labels (docs/method.md §4-§6): per-shard instance embeddings, instance clustering (K = clustering.k),
 # stuff clustering (stuff.k), the panoptic merge and a format check. Target: pseudo_labels.
 
 _PSEUDO = f"{RES}/{{ds}}/pseudo"

@@ -1,4 +1,4 @@
-# Inspection report (issue 9): every stage's summary, gallery, the loss curve and the evaluation
+# Inspection report: every stage's summary, gallery, the loss curve and the evaluation
 # tables as `report()` items of Snakemake's HTML report, one category per stage.
 #   snakemake --cores 2 inspect                            # run the pipeline + make the report items
 #   snakemake inspect --report results/report.html         # write the self-contained HTML report

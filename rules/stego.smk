@@ -1,4 +1,4 @@
-# STEGO stuff model (issue 15; stuff.model: stego | stego_checkpoint): the crop kNN table, head training
+# STEGO stuff model (stuff.model: stego | stego_checkpoint): the crop kNN table, head training
 # (resumable; GPU when features.device finds one) and per-shard stuff maps, which `cluster_stuff`
 # gathers into the same pseudo/stuff/, stuff_model.npz and stuff_summary.json as the k-means model.
 

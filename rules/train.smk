@@ -1,4 +1,4 @@
-# Self-training (spec 7): train the Panoptic Cascade Mask R-CNN in rounds r1, r2, ... (train.rounds),
+# Self-training (docs/method.md §7): train the Panoptic Cascade Mask R-CNN in rounds r1, r2, ... (train.rounds),
 # predict with any trained (or imported) model on any dataset. Targets: train, predictions.
 #   round 1:  pseudo/instances.json + pseudo/semantic/          -> train/r1/model_final.pth
 #   round n:  predict/{ds}-r{n-1}/instances_results.json + labels of round n-1

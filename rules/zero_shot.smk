@@ -1,4 +1,4 @@
-# Zero-shot evaluation (issue 17): train on one dataset's pseudo-labels (`zero_shot.train`, default
+# Zero-shot evaluation: train on one dataset's pseudo-labels (`zero_shot.train`, default
 # `dataset`), evaluate the final model on every evaluation set (`zero_shot.eval`, default every name
 # under `datasets`) and write one table across them (CutLER's class-agnostic columns + U2Seg's).
 #   snakemake --cores 2 eval_zero_shot            -> {RES}/zero_shot/{train}-r{n}/table.md + table.json

@@ -1,4 +1,4 @@
-"""Issue 7: the pipeline on a real Slurm cluster, through `snakemake --profile profiles/slurm`.
+"""The pipeline on a real Slurm cluster, through `snakemake --profile profiles/slurm`.
 
 Starts a one-node cluster on this machine (tests/slurm/cluster.py: slurmctld + slurmd + a private
 munged, as root, config in a temporary folder, no accounting), installing Debian's slurm-wlm and
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 TARGET = "pseudo_labels"
 # Small but real settings, the same for both runs: the default backbone (random_vit_tiny's random
 # features would make meaningless pseudo-labels) at 224 px, CPU everywhere (the test cluster has no
-# GPU), and two feature shards of 4 images so that per-shard jobs can be packed (README: groups).
+# GPU), and two feature shards of 4 images so that per-shard jobs can be packed (docs/slurm.md: groups).
 CONFIG = {
     "features": {"input_size": 224, "device": "cpu", "shard_size": 4},
     "maskcut": {"device": "cpu"},
@@ -57,7 +57,7 @@ def _parsed(*argv: str):
 
 
 def test_profiles_compose():
-    """Local runs get profiles/default (one GPU job at a time); the Slurm profile, used as the README
+    """Local runs get profiles/default (one GPU job at a time); the Slurm profile, used as docs/slurm.md
     says, gets none of it and submits through the slurm executor with its own settings."""
     local = _parsed("-n")
     assert local.executor in (None, "local")

@@ -1,4 +1,4 @@
-"""DropLoss (CutLER, spec 7.2): proposals whose predicted box has IoU <= 0.01 with every GT lose their
+"""DropLoss (CutLER, docs/method.md §7.2): proposals whose predicted box has IoU <= 0.01 with every GT lose their
 classification loss; the mean still counts them."""
 from __future__ import annotations
 

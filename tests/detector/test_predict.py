@@ -1,4 +1,4 @@
-"""Panoptic fusion (spec 7.3) and post-processing to the original image size."""
+"""Panoptic fusion (docs/method.md §7.3) and post-processing to the original image size."""
 from __future__ import annotations
 
 import numpy as np

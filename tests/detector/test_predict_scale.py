@@ -1,4 +1,4 @@
-"""Huge images in `u2seg predict`: full-size outputs built one mask at a time, on its box (issue 18).
+"""Huge images in `u2seg predict`: full-size outputs built one mask at a time, on its box.
 
 The bounded paths give the same results as the whole-image ones, and the peak memory of a predict
 process grows by at most the declared bytes per pixel (rules/common.smk, PREDICT_B_PER_PIXEL).

@@ -1,4 +1,4 @@
-"""Multi-round self-training labels (spec 7.2)."""
+"""Multi-round self-training labels (docs/method.md §7.2)."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Evaluation numbers exactly as the reference tools compute them (issue 16).
+"""Evaluation numbers exactly as the reference tools compute them.
 
 * PQ with several crowd segments of one category: panopticapi keeps only the LAST one listed
   (``crowd_labels_dict[category] = id`` overwritten while iterating segments_info); the summed

@@ -18,7 +18,7 @@ def test_registry_names():
     assert {"dino_vitb8", "dino_vits8", "dino_vitb16", "dino_vits16", "efficientnet_lite2",
             "random_vit_tiny"} <= set(REGISTRY)
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    assert set(schema["properties"]["backbone"]["enum"]) == set(REGISTRY)  # issue 14 added DINOv2 / DINOv3
+    assert set(schema["properties"]["backbone"]["enum"]) == set(REGISTRY)  # DINOv2 / DINOv3 included
     with pytest.raises(UserError, match="unknown backbone"):
         build_backbone("nope")
 

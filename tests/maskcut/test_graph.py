@@ -1,4 +1,4 @@
-"""Affinity (spec 3.1) and bipartition / foreground rule (spec 3.3)."""
+"""Affinity (docs/method.md §3.1) and bipartition / foreground rule (method §3.3)."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +12,7 @@ from u2seg.maskcut.bipartition import (choose_side, corner_count, first_argmax, 
 
 
 def _reference_affinity(feats: np.ndarray, tau: float, eps: float) -> np.ndarray:
-    """Spec 3.1 written out: L2-normalise columns (zero stays zero), S = F^T F, binarise."""
+    """Method §3.1 written out: L2-normalise columns (zero stays zero), S = F^T F, binarise."""
     f = feats.astype(np.float64)
     norms = np.linalg.norm(f, axis=0)
     f = f / np.where(norms > 0, norms, 1.0)

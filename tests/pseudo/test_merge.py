@@ -1,4 +1,4 @@
-"""Panoptic merge rules (spec 6) on hand-made cases."""
+"""Panoptic merge rules (docs/method.md §6) on hand-made cases."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""DINOv2 / DINOv3 backbones through timm (issue 14): seeded random weights written in the OFFICIAL key
+"""DINOv2 / DINOv3 backbones through timm: seeded random weights written in the OFFICIAL key
 layouts (facebookresearch/dinov2 and dinov3 checkpoints; tiny depth 2 to keep the tests fast) load
 strictly, land in the right tensors, and give patch-14 / patch-16 grids."""
 from __future__ import annotations

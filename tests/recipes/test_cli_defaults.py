@@ -1,4 +1,4 @@
-"""One source of truth (issue 14): `u2seg train` / `u2seg predict` defaults are config.yaml's values."""
+"""One source of truth: `u2seg train` / `u2seg predict` defaults are config.yaml's values."""
 from __future__ import annotations
 
 import argparse

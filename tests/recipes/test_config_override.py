@@ -1,4 +1,4 @@
-"""Every config key settable from the command line with its schema type (issue 14), nested ones included."""
+"""Every config key settable from the command line with its schema type, nested ones included."""
 from __future__ import annotations
 
 import subprocess

@@ -1,4 +1,4 @@
-"""Multi-process training on CPU (gloo), as the train rule starts it with train.gpus = 2 (issue 14).
+"""Multi-process training on CPU (gloo), as the train rule starts it with train.gpus = 2.
 
 * 2 processes x batch 1 == 1 process x batch 2 (frozen BN): the same losses and weights. The two images
   of every batch are the same picture (two image ids), without flips, and the RPN / RoI samplers take

@@ -1,4 +1,4 @@
-"""Presets in configs/ (issue 14): each validates over config.yaml and dry-runs the whole DAG."""
+"""Presets in configs/: each validates over config.yaml and dry-runs the whole DAG."""
 from __future__ import annotations
 
 import copy

@@ -2,7 +2,7 @@
 ``skipped.json`` with its reason; the run completes; too many unreadable images fail the ingest rule
 with a clear message.
 
-Decisions (README "Reliability"): images with a side below ``ingest.min_side`` (default 8 px: the 1x1
+Decisions (docs/reliability.md): images with a side below ``ingest.min_side`` (default 8 px: the 1x1
 and the 5x40 image) are skipped; images at least ``min_side`` but smaller than a backbone patch (the
 12x12 image) are resized up to ``features.input_size`` and processed like any other.
 """

@@ -1,4 +1,4 @@
-"""Every `u2seg` flag explains itself; `u2seg --version` (issue 16)."""
+"""Every `u2seg` flag explains itself; `u2seg --version`."""
 from __future__ import annotations
 
 import argparse

@@ -1,7 +1,7 @@
 """Determinism on CPU: two clean runs with the same config give byte-identical pseudo-label json and
 PNGs (and equal feature arrays, MaskCut masks, cluster models). Only wall-clock fields may differ.
 
-On GPU this is not guaranteed (README "Reliability"): cuDNN/cuBLAS pick algorithms and reduction
+On GPU this is not guaranteed (docs/reliability.md): cuDNN/cuBLAS pick algorithms and reduction
 orders per run, so features, and everything downstream, can differ in the last bits.
 """
 from __future__ import annotations

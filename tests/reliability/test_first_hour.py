@@ -1,4 +1,4 @@
-"""A new user's first hour (issue 16): a typo in coco_root downloads nothing, config errors end the
+"""A new user's first hour: a typo in coco_root downloads nothing, config errors end the
 output with one clear line, the pipeline explains itself (rule docstrings, targets, report command)."""
 from __future__ import annotations
 

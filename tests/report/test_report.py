@@ -1,4 +1,4 @@
-"""Issue 9: every stage inspectable, checked in a real browser.
+"""Every stage inspectable, checked in a real browser.
 
 One small `samples` run (`inspect` target: pipeline + report items), then
 `snakemake inspect --report results/report.html`; the report is opened in headless Chromium
@@ -112,7 +112,7 @@ def samples_run(tmp_path_factory):
 
 
 def test_the_end_of_the_run_says_where_and_a_plain_report_command_works(samples_run):
-    """Issue 16: the run ends with the results' place and the report command; `snakemake --report`
+    """The run ends with the results' place and the report command; `snakemake --report`
     without --config builds the report of that run (its config recorded in results/last_run.yaml)."""
     work, res = samples_run["work"], samples_run["res"]
     err = samples_run["run"].stderr
@@ -146,7 +146,7 @@ def test_report_items_on_disk(samples_run):
     assert ingest["shards"][0]["images"] == n and ingest["shards"][0]["seconds"] > 0
     assert ingest["shards"][0]["dense_shape"][0] == n
 
-    # the stage galleries are copied in full, as JPEGs bounded in size (issue 16)
+    # the stage galleries are copied in full, as JPEGs bounded in size
     for stage in ("maskcut", "pseudo"):
         names = _stems(res / "samples" / stage / "gallery", ".png")
         assert names, f"{stage} wrote no gallery"

@@ -4,8 +4,8 @@
 Every backbone maps a normalised batch (B, 3, S, S) to a dense patch-feature map (B, C, S/stride,
 S/stride) and a global embedding (B, D); S must be a multiple of the patch size (8, 14 or 16):
   * ViT (DINO, DINOv2 with or without registers, DINOv3): dense = keys of the last attention block
-    (CLS and register tokens dropped, heads concatenated; spec 2.1; DINOv3: the keys before its
-    rotary position embedding), global = CLS token after the final LayerNorm (spec 2.2);
+    (CLS and register tokens dropped, heads concatenated; docs/method.md §2.1; DINOv3: the keys before its
+    rotary position embedding), global = CLS token after the final LayerNorm (method §2.2);
   * EfficientNet-Lite2: dense = the stride-16 stage (120 channels), global = pooled pre-logits (1280).
 """
 from __future__ import annotations
@@ -78,7 +78,7 @@ class Backbone(nn.Module):
     weights_id: str = ""
 
     def preprocess(self, images: list[np.ndarray], size: int) -> torch.Tensor:
-        """LANCZOS square resize (spec 2.1) + ToTensor + normalisation -> (B, 3, size, size)."""
+        """LANCZOS square resize (method §2.1) + ToTensor + normalisation -> (B, 3, size, size)."""
         if size % self.stride:
             raise UserError(f"input size {size} is not a multiple of the backbone stride {self.stride}")
         batch = np.stack([resize_square(img, size) for img in images]).astype(np.float32) / 255.0

@@ -1,6 +1,6 @@
 """``u2seg cityscapes-panoptic``: Cityscapes gtFine -> a COCO panoptic GT the pipeline ingests.
 
-Two sources (README "Your own dataset" -> Cityscapes):
+Two sources (docs/own-images.md, "Cityscapes"):
 
 * ``--gtfine gtFine/val``: the official ``*_gtFine_instanceIds.png`` files (value = label id, or
   label id x 1000 + instance for instance classes). Every label 7..33 (the 27 classes of the

@@ -114,7 +114,7 @@ def load_rgb(path: str | Path, max_side: int = 20000, min_side: int = 1) -> np.n
 
 
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:
-    """LANCZOS resize to ``size`` x ``size`` (aspect ratio not kept, as MaskCut does; spec 2.1)."""
+    """LANCZOS resize to ``size`` x ``size`` (aspect ratio not kept, as MaskCut does; docs/method.md §2.1)."""
     if img.shape[0] == size and img.shape[1] == size:
         return img
     return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.LANCZOS))

@@ -1,4 +1,4 @@
-"""What the end of a run tells the user, and the report of the run they made (issue 16).
+"""What the end of a run tells the user, and the report of the run they made.
 
 * ``record_run``: the Snakefile's ``onsuccess`` handler writes the run's validated config to
   ``{results}/last_run.yaml``, so ``snakemake --report`` can be built for that run without

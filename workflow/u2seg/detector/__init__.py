@@ -1,4 +1,4 @@
-"""Panoptic Cascade Mask R-CNN (U2Seg's detector, spec section 7) built from torchvision parts.
+"""Panoptic Cascade Mask R-CNN (U2Seg's detector, docs/method.md §7) built from torchvision parts.
 
 Modules: ``model`` (architecture), ``losses`` (DropLoss), ``data`` (pseudo-label dataset,
 augmentation, copy-paste), ``checkpoint`` (atomic save / safe load), ``train`` / ``predict`` /

@@ -3,7 +3,7 @@
 A sample is one image with its instance masks (N, H, W), thing labels 0..K-1 (``category_id - 1``)
 and its semantic target (H, W) uint8 (0 = thing, 1..stuff = stuff, 255 = void).
 Augmentation: detectron2's ``ResizeShortestEdge`` (short side drawn from ``min_sizes``, long side
-capped at ``max_size``) + horizontal flip, then optional CutLER copy-paste within the batch (spec 7.2).
+capped at ``max_size``) + horizontal flip, then optional CutLER copy-paste within the batch (docs/method.md §7.2).
 Batches are a pure function of (seed, iteration), so a resumed run sees exactly the same data.
 """
 from __future__ import annotations
@@ -210,7 +210,7 @@ def augment(sample: Sample, rng: np.random.Generator, min_sizes: list[int], max_
 
 def copy_paste(target: Sample, source: Sample, rng: np.random.Generator, min_scale: float = 0.3,
                max_scale: float = 1.0, max_occlusion: float = 0.5) -> Sample:
-    """Paste random instances of ``source`` onto ``target`` (CutLER copy-paste, spec 7.2).
+    """Paste random instances of ``source`` onto ``target`` (CutLER copy-paste, method §7.2).
 
     1..n-1 source instances (1 if n = 1) are chosen; the source image and masks are rescaled by
     r ~ U(min_scale, max_scale) times the factor that fits them into the target, and placed at a

@@ -1,4 +1,4 @@
-"""Detector losses: classification with CutLER's DropLoss (spec 7.2) and helpers."""
+"""Detector losses: classification with CutLER's DropLoss (docs/method.md §7.2) and helpers."""
 from __future__ import annotations
 
 import torch

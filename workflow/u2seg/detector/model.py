@@ -1,4 +1,4 @@
-"""Panoptic Cascade Mask R-CNN (spec 7.1) from torchvision detection parts and timm backbones.
+"""Panoptic Cascade Mask R-CNN (docs/method.md §7.1) from torchvision detection parts and timm backbones.
 
 Architecture (detectron2's ``PanopticFPN`` + ``CascadeROIHeads`` as U2Seg configures them):
   * backbone: timm ``features_only`` (strides 4..32) -> ``FeaturePyramidNetwork`` P2..P5 + P6 (max pool);
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # Pixel statistics (RGB, 0..255 scale) per backbone.
 PIXEL_STATS: dict[str, tuple[list[float], list[float]]] = {
-    # U2Seg / CutLER DINO ResNet-50 configs (spec 7.1)
+    # U2Seg / CutLER DINO ResNet-50 configs (method §7.1)
     "resnet50": ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375]),
     "resnet101": ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375]),
     # EfficientNet-Lite: (x - 127.5) / 127.5, as u2seg.backbones normalises it
@@ -87,7 +87,7 @@ class ModelConfig:
     sem_conv_dim: int = 128
     sem_norm_groups: int = 32
     sem_loss_weight: float = 0.5
-    droploss: bool = False  # CutLER DropLoss (spec 7.2)
+    droploss: bool = False  # CutLER DropLoss (method §7.2)
     droploss_thresh: float = 0.01
     score_thresh_test: float = 0.05
     nms_thresh_test: float = 0.5

@@ -1,4 +1,4 @@
-"""Inference: COCO results (bbox + segm), panoptic PNG + json (spec 7.3 fusion), semantic PNGs.
+"""Inference: COCO results (bbox + segm), panoptic PNG + json (docs/method.md §7.3 fusion), semantic PNGs.
 
 Categories follow the pseudo-labels: things 1..K (= label + 1), stuff K+1..K+S (semantic class c -> K + c).
 """
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PredictConfig:
-    """Inference settings (defaults: detectron2 / U2Seg test settings, spec 7.1 and 7.3)."""
+    """Inference settings (defaults: detectron2 / U2Seg test settings, method §7.1 and §7.3)."""
 
     min_size: int = 800
     max_size: int = 1333
@@ -255,7 +255,7 @@ def fuse_panoptic(mask_of: Callable[[int], MaskCrop | None], scores: np.ndarray,
                   semantic: np.ndarray | None, image_hw: tuple[int, int], num_classes: int,
                   instance_score_thresh: float = 0.5, overlap_thresh: float = 0.5,
                   stuff_area_thresh: int = 4096) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """detectron2's panoptic combination (spec 7.3) -> (segment id map int32 (H, W), segments_info).
+    """detectron2's panoptic combination (method §7.3) -> (segment id map int32 (H, W), segments_info).
 
     Instances by descending score until score < ``instance_score_thresh``; an instance is skipped
     when more than ``overlap_thresh`` of its mask is already taken, else its free part is added.

@@ -1,4 +1,4 @@
-"""Next-round pseudo-labels from a model's predictions on the training images (CutLER, spec 7.2).
+"""Next-round pseudo-labels from a model's predictions on the training images (CutLER, docs/method.md §7.2).
 
 Per image: the top ``max_per_image`` predictions by score, of which those with score >= ``score_thresh``
 are kept; old pseudo-masks are kept too when their mask IoU with every kept prediction is

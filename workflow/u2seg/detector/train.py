@@ -1,4 +1,4 @@
-"""Training loop (spec 7.1): SGD + linear warmup + multi-step decay, gradient clipping, AMP on CUDA,
+"""Training loop (docs/method.md §7.1): SGD + linear warmup + multi-step decay, gradient clipping, AMP on CUDA,
 resumable checkpoints (exact: data and RNG are functions of the iteration), DDP under torchrun.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ CLIP_TYPES = ("param_norm", "global_norm", "value")
 
 @dataclass
 class TrainConfig:
-    """Solver and data settings. Defaults are U2Seg's (spec 7.1); config.yaml holds a short CPU schedule."""
+    """Solver and data settings. Defaults are U2Seg's (method §7.1); config.yaml holds a short CPU schedule."""
 
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda

@@ -42,7 +42,7 @@ COCOSTUFF27_NAMES: tuple[str, ...] = tuple(
     for i, n in enumerate(COCOSTUFF27_SUPERCATEGORIES))
 NUM_THING_SUPERCATEGORIES = 12
 
-# U2Seg's 15 COCO stuff super-categories (spec 8.1(b)); 16-class index = 1 + position, 0 = things.
+# U2Seg's 15 COCO stuff super-categories (docs/method.md §8.1(b)); 16-class index = 1 + position, 0 = things.
 U2SEG_STUFF_SUPERCATEGORIES: tuple[str, ...] = (
     "textile", "building", "raw-material", "furniture-stuff", "floor", "plant", "food-stuff", "ground",
     "structural", "water", "wall", "window", "ceiling", "sky", "solid",
@@ -193,7 +193,7 @@ def panoptic_image(source: tuple) -> tuple[np.ndarray, list[dict[str, Any]]]:
 
 # ---------------------------------------------------------------------------- category protocols
 def u2seg_panoptic_categories(categories: list[Category]) -> tuple[list[Category], dict[int, int]]:
-    """U2Seg's panoptic class set (spec 8.1(d)): things keep their ids, each stuff category maps
+    """U2Seg's panoptic class set (method §8.1(d)): things keep their ids, each stuff category maps
     to its super-category (id ``1000 + i``, i = 1..15). Returns (eval categories, id map)."""
     out = [c for c in categories if c.isthing]
     cat_map = {c.id: c.id for c in out}

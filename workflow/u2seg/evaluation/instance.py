@@ -1,6 +1,6 @@
 """Instance AP through pycocotools' COCOeval (box and mask).
 
-* ``class_agnostic``: CutLER's protocol (spec 8.2): every GT and predicted category collapsed into
+* ``class_agnostic``: CutLER's protocol (docs/method.md §8.2): every GT and predicted category collapsed into
   one class, crowd GT kept as crowd, standard COCOeval (maxDets 1/10/100).
 * ``matched``: predictions relabelled by a cluster -> class mapping. Predictions of unmapped
   clusters are either dropped (U2Seg's majority protocol) or charged as false positives of a given

@@ -1,4 +1,4 @@
-"""Cluster -> class mappings (spec 8.1(a), 8.3): one rule each, no hand-edited constants.
+"""Cluster -> class mappings (docs/method.md §8.1(a), §8.3): one rule each, no hand-edited constants.
 
 Both rules read a (clusters x classes) overlap matrix:
 

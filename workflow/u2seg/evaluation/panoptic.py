@@ -1,4 +1,4 @@
-"""Panoptic quality (PQ / SQ / RQ) with panopticapi's semantics (spec 8.4), own implementation.
+"""Panoptic quality (PQ / SQ / RQ) with panopticapi's semantics (docs/method.md §8.4), own implementation.
 
 Per image, a (GT segment, predicted segment) pair is a true positive iff both have the same
 category, the GT segment is not crowd and IoU > 0.5, with

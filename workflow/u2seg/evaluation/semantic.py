@@ -1,4 +1,4 @@
-"""Semantic segmentation metrics: PixelAcc / mIoU of cluster predictions (spec 8.1(b,c), 8.3, 8.5).
+"""Semantic segmentation metrics: PixelAcc / mIoU of cluster predictions (docs/method.md §8.1(b,c), §8.3, §8.5).
 
 Prediction labels are ``0`` (thing) and ``1..S`` (stuff clusters), as the detector's semantic PNG;
 any other value is "no prediction" and excluded. GT is the COCO-Stuff-27 class map (12 thing + 15

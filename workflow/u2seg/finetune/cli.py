@@ -1,4 +1,4 @@
-"""``u2seg finetune <action>``: the few-shot path (spec 7.4).
+"""``u2seg finetune <action>``: the few-shot path (docs/method.md §7.4).
 
   split     labelled subset of a COCO instances json (seeded), category ids made contiguous 1..C
   rehead    a trained U2Seg model re-headed for the C real classes (the fine-tuning init)

@@ -1,4 +1,4 @@
-"""MaskCut (spec section 3): class-agnostic instance pseudo-masks from dense patch features.
+"""MaskCut (docs/method.md §3): class-agnostic instance pseudo-masks from dense patch features.
 
 Modules: ``affinity`` (binarised cosine graph), ``eigen`` (second generalized eigenvector: dense
 LAPACK reference and a fast batched block-Krylov solver), ``bipartition`` (foreground rule, seed

@@ -1,4 +1,4 @@
-"""The MaskCut graph (spec 3.1): binarised cosine affinity between patch features.
+"""The MaskCut graph (docs/method.md §3.1): binarised cosine affinity between patch features.
 
 Features are cast to float64 (shards store float16) and L2-normalised per patch. Only the
 thresholded similarity S > tau matters, so it is computed with a float32 product and every pair
@@ -70,7 +70,7 @@ def similarity_above(feats: torch.Tensor, tau: float, block_rows: int = 512) -> 
 
 def binarized_affinity(above: torch.Tensor, tau: float, eps: float,
                        painted: torch.Tensor | None = None) -> torch.Tensor:
-    """A_ij = 1 if S_ij > tau else eps (spec 3.1), with painted patches' features zeroed (spec 3.4).
+    """A_ij = 1 if S_ij > tau else eps (method §3.1), with painted patches' features zeroed (method §3.4).
 
     ``above`` is ``S > tau`` (bool, (..., n, n); see ``similarity_above``); ``painted`` (..., n) bool
     marks patches whose features were set to zero: their cosine similarity with every patch

@@ -1,4 +1,4 @@
-"""MaskCut as pure functions (spec 3.1-3.5): patch features + resized RGB image -> binary masks.
+"""MaskCut as pure functions (docs/method.md §3.1-§3.5): patch features + resized RGB image -> binary masks.
 
 Three stages, each usable on its own:
   1. ``patch_masks_batch``: the N-cut loop on the patch grid (batched over images; torch device);
@@ -27,7 +27,7 @@ from u2seg.maskcut.eigen import SOLVERS, EigenInfo, second_eigenvectors
 
 @dataclass(frozen=True)
 class MaskCutParams:
-    """MaskCut parameters; defaults are the spec's (CutLER README: tau 0.15, N 3, eps 1e-5)."""
+    """MaskCut parameters; defaults are CutLER's (method §3; CutLER README: tau 0.15, N 3, eps 1e-5)."""
 
     tau: float = 0.15
     eps: float = 1e-5
@@ -106,7 +106,7 @@ def _sync(device: torch.device) -> None:
 def patch_masks_batch(features: np.ndarray | torch.Tensor, params: MaskCutParams,
                       device: torch.device | str = "cpu", timer: Timer | None = None,
                       eigen_log: list[EigenInfo] | None = None) -> list[list[np.ndarray]]:
-    """The N-cut loop (spec 3.2-3.4) for a batch of (B, C, h, w) feature grids.
+    """The N-cut loop (method §3.2-§3.4) for a batch of (B, C, h, w) feature grids.
 
     Returns, per image, ``n_masks`` (h, w) bool patch masks (rejected ones are all-False). The
     thresholded similarity is computed once per image: zeroing a painted patch's features only
@@ -169,7 +169,7 @@ def pixel_masks(patch_masks: Sequence[np.ndarray], size: int) -> list[np.ndarray
 
 def refine_masks(image: np.ndarray | None, masks: Sequence[np.ndarray], params: MaskCutParams,
                  timer: Timer | None = None) -> list[np.ndarray]:
-    """Dense CRF, hole filling and the pre/post-CRF IoU filter (spec 3.5) on input-size masks.
+    """Dense CRF, hole filling and the pre/post-CRF IoU filter (method §3.5) on input-size masks.
 
     Empty masks stay empty (a CRF cannot create foreground from an all-background unary); masks whose
     CRF result has IoU < ``min_crf_iou`` with the input become empty. ``image`` may be None only
@@ -199,7 +199,7 @@ def refine_masks(image: np.ndarray | None, masks: Sequence[np.ndarray], params: 
 
 
 def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Resize a binary mask to the original (width, height) (spec 3.5: 0/255 uint8, PIL bicubic, PIL's
+    """Resize a binary mask to the original (width, height) (method §3.5: 0/255 uint8, PIL bicubic, PIL's
     default filter for 8-bit images, re-binarised at max / 2)."""
     if mask.shape == (height, width):
         return mask.astype(bool)

@@ -1,4 +1,4 @@
-"""Class-agnostic COCO AP of class-agnostic masks (CutLER protocol, spec 8.2; pycocotools).
+"""Class-agnostic COCO AP of class-agnostic masks (CutLER protocol, docs/method.md §8.2; pycocotools).
 
 Every ground-truth category is collapsed into one ``fg`` class (crowd regions stay crowd); each
 MaskCut mask becomes a detection of that class. MaskCut masks carry no score: by default every

@@ -1,4 +1,4 @@
-"""Bipartition and foreground choice (spec 3.3) on the h x w patch grid."""
+"""Bipartition and foreground choice (docs/method.md §3.3) on the h x w patch grid."""
 from __future__ import annotations
 
 import numpy as np
@@ -68,7 +68,7 @@ def seed_component(side: np.ndarray, seed: int) -> np.ndarray:
 
 
 def foreground_mask(x: np.ndarray, rule: str = "faithful") -> np.ndarray:
-    """(h, w) eigenvector grid -> (h, w) bool patch mask of the foreground object (spec 3.3)."""
+    """(h, w) eigenvector grid -> (h, w) bool patch mask of the foreground object (method §3.3)."""
     side, seed = choose_side(x, rule)
     return seed_component(side, seed)
 

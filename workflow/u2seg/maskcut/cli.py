@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--gallery", type=Path, required=True, help="output folder of overlay PNGs")
     io.add_argument("--gallery-size", type=int, default=8,
                     help="images of the whole dataset (fixed hash sample) that get an overlay PNG")
-    alg = parser.add_argument_group("MaskCut (spec section 3)")
+    alg = parser.add_argument_group("MaskCut (docs/method.md §3)")
     alg.add_argument("--tau", type=float, default=d.tau, help="affinity threshold on the cosine similarity")
     alg.add_argument("--eps", type=float, default=d.eps, help="weight of the edges below tau")
     alg.add_argument("--n-masks", type=int, default=d.n_masks, help="masks per image (N)")

@@ -1,4 +1,4 @@
-"""Dense CRF refinement of a binary mask (spec 3.5; pydensecrf2, imported as ``pydensecrf``).
+"""Dense CRF refinement of a binary mask (docs/method.md §3.5; pydensecrf2, imported as ``pydensecrf``).
 
 Unary: logits (bg = 1 - m, fg = m) -> softmax (p_fg = 0.731 inside, 0.269 outside) -> -log p.
 Pairwise: Gaussian (sxy, compat) + bilateral (sxy, srgb, compat) Potts terms; mean-field

@@ -1,4 +1,4 @@
-"""The MaskCut eigenproblem (spec 3.2): x = second-smallest eigenvector of (D - A) x = lambda D x.
+"""The MaskCut eigenproblem (docs/method.md §3.2): x = second-smallest eigenvector of (D - A) x = lambda D x.
 
 Two solvers that return the same vector (scale: x^T D x = 1; sign: see ``canonical_sign``):
 

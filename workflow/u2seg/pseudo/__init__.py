@@ -1,1 +1,1 @@
-"""Pseudo-labels (spec sections 4-6): instance embeddings, instance and stuff clustering, panoptic merge."""
+"""Pseudo-labels (docs/method.md §4-§6): instance embeddings, instance and stuff clustering, panoptic merge."""

@@ -1,13 +1,13 @@
-"""Per-instance embeddings for instance clustering (spec 2.2, 4).
+"""Per-instance embeddings for instance clustering (docs/method.md §2.2, §4).
 
 * ``pooled``: mask-weighted average of the dense shard features. The dense grid covers the whole
   image (square resize, aspect not kept), so each grid cell's weight is the exact fraction of it
   covered by the mask at the original resolution. No second forward pass.
-* ``crop_cls``: the spec's recipe: crop the image to the mask's box (plus a margin, a fraction of
+* ``crop_cls``: the recipe of method §2.2: crop the image to the mask's box (plus a margin, a fraction of
   the box size per side), set pixels outside the mask to a constant background colour, resize the
   shorter side to ``crop_size`` (bilinear, antialiased) and centre-crop ``crop_size`` x ``crop_size``,
   normalise with the backbone's mean/std, and take the backbone's global embedding (ViT: CLS token
-  after the final norm). Embeddings are not L2-normalised (spec 2.2).
+  after the final norm). Embeddings are not L2-normalised (method §2.2).
 """
 from __future__ import annotations
 

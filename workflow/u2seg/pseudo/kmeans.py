@@ -1,4 +1,4 @@
-"""Streaming Lloyd k-means (spec 4): exact Lloyd iterations over rows read one chunk at a time.
+"""Streaming Lloyd k-means (docs/method.md §4): exact Lloyd iterations over rows read one chunk at a time.
 
 Memory is bounded by the centroids (k x d), the per-cluster sums (k x d, float64) and one chunk
 (``chunk x d`` rows plus its ``chunk x k`` distance block); it does not grow with the number of rows.
@@ -209,7 +209,7 @@ def _nearest(x: torch.Tensor, c: torch.Tensor, cc: torch.Tensor, second: bool = 
 
 
 def init_centroids(source: RowSource, k: int, seed: int, spherical: bool = False) -> np.ndarray:
-    """k distinct rows chosen with a seeded generator (spec 4), gathered in one streaming pass."""
+    """k distinct rows chosen with a seeded generator (method §4), gathered in one streaming pass."""
     if k < 1:
         raise ValueError("k must be >= 1")
     if source.n_rows < k:

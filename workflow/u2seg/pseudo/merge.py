@@ -1,4 +1,4 @@
-"""Panoptic merge of pseudo-instances and a stuff map (spec 6), as a pure function over arrays.
+"""Panoptic merge of pseudo-instances and a stuff map (docs/method.md §6), as a pure function over arrays.
 
 Rules per image:
 1. things are painted in order of descending box area (w * h of the mask's tight box), so smaller

@@ -2,7 +2,7 @@
 semantic-branch PNGs, a gallery and the pseudo-label summary.
 
 Images without any pseudo-instance are kept (stuff-only) and counted in the summary (the reference
-skips them, spec 6 step 5). Segment ids are global running integers (unique within and across
+skips them, docs/method.md §6 step 5). Segment ids are global running integers (unique within and across
 images), starting at 1.
 """
 from __future__ import annotations

@@ -1,14 +1,14 @@
-"""STEGO's segmentation head, correspondence-distillation loss and cluster probe (spec 5).
+"""STEGO's segmentation head, correspondence-distillation loss and cluster probe (docs/method.md §5).
 
 Every formula and constant follows STEGO (Hamilton et al., ICLR 2022; mhamilton723/STEGO at eb4d6b5,
-``src/modules.py`` and ``src/train_segmentation.py``, paraphrased in ``docs/stego-training.md``); the
+``src/modules.py`` and ``src/train_segmentation.py``, paraphrased in method §5.1-§5.8); the
 code is written for this project. Differences from the reference, all forced by training on the
 dense features already stored in the feature shards (no backbone forward pass during training):
 
 * a "five crop" is a crop of the stored dense map (corners + centre, half the height and width),
   not a re-encoded JPEG crop fed through the backbone;
 * the kNN descriptor is the spatial mean of a crop's dense features (STEGO: of its patch tokens),
-  computed without dropout (STEGO's precompute leaves dropout on, a bug, docs/stego-training.md 7.1);
+  computed without dropout (STEGO's precompute leaves dropout on, a bug, method §5.8, item 1);
 * no flip test-time augmentation (a flipped image's features are not in the shards).
 
 Shapes: dense maps are (B, C, h, w); a code map is (B, D, h, w); sampled points are (B, C, P).
@@ -111,7 +111,7 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def derangement(size: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """STEGO's ``super_perm``: a random permutation whose fixed points i are moved to i+1 (mod size).
 
-    It has no fixed point (for size >= 2) but may repeat an index (docs/stego-training.md 7.7).
+    It has no fixed point (for size >= 2) but may repeat an index (method §5.8, item 7).
     """
     perm = torch.randperm(size, generator=generator)
     perm = torch.where(perm == torch.arange(size), perm + 1, perm)

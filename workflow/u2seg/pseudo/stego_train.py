@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StegoTrainParams:
-    """Schedule and head settings; defaults = STEGO's COCO-Stuff-27 ViT-B/8 values (docs/stego-training.md)."""
+    """Schedule and head settings; defaults = STEGO's COCO-Stuff-27 ViT-B/8 values (docs/method.md §5.1)."""
 
     dim: int = 90
     k: int = 27

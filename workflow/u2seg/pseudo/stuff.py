@@ -1,4 +1,4 @@
-"""Unsupervised stuff (semantic) pseudo-labels (spec 5, without STEGO's supervised linear probe).
+"""Unsupervised stuff (semantic) pseudo-labels (docs/method.md §5, without STEGO's supervised linear probe).
 
 ``StuffModel`` is the interface: ``fit(patches)`` over a stream of patch features, ``scores(dense)``
 per class for one image's dense map (C, h, w), ``predict(dense)`` the label map (h, w). The first
