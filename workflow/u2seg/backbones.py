@@ -308,7 +308,7 @@ class BackboneSpec:
     description: str
 
 
-# name -> (builder, description): every backbone record with the builder of its layout
+# name -> (builder, description) of every backbone record (a view; build_backbone reads the records)
 REGISTRY: dict[str, BackboneSpec] = {
     n: BackboneSpec(BUILDERS[b.checkpoint_layout], b.description) for n, b in specs.BACKBONES.items()}
 
@@ -326,7 +326,8 @@ def build_backbone(name: str, weights: str | None = None, device: str = "cpu",
                    arch: dict[str, Any] | None = None) -> Backbone:
     """Build a registered backbone in eval mode on ``device`` (``arch``: timm overrides of a DINO ViT
     such as ``{"depth": 2}``, for tests)."""
-    if name not in REGISTRY:
-        raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(REGISTRY)}")
-    model = REGISTRY[name].builder(name, weights, **(arch or {}))
+    spec = specs.BACKBONES.get(name)
+    if spec is None:
+        raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(specs.BACKBONES)}")
+    model = BUILDERS[spec.checkpoint_layout](name, weights, **(arch or {}))
     return model.eval().to(resolve_device(device))
