@@ -59,7 +59,8 @@ def test_every_core_record_is_run_and_described(tmp_path):
             (sample / "annotations" / "panoptic_val2017" / a["file_name"]).read_bytes())
     atomic.write_json(pred / "panoptic.json", {"annotations": data["annotations"], "categories": data["categories"]})
     dets = [dict(a, score=1.0) for a in gt["annotations"] if not a["iscrowd"]]
-    kw = dict(instances_data=dets, panoptic_json=pred / "panoptic.json", panoptic_dir=pred / "panoptic", num_stuff=53)
+    kw = {"instances_data": dets, "panoptic_json": pred / "panoptic.json", "panoptic_dir": pred / "panoptic",
+          "num_stuff": 53}
     m = protocols.evaluate(man, "pansample", "gt", **kw)
     s = m["settings"]
     params = {"instance/majority": s["majority"], "instance/hungarian": s["hungarian"],

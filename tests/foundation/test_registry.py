@@ -67,11 +67,8 @@ def _braces(token: str) -> list[str]:
     groups = [g.split(",") for g in re.findall(r"\{([^}]*)\}", token)]
     if not groups:
         return [token]
-    out = []
-    for values in zip(*groups):
-        it = iter(values)
-        out.append(re.sub(r"\{[^}]*\}", lambda _: next(it), token))
-    return out
+    parts = re.split(r"\{[^}]*\}", token)  # len(groups) + 1 literal pieces around the groups
+    return ["".join(p + v for p, v in zip(parts, (*values, ""))) for values in zip(*groups)]
 
 
 def table_names(cell: str) -> list[str]:

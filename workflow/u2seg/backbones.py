@@ -1,5 +1,6 @@
-"""Feature backbones: a registry of self-supervised (DINO, DINOv2, DINOv3 ViT) and offline
-(EfficientNet-Lite2) models.
+"""Feature backbones: self-supervised (DINO, DINOv2, DINOv3 ViT) and offline (EfficientNet-Lite2)
+models, built from their spec records (``u2seg.registry.BACKBONES``: architecture, patch, dims, weights
+URL, licence) by one builder per checkpoint layout (:data:`BUILDERS`).
 
 Every backbone maps a normalised batch (B, 3, S, S) to a dense patch-feature map (B, C, S/stride,
 S/stride) and a global embedding (B, D); S must be a multiple of the patch size (8, 14 or 16):
