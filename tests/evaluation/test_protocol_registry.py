@@ -25,6 +25,13 @@ def test_records_name_the_runners():
         assert set(p.dataset_kinds) <= {k for k, v in registry.DATASET_KINDS.items() if v.ground_truth}, p.name
 
 
+def test_zero_shot_columns_name_core_records():
+    from u2seg.evaluation import zero_shot
+
+    for column, path in zero_shot.COLUMNS:
+        assert "/".join(path[:2]) in protocols.PROTOCOLS, column
+
+
 def test_describe_fills_settings():
     d = protocols.default_settings()
     text = registry.PROTOCOLS["instance/hungarian"].describe(**d["hungarian"])
