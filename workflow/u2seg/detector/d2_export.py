@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import yaml
 
+from u2seg import registry
 from u2seg.atomic import write_bytes, write_text
 from u2seg.detector import checkpoint as ckpt
 from u2seg.detector.d2_format import BOTTOM_UP, NORM_BUFFER, timm_resnet_key_to_d2
@@ -33,7 +34,7 @@ from u2seg.errors import UserError
 log = logging.getLogger(__name__)
 
 D2_NORMS = ("SyncBN", "BN", "FrozenBN")
-RESNET_DEPTH = {"resnet50": 50, "resnet101": 101}
+RESNET_DEPTH = {n: b.resnet_depth for n, b in registry.DETECTOR_BACKBONES.items() if b.resnet_depth}
 
 _RULES = [
     (re.compile(r"fpn\.inner_blocks\.(\d)\.0\.(weight|bias)"), lambda m: f"backbone.fpn_lateral{int(m[1]) + 2}.{m[2]}"),

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from u2seg import registry
 from u2seg.detector import checkpoint as ckpt
 from u2seg.detector.d2_format import (BOTTOM_UP, NORM_BUFFER, d2_resnet_key_to_timm, d2_resnet_to_timm,
                                       load_d2_checkpoint, load_d2_pickle)
@@ -39,7 +40,7 @@ __all__ = ["import_checkpoint", "infer_config", "convert_state_dict", "map_key",
 
 log = logging.getLogger(__name__)
 
-RESNET_DEPTHS = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101"}
+RESNET_DEPTHS = {b.resnet_blocks: n for n, b in registry.DETECTOR_BACKBONES.items() if b.resnet_blocks}
 DEFAULT_CASCADE = ([0.5, 0.6, 0.7], [[10.0, 10.0, 5.0, 5.0], [20.0, 20.0, 10.0, 10.0], [30.0, 30.0, 15.0, 15.0]])
 # Non-parameter entries of a detectron2 state dict that the converted model does not store: the pixel
 # statistics (read into the model config instead) and the anchors of old checkpoints (recomputed).

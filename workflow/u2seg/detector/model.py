@@ -33,20 +33,16 @@ from torchvision.ops import boxes as box_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from u2seg import registry
 from u2seg.detector.d2_format import d2_resnet_to_timm, is_d2_resnet, load_d2_pickle
 from u2seg.detector.losses import box_regression_loss, classification_loss, drop_loss_weights
 from u2seg.errors import UserError
 
 log = logging.getLogger(__name__)
 
-# Pixel statistics (RGB, 0..255 scale) per backbone.
+# Pixel statistics (RGB, 0..255 scale) per backbone, from its record (u2seg.registry.DETECTOR_BACKBONES).
 PIXEL_STATS: dict[str, tuple[list[float], list[float]]] = {
-    # U2Seg / CutLER DINO ResNet-50 configs (method §7.1)
-    "resnet50": ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375]),
-    "resnet101": ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375]),
-    # EfficientNet-Lite: (x - 127.5) / 127.5, as u2seg.backbones normalises it
-    "efficientnet_lite2": ([127.5, 127.5, 127.5], [127.5, 127.5, 127.5]),
-}
+    n: (list(b.pixel_mean), list(b.pixel_std)) for n, b in registry.DETECTOR_BACKBONES.items()}
 BACKBONE_NORMS = ("frozen_bn", "bn")
 FPN_NORMS = ("none", "bn", "frozen_bn")
 HEAD_KEYS = ("fc.", "classifier.", "conv_head.", "bn2.", "head.", "global_pool.")
@@ -94,7 +90,7 @@ class ModelConfig:
     detections_per_image: int = 100
 
     def __post_init__(self) -> None:
-        default_mean, default_std = PIXEL_STATS.get(self.backbone, PIXEL_STATS["resnet50"])
+        default_mean, default_std = PIXEL_STATS.get(self.backbone, PIXEL_STATS[registry.DEFAULT_DETECTOR_STATS.name])
         if self.pixel_mean is None:
             self.pixel_mean = list(default_mean)
         if self.pixel_std is None:
@@ -157,7 +153,8 @@ def read_backbone_weights(name: str, weights: str) -> dict[str, Tensor]:
     from pathlib import Path
 
     if weights == "imagenet":
-        if name != "efficientnet_lite2":
+        spec = registry.DETECTOR_BACKBONES.get(name)
+        if spec is None or not spec.bundled_weights:
             raise UserError(f"backbone_weights='imagenet' is only bundled for efficientnet_lite2, not {name}; "
                             "give the path of a weights file (e.g. DINO ResNet-50)")
         from u2seg.backbones import load_efficientnet_lite2_state_dict

@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from u2seg import registry
 from u2seg.errors import UserError
 from u2seg.evaluation import gt as gtmod
 from u2seg.evaluation import matching, panoptic, semantic
@@ -148,8 +149,7 @@ def cups(n: int) -> Callable[..., dict[str, Any]]:
         pred_map = {pred_ids[r]: classes[c].id for r, c in enumerate(assignment) if c >= 0}
         pq = panoptic.pq_compute(pgt.sources, pan_preds, classes, gt_map, pred_map, workers=workers,
                              pred_categories=pred_ids)
-        return {"protocol": f"CUPS: predicted labels -> {n} Cityscapes classes, one-to-one pixel Hungarian over "
-                            "the set; unmatched labels VOID (PQ) / errors (mIoU)",
+        return {"protocol": registry.PROTOCOLS[f"cityscapes/cups{n}"].describe(),
                 "panoptic": pq, "semantic": _semantic_scores(conf, assignment, classes),
                 "mapping": {str(k): next(c.name for c in classes if c.id == v) for k, v in pred_map.items()}}
     return run
@@ -173,11 +173,11 @@ def u2seg(pgt: gtmod.PanopticGT, pan_preds: dict, pred_cats: list[dict[str, Any]
     pq = panoptic.pq_compute(pgt.sources, pan_preds, classes, gt_map, pred_map, workers=workers,
                              pred_categories=pred_ids)
     names = {c.id: c.name for c in classes}
-    return {"protocol": "U2Seg Cityscapes: 8 things via instance/majority, 11 stuff via per-image IoU > "
-                        f"{vote_iou} votes; unmapped labels VOID",
+    return {"protocol": registry.PROTOCOLS["cityscapes/u2seg"].describe(vote_iou=vote_iou),
             "panoptic": pq, "mapping": {str(k): names[v] for k, v in pred_map.items()}}
 
 
+# runner of each Cityscapes protocol record (u2seg.registry.PROTOCOLS)
 PROTOCOLS: dict[str, Callable[..., dict[str, Any]]] = {
     "cityscapes/u2seg": u2seg,
     "cityscapes/cups27": cups(27),

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from u2seg import registry
 from u2seg.errors import UserError
 from u2seg.evaluation import gt as gtmod
 from u2seg.evaluation import cityscapes, dataset_gt, instance, matching, panoptic, semantic
@@ -35,33 +36,14 @@ from u2seg.manifest import image_stem
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = {
-    "instance/class_agnostic": "CutLER class-agnostic: every GT and predicted category collapsed into one "
-                               "class, crowd kept, COCOeval maxDets 1/10/100",
-    "instance/majority": "U2Seg released cluster->class majority vote (score >= {min_score}, {iou_type} IoU > "
-                         "{min_iou}, crowd GT {crowd}); unmapped clusters dropped; fitted on the evaluated set",
-    "instance/hungarian": "strict one-to-one Hungarian on the cluster x class vote matrix (score >= {min_score}, "
-                          "{iou_type} IoU > {min_iou}, crowd GT {crowd}); unmatched clusters counted as false "
-                          "positives of their most-overlapping class; fitted on the evaluated set",
-    "semantic/stego27": "STEGO COCO-Stuff-27 exactly as STEGO's UnsupervisedMetrics computes it: GT = COCO "
-                        "super-categories (12 thing + 15 stuff) from panoptic GT at full resolution; one-to-one "
-                        "Hungarian over the whole set; pixels of labels >= 27 dropped, unmatched labels summed into "
-                        "one extra IoU entry, absent classes get IoU 0 when their label predicts pixels",
-    "semantic/stego27_strict": "stricter 27-class variant: the same one-to-one Hungarian with every label counted "
-                               "(pixels of unmatched labels are errors), mIoU over classes with TP + FP + FN > 0",
-    "semantic/u2seg16": "U2Seg released 16 classes (things + 15 stuff super-categories): per-image IoU > {vote_iou} "
-                        "majority votes; pixels of unmapped labels excluded",
-    "panoptic/u2seg": "panopticapi PQ; things via instance/majority, stuff via semantic/u2seg16; unmapped "
-                      "segments VOID; GT stuff relabelled to super-categories (segments not merged)",
-    "panoptic/hungarian": "panopticapi PQ; things via instance/hungarian, stuff via one-to-one Hungarian "
-                          "(stuff labels x stuff super-categories, pixel overlap); segments of unmatched "
-                          "clusters are false positives; GT stuff merged per super-category and image",
-}
+# Description of every core protocol, from its record (u2seg.registry.PROTOCOLS: the one list).
+PROTOCOLS = {n: p.description for n, p in registry.PROTOCOLS.items() if not p.opt_in}
 
-
-# Protocols a dataset opts into (config `datasets.<name>.protocols`): name -> function(panoptic GT,
-# panoptic predictions, predicted categories, instance/majority cluster -> class map, workers) -> results.
-EXTRA_PROTOCOLS: dict[str, Any] = dict(cityscapes.PROTOCOLS)
+# Runner of every protocol a dataset opts into (config `datasets.<name>.protocols`; records with
+# ``opt_in``): name -> function(panoptic GT, panoptic predictions, predicted categories,
+# instance/majority cluster -> class map, workers) -> results.
+_RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {**cityscapes.PROTOCOLS}
+EXTRA_PROTOCOLS: dict[str, Callable[..., dict[str, Any]]] = {n: _RUNNERS[n] for n in registry.OPT_IN_PROTOCOLS}
 
 
 def default_settings() -> dict[str, Any]:
@@ -77,10 +59,7 @@ def default_settings() -> dict[str, Any]:
 
 
 def _describe(key: str, params: dict[str, Any] | None = None, **kw: Any) -> str:
-    p = dict(params or {})
-    if "include_crowd" in p:
-        p["crowd"] = "included" if p["include_crowd"] else "excluded"
-    return PROTOCOLS[key].format(**p, **kw)
+    return registry.PROTOCOLS[key].describe(**(params or {}), **kw)
 
 
 def _instance_protocols(gt: dict[str, Any], dets: list[dict[str, Any]], extra_clusters: list[int],
