@@ -29,7 +29,8 @@ def _text_files() -> list[Path]:
         p = ROOT / name
         paths = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else []
         for q in paths:
-            if "__pycache__" in q.parts or q.suffix not in TEXT_SUFFIXES:
+            if (q.suffix not in TEXT_SUFFIXES
+                    or any(part == "__pycache__" or part.endswith(".egg-info") for part in q.parts)):
                 continue
             try:
                 files.append((q, q.read_text()))
