@@ -29,22 +29,6 @@ _SELF_LABEL_KEYS = {"score_thresholds", "max_per_image", "iou_thresh"}
 _MODEL_FILE = re.compile(rf"^({DS_PATTERN})-r([1-9]\d*)$")  # DS_PATTERN: every dataset key (common.smk)
 
 
-def _cli_flags(values):
-    """dict -> ' --key value ...' with every value shell-quoted (lists: several values, bools: --no-key)."""
-    parts = []
-    for key, value in values.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            parts.append(flag if value else "--no-" + key.replace("_", "-"))
-        elif value is None:
-            parts.append(f"{flag} none")
-        elif isinstance(value, (list, tuple)):
-            parts.append(" ".join([flag] + [shlex.quote(str(v)) for v in value]))
-        else:
-            parts.append(f"{flag} {shlex.quote(str(value))}")
-    return " ".join(parts)
-
-
 def _round_settings(n):
     """(model flags, solver flags) of round n: config model/train, with self_training overrides for n >= 2."""
     model = dict(config["model"])
@@ -59,7 +43,7 @@ def _round_settings(n):
                 train[key] = value
     model["num_classes"] = config["clustering"]["k"]  # one source of truth for K
     model["num_stuff"] = config["stuff"]["k"]
-    return _cli_flags(model), _cli_flags(train)
+    return config_flags(model), config_flags(train)
 
 
 def _labels_of_round(ds, n):
@@ -175,7 +159,7 @@ rule predict:
         model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     params:
         out_dir=lambda wc: f"{RES}/{wc.ds}/predict/{wc.model}",
-        flags=_cli_flags({k: v for k, v in config["predict"].items() if k != "threads"}),
+        flags=config_flags(config["predict"], exclude={"threads"}),
     threads: config["predict"]["threads"]
     resources:
         # + the manifest and the detections of every image; per pixel of the largest image (full-size outputs)
