@@ -21,7 +21,7 @@ from u2seg.cliargs import add_device_arguments, add_shard_arguments
 from u2seg.errors import UserError
 from u2seg.images import load_rgb
 from u2seg.manifest import image_path, load_manifest, num_shards, shard_images
-from u2seg.params import add_dataclass_arguments
+from u2seg.params import add_dataclass_arguments, record_beside
 
 if TYPE_CHECKING:  # torch, zarr and the backbones load where features are computed or read, not for --help
     import torch
@@ -99,6 +99,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(parser, FeatureParams)
     add_device_arguments(parser, default="auto")
     parser.add_argument("--out", type=Path, required=True, help="output zarr store")
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_beside(args.out)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from u2seg.errors import UserError
 from u2seg.images import IMAGE_SUFFIXES, ImageReadError, probe_image
 from u2seg.jsonio import load_json
 from u2seg.manifest import assign_stems
+from u2seg.params import record_beside
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +244,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="processes reading the images")
     parser.add_argument("--manifest", type=Path, required=True, help="output manifest json")
     parser.add_argument("--skipped", type=Path, required=True, help="output skipped json")
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_beside(args.manifest)
 
 
 def run(args: argparse.Namespace) -> int:

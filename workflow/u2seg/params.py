@@ -131,3 +131,18 @@ def write_resolved_config(path: str | os.PathLike, stage: str, args: argparse.Na
     from u2seg.atomic import write_json
 
     write_json(path, resolved_config(stage, args, os.path.dirname(os.path.abspath(os.fspath(path)))), indent=1)
+
+
+def record_beside(output: str | os.PathLike | None) -> str | None:
+    """Where a stage whose main output is ``output`` keeps its resolved config: ``<stem>.config.json``
+    beside it (``manifest.json`` -> ``manifest.config.json``); None without an output."""
+    if not output:
+        return None
+    path = os.fspath(output)
+    folder, name = os.path.split(path.rstrip(os.sep))
+    return os.path.join(folder, name.split(".")[0] + ".config.json")
+
+
+def record_inside(out_dir: str | os.PathLike | None) -> str | None:
+    """``<out_dir>/config.json``: the resolved config of a stage that writes a folder of outputs."""
+    return os.path.join(os.fspath(out_dir), "config.json") if out_dir else None

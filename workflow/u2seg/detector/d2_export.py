@@ -29,6 +29,7 @@ from u2seg.detector.d2_format import BOTTOM_UP, NORM_BUFFER, timm_resnet_key_to_
 from u2seg.detector.d2_import import map_key
 from u2seg.detector.params import FPN_STRIDES, ModelConfig
 from u2seg.errors import UserError
+from u2seg.params import record_beside
 
 if TYPE_CHECKING:  # torch loads where models are read and written, not for `u2seg export-d2 --help`
     import torch
@@ -212,6 +213,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-out", default=None, help="detectron2 config yaml (default: --output with .yaml)")
     parser.add_argument("--norm", choices=D2_NORMS, default="SyncBN",
                         help="RESNETS.NORM and FPN.NORM of the exported config (U2Seg: SyncBN)")
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_beside(args.output)
 
 
 def run(args: argparse.Namespace) -> int:

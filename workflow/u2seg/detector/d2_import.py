@@ -33,6 +33,7 @@ from u2seg.detector.d2_format import (BOTTOM_UP, NORM_BUFFER, d2_resnet_key_to_t
                                       load_d2_checkpoint, load_d2_pickle)
 from u2seg.detector.params import PIXEL_STATS, ModelConfig
 from u2seg.errors import UserError
+from u2seg.params import record_beside
 
 if TYPE_CHECKING:  # torch and the model load in import_checkpoint, not for `u2seg import-d2 --help`
     import torch
@@ -255,6 +256,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pixel-mean", type=float, nargs=3, default=None, help="MODEL.PIXEL_MEAN (0..255, in --input-format order)")
     parser.add_argument("--pixel-std", type=float, nargs=3, default=None, help="MODEL.PIXEL_STD")
     parser.add_argument("--category-names", nargs="+", default=None, help="thing class names (default cluster_i)")
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_beside(args.output)
 
 
 def run(args: argparse.Namespace) -> int:

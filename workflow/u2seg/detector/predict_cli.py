@@ -5,7 +5,7 @@ import argparse
 
 from u2seg.cliargs import add_progress_argument, add_threads_argument
 from u2seg.detector.params import PredictConfig
-from u2seg.params import add_dataclass_arguments, dataclass_from_args
+from u2seg.params import add_dataclass_arguments, dataclass_from_args, record_inside
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_threads_argument(parser)
     add_progress_argument(parser)
     add_dataclass_arguments(parser, PredictConfig)
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_inside(args.out_dir)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import logging
 from u2seg.atomic import write_json
 from u2seg.detector.selftrain import next_round_labels, round_threshold
 from u2seg.errors import UserError
+from u2seg.params import record_beside
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iou-thresh", type=float, default=0.5,
                         help="old masks are kept when their IoU with every kept prediction is below this")
     parser.add_argument("--max-per-image", type=int, default=30, help="top predictions considered per image")
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_beside(args.out)
 
 
 def run(args: argparse.Namespace) -> int:

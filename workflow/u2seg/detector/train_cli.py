@@ -13,7 +13,7 @@ import logging
 
 from u2seg.cliargs import add_progress_argument, add_threads_argument
 from u2seg.detector.params import ModelConfig, TrainConfig
-from u2seg.params import add_dataclass_arguments, dataclass_from_args
+from u2seg.params import add_dataclass_arguments, dataclass_from_args, record_inside
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_progress_argument(io)
     add_dataclass_arguments(parser.add_argument_group("model"), ModelConfig)
     add_dataclass_arguments(parser.add_argument_group("solver and data"), TrainConfig)
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_inside(args.out_dir)
 
 
 def run(args: argparse.Namespace) -> int:

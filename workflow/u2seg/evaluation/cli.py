@@ -22,6 +22,7 @@ from u2seg.errors import UserError
 from u2seg.evaluation import download, panoptic, protocols, tables
 from u2seg.evaluation.gt import load_json
 from u2seg.manifest import load_manifest
+from u2seg.params import record_beside
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,11 @@ def _inputs(args: argparse.Namespace) -> dict:
     if inst is None and pj is None and sd is None:
         raise UserError("nothing to evaluate: give --predictions, --instances, --panoptic-json or --semantic-dir")
     return {"instances": inst, "panoptic_json": pj, "panoptic_dir": pd, "semantic_dir": sd}
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_beside(args.out_json)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from u2seg import atomic
 from u2seg.errors import UserError
 from u2seg.finetune.split import coverage, labelled_subset
 from u2seg.manifest import load_manifest
+from u2seg.params import record_beside
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--coverage", required=True, type=Path, help="coverage json of `finetune split`")
     p.add_argument("--out-md", required=True, type=Path, help="output markdown table")
     p.add_argument("--out-json", required=True, type=Path, help="output json")
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run beside its main output (written by u2seg.cli after a successful run)."""
+    return record_beside(next((getattr(args, k) for k in ("out_json", "out", "out_html") if getattr(args, k, None)),
+                              None))
 
 
 def run(args: argparse.Namespace) -> int:

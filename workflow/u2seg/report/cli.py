@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from u2seg.errors import UserError
+from u2seg.params import record_beside
 from u2seg.report.evaluation import cmd_evaluation
 from u2seg.report.features import cmd_features
 from u2seg.report.predictions import cmd_predictions
@@ -87,6 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--reason", default="", help="shown when there is no metrics file")
     p.add_argument("--out-html", type=Path, required=True, help="output HTML page")
     p.set_defaults(func=cmd_evaluation)
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run beside its main output (written by u2seg.cli after a successful run)."""
+    return record_beside(next((getattr(args, k) for k in ("out_json", "out", "out_html") if getattr(args, k, None)),
+                              None))
 
 
 def run(args: argparse.Namespace) -> int:
