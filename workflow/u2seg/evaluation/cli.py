@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 
 from u2seg import atomic
+from u2seg.cliargs import add_num_stuff_argument
 from u2seg.errors import UserError
 from u2seg.evaluation import download, panoptic, protocols, tables
 from u2seg.evaluation.gt import load_json
@@ -68,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--pq-crowd-rule", choices=sorted(panoptic.CROWD_RULES), default=d["pq_crowd_rule"],
                    help="PQ, several crowd segments of one category in an image: 'last' = panopticapi (only "
                         "the last one listed excuses a false positive), 'sum' = all of them"),
-    p.add_argument("--num-stuff", type=int, default=27, help="stuff clusters in the semantic PNGs")
+    add_num_stuff_argument(p, "stuff clusters in the semantic PNGs")
     p.add_argument("--workers", type=int, default=1, help="processes for PQ / semantic passes")
     p.add_argument("--protocol", action="append", default=[], metavar="NAME",
                    help="an extra protocol of the dataset (repeatable): " + ", ".join(protocols.EXTRA_PROTOCOLS))
