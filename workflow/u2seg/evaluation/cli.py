@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 
 from u2seg import atomic
-from u2seg.cliargs import add_num_stuff_argument
+from u2seg.cliargs import add_manifest_argument, add_num_stuff_argument
 from u2seg.errors import UserError
 from u2seg.evaluation import download, panoptic, protocols, tables
 from u2seg.evaluation.gt import load_json
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``u2seg evaluate``."""
     d = protocols.default_settings()
     io = parser.add_argument_group("inputs and outputs")
-    io.add_argument("--manifest", type=Path, help="dataset manifest (its images and GT are evaluated)")
+    add_manifest_argument(io, "dataset manifest (its images and GT are evaluated)", required=False)
     io.add_argument("--predictions", type=Path,
                     help="predictions folder: instances_results.json, panoptic.json + panoptic/, semantic/ "
                          "(whichever exist)")
