@@ -25,7 +25,7 @@ except UserError as _exc:
 _LAUNCH = launch_prefix(shlex.quote(sys.executable), _GPUS, _NODES, config["train"].get("master_port", 29500))
 _TRAIN_RESOURCES = slurm_resources(_GPUS, _NODES, config["train"]["device"], config["train"]["threads"])
 # self_training.* keys that override train.* / model.* for rounds >= 2
-_SELF_LABEL_KEYS = {"score_thresholds", "max_per_image", "iou_thresh"}
+_SELF_LABEL_KEYS = ("score_thresholds", "iou_thresh", "max_per_image")
 _MODEL_FILE = re.compile(rf"^({DS_PATTERN})-r([1-9]\d*)$")  # DS_PATTERN: every dataset key (common.smk)
 
 
@@ -127,9 +127,8 @@ rule self_train_labels:
     wildcard_constraints:
         n=r"[2-9]|[1-9]\d+",
     params:
-        thresholds=_SELF.get("score_thresholds", [0.7, 0.65]),
-        iou=_SELF.get("iou_thresh", 0.5),
-        max_per_image=_SELF.get("max_per_image", 30),
+        # unset keys keep the CLI defaults (u2seg.detector.params.SelfTrainParams)
+        flags=config_flags({k: _SELF[k] for k in _SELF_LABEL_KEYS if k in _SELF}),
     threads: 1
     resources:
         mem_mb=mem_mb(4000),
@@ -140,8 +139,7 @@ rule self_train_labels:
         f"{RES}/benchmarks/{{ds}}/train/labels_r{{n}}.tsv"
     shell:
         "{U2SEG} self-train-labels --predictions {input.predictions:q} --previous {input.previous:q}"
-        " --round {wildcards.n} --score-thresholds {params.thresholds:q} --iou-thresh {params.iou:q}"
-        " --max-per-image {params.max_per_image:q} --out {output:q} > {log:q} 2>&1"
+        " --round {wildcards.n} {params.flags} --out {output:q} > {log:q} 2>&1"
 
 
 rule predict:

@@ -177,6 +177,15 @@ class TrainConfig:
 
 
 @dataclass
+class SelfTrainParams:
+    """Selection of the next round's pseudo-labels (CutLER's self-training, spec 7)."""
+
+    score_thresholds: list[float] = field(default_factory=lambda: [0.7, 0.65])  # of round 2, 3, ... (last repeated)
+    iou_thresh: float = 0.5  # old masks are kept when their IoU with every kept prediction is below this
+    max_per_image: int = 30  # top predictions considered per image
+
+
+@dataclass
 class PredictConfig:
     """Inference settings (defaults: detectron2 / U2Seg test settings, spec 7.1 and 7.3)."""
 
