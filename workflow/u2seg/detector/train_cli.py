@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from u2seg.cliargs import add_progress_argument, add_threads_argument
 from u2seg.detector.params import ModelConfig, TrainConfig
@@ -35,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_out(args: argparse.Namespace) -> str | None:
-    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
-    return record_inside(args.out_dir)
+    """Resolved-config record of this run (written by u2seg.cli after a successful run; rank 0 only)."""
+    return record_inside(args.out_dir) if int(os.environ.get("RANK", "0")) == 0 else None
 
 
 def run(args: argparse.Namespace) -> int:
