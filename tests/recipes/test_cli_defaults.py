@@ -70,6 +70,25 @@ def test_config_sections_as_flags_parse_back_to_the_config_values():
         assert getattr(args, key) == value, f"u2seg predict --{key}: {getattr(args, key)!r} != {value!r}"
 
 
+def test_ingest_features_and_self_training_sections_are_stage_flags():
+    """Every key the rules pass from config ingest / features / train.self_training is a flag of the stage,
+    and the configured values parse back."""
+    from u2seg import features, ingest
+    from u2seg.detector import selftrain_cli
+
+    cases = [
+        (ingest, ["--kind", "samples", "--manifest", "m.json", "--skipped", "s.json"], CONFIG["ingest"]),
+        (features, ["--manifest", "m.json", "--shard", "0", "--shard-size", "4", "--backbone", "b", "--out", "o"],
+         {k: CONFIG["features"][k] for k in ("input_size", "batch_size", "device")}),
+        (selftrain_cli, ["--predictions", "p.json", "--previous", "q.json", "--out", "o.json", "--round", "2"],
+         {k: CONFIG["train"]["self_training"][k] for k in ("score_thresholds", "iou_thresh", "max_per_image")}),
+    ]
+    for module, required, values in cases:
+        args = _parse(module, required + shlex.split(to_flags(values)))
+        for key, value in values.items():
+            assert getattr(args, key) == value, f"{module.__name__} --{key}"
+
+
 def test_to_flags_formats_each_type():
     assert to_flags({"a_b": 1, "on": True, "off": False, "none": None, "xs": [1, "a b"], "s": "x y"}) == \
         "--a-b 1 --on --no-off --none none --xs 1 'a b' --s 'x y'"
