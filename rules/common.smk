@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from u2seg.params import to_flags
+
 RES = config["results"].rstrip("/")
 # The package CLI, run with the interpreter that runs Snakemake (works on Slurm nodes too).
 U2SEG = shlex.quote(sys.executable) + " -m u2seg"
@@ -36,6 +38,13 @@ DS_PATTERN = "|".join(re.escape(k) for k in sorted(
 wildcard_constraints:
     ds=DS_PATTERN,
     shard=r"\d{5}",
+
+
+def config_flags(values, exclude=()):
+    """A config section (dict) -> the stage's flags: ' --key value ...' for every key not in ``exclude``
+    (shell-quoted; lists: several values; booleans: --key / --no-key; u2seg.params.to_flags). The one
+    way the rules pass configured values to a stage: the CLI defaults are the paper's values."""
+    return to_flags({k: v for k, v in values.items() if k not in exclude})
 
 
 def dataset_args(wildcards):

@@ -7,32 +7,22 @@ _EVAL = f"{RES}/eval/{{ds}}/{{model}}"
 _EVAL_CFG = config["evaluate"]
 
 
-def _protocol_flags():
-    """Protocol parameters as (flag, value) pairs; values quoted in the shell command."""
-    return dict(
-        maj_score=_EVAL_CFG["majority"]["min_score"],
-        maj_iou=_EVAL_CFG["majority"]["min_iou"],
-        maj_type=_EVAL_CFG["majority"]["iou_type"],
-        maj_crowd="include" if _EVAL_CFG["majority"]["include_crowd"] else "exclude",
-        hun_score=_EVAL_CFG["hungarian"]["min_score"],
-        hun_iou=_EVAL_CFG["hungarian"]["min_iou"],
-        hun_type=_EVAL_CFG["hungarian"]["iou_type"],
-        hun_crowd="include" if _EVAL_CFG["hungarian"]["include_crowd"] else "exclude",
-        vote_iou=_EVAL_CFG["semantic_vote_iou"],
-        max_dets=_EVAL_CFG["max_dets"],
-        num_stuff=config["stuff"]["k"],
-        crowd_rule=_EVAL_CFG["pq_crowd_rule"],
-    )
+def _matching_flags(name):
+    """`u2seg evaluate` flags of one cluster-matching protocol (evaluate.majority / evaluate.hungarian)."""
+    cfg = _EVAL_CFG[name]
+    return {f"{name}_min_score": cfg["min_score"], f"{name}_min_iou": cfg["min_iou"],
+            f"{name}_iou_type": cfg["iou_type"], f"{name}_crowd": "include" if cfg["include_crowd"] else "exclude"}
 
 
-_PROTOCOL_SHELL = (
-    " --majority-min-score {params.maj_score:q} --majority-min-iou {params.maj_iou:q}"
-    " --majority-iou-type {params.maj_type:q} --majority-crowd {params.maj_crowd:q}"
-    " --hungarian-min-score {params.hun_score:q} --hungarian-min-iou {params.hun_iou:q}"
-    " --hungarian-iou-type {params.hun_type:q} --hungarian-crowd {params.hun_crowd:q}"
-    " --semantic-vote-iou {params.vote_iou:q} --max-dets {params.max_dets:q} --num-stuff {params.num_stuff:q}"
-    " --pq-crowd-rule {params.crowd_rule:q}"
-)
+# The protocol parameters of `u2seg evaluate` (evaluate.* and stuff.k) as flags.
+_PROTOCOL_FLAGS = config_flags({
+    **_matching_flags("majority"),
+    **_matching_flags("hungarian"),
+    "semantic_vote_iou": _EVAL_CFG["semantic_vote_iou"],
+    "max_dets": _EVAL_CFG["max_dets"],
+    "num_stuff": config["stuff"]["k"],
+    "pq_crowd_rule": _EVAL_CFG["pq_crowd_rule"],
+})
 
 
 def coco_ready_input(wildcards):
@@ -101,7 +91,7 @@ rule evaluate:
     params:
         predictions=lambda wc: f"{RES}/{wc.ds}/predict/{wc.model}",
         extra=lambda wc: " ".join(f"--protocol {shlex.quote(p)}" for p in dataset_protocols(wc.ds)),
-        **_protocol_flags(),
+        protocol=_PROTOCOL_FLAGS,
     threads: 2
     resources:
         mem_mb=mem_mb(4000),
@@ -112,7 +102,7 @@ rule evaluate:
         f"{RES}/benchmarks/eval/{{ds}}/{{model}}.tsv"
     shell:
         "{U2SEG} evaluate --manifest {input.manifest:q} --predictions {params.predictions:q}"
-        " --dataset {wildcards.ds:q} --model {wildcards.model:q}" + _PROTOCOL_SHELL + " {params.extra}"
+        " --dataset {wildcards.ds:q} --model {wildcards.model:q} {params.protocol} {params.extra}"
         " --workers {threads} --out-json {output.json:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
@@ -155,7 +145,7 @@ rule evaluate_pseudo:
         panoptic_dir=lambda wc: f"{RES}/{wc.ds}/pseudo/panoptic",
         semantic_dir=lambda wc: f"{RES}/{wc.ds}/pseudo/semantic",
         extra=lambda wc: " ".join(f"--protocol {shlex.quote(p)}" for p in dataset_protocols(wc.ds)),
-        **_protocol_flags(),
+        protocol=_PROTOCOL_FLAGS,
     threads: 2
     resources:
         mem_mb=mem_mb(4000),
@@ -167,7 +157,7 @@ rule evaluate_pseudo:
     shell:
         "{U2SEG} evaluate --manifest {input.manifest:q} --instances {input.instances:q}"
         " --panoptic-json {input.panoptic:q} --panoptic-dir {params.panoptic_dir:q}"
-        " --semantic-dir {params.semantic_dir:q} --dataset {wildcards.ds:q} --model pseudo" + _PROTOCOL_SHELL +
+        " --semantic-dir {params.semantic_dir:q} --dataset {wildcards.ds:q} --model pseudo {params.protocol}"
         " {params.extra}"
         " --workers {threads} --out-json {output.json:q} --out-md {output.md:q} > {log:q} 2>&1"
 

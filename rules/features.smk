@@ -14,9 +14,7 @@ rule features_shard:
         shard_size=config["features"]["shard_size"],
         backbone=config["backbone"],
         weights=config["weights"] or "",
-        input_size=config["features"]["input_size"],
-        batch_size=config["features"]["batch_size"],
-        device=config["features"]["device"],
+        flags=config_flags({k: config["features"][k] for k in ("input_size", "batch_size", "device")}),
     threads: 2
     resources:
         mem_mb=declared_mem(4000, per_image_kb=MANIFEST_KB_PER_IMAGE),
@@ -30,7 +28,7 @@ rule features_shard:
         "{U2SEG} features --manifest {input.manifest:q} --shard {params.shard}"
         " --shard-size {params.shard_size} --backbone {params.backbone:q}"
         " --weights={params.weights:q}"
-        " --input-size {params.input_size} --batch-size {params.batch_size} --device {params.device}"
+        " {params.flags}"
         " --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 

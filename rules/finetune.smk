@@ -16,7 +16,7 @@ def _finetune_flags():
     train = {k: v for k, v in config["train"].items() if k not in _TRAIN_NOT_FLAGS}
     train.update({k: _FT[k] for k in _FT_SOLVER})
     train["checkpoint_period"] = max(1, min(int(train["checkpoint_period"]), int(_FT["max_iter"])))
-    return _cli_flags(model), _cli_flags(train)
+    return config_flags(model), config_flags(train)
 
 
 rule finetune_split:
@@ -114,7 +114,7 @@ rule finetune_predict:
         init="u2seg|baseline",
     params:
         out_dir=lambda wc: f"{_FT_DIR}/{wc.init}/predict",
-        flags=_cli_flags({k: v for k, v in config["predict"].items() if k != "threads"}),
+        flags=config_flags(config["predict"], exclude={"threads"}),
     threads: config["predict"]["threads"]
     resources:
         mem_mb=mem_mb(6000),

@@ -12,9 +12,7 @@ checkpoint ingest:
     params:
         dataset=dataset_args,
         samples_dir=lambda wc: f"{RES}/{wc.ds}/images",
-        max_side=config["ingest"]["max_side"],
-        min_side=config["ingest"]["min_side"],
-        max_skipped=config["ingest"]["max_skipped_fraction"],
+        flags=config_flags({k: config["ingest"][k] for k in ("max_side", "min_side", "max_skipped_fraction")}),
     threads: 2
     resources:
         # measured per listed image (docs/benchmarks.md "Scale")
@@ -26,6 +24,5 @@ checkpoint ingest:
         f"{RES}/benchmarks/{{ds}}/ingest.tsv"
     shell:
         "{U2SEG} ingest {params.dataset} --samples-dir {params.samples_dir:q}"
-        " --max-side {params.max_side} --min-side {params.min_side}"
-        " --max-skipped-fraction {params.max_skipped} --workers {threads}"
+        " {params.flags} --workers {threads}"
         " --manifest {output.manifest:q} --skipped {output.skipped:q} > {log:q} 2>&1"

@@ -233,11 +233,13 @@ rule report_predictions:
         model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     params:
         pred_dir=lambda wc: f"{RES}/{wc.ds}/predict/{wc.model}",
-        gallery_size=config["maskcut"]["gallery_size"],
-        seed=config["maskcut"]["seed"],
-        score=config["predict"]["instance_score_thresh"],
-        k=config["clustering"]["k"],
-        num_stuff=config["stuff"]["k"],
+        flags=config_flags({
+            "gallery_size": config["maskcut"]["gallery_size"],
+            "seed": config["maskcut"]["seed"],
+            "score_thresh": config["predict"]["instance_score_thresh"],
+            "k": config["clustering"]["k"],
+            "num_stuff": config["stuff"]["k"],
+        }),
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
@@ -247,8 +249,7 @@ rule report_predictions:
     shell:
         "{U2SEG} report predictions --title 'Predictions of {wildcards.model} on {wildcards.ds}'"
         " --manifest {input.manifest:q} --predictions {params.pred_dir:q}"
-        " --gallery-size {params.gallery_size} --seed {params.seed} --score-thresh {params.score}"
-        " --k {params.k} --num-stuff {params.num_stuff}"
+        " {params.flags}"
         " --out-gallery {output.gallery:q} --out-html {output.html:q} > {log:q} 2>&1"
 
 

@@ -25,24 +25,8 @@ except UserError as _exc:
 _LAUNCH = launch_prefix(shlex.quote(sys.executable), _GPUS, _NODES, config["train"].get("master_port", 29500))
 _TRAIN_RESOURCES = slurm_resources(_GPUS, _NODES, config["train"]["device"], config["train"]["threads"])
 # self_training.* keys that override train.* / model.* for rounds >= 2
-_SELF_LABEL_KEYS = {"score_thresholds", "max_per_image", "iou_thresh"}
+_SELF_LABEL_KEYS = ("score_thresholds", "iou_thresh", "max_per_image")
 _MODEL_FILE = re.compile(rf"^({DS_PATTERN})-r([1-9]\d*)$")  # DS_PATTERN: every dataset key (common.smk)
-
-
-def _cli_flags(values):
-    """dict -> ' --key value ...' with every value shell-quoted (lists: several values, bools: --no-key)."""
-    parts = []
-    for key, value in values.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            parts.append(flag if value else "--no-" + key.replace("_", "-"))
-        elif value is None:
-            parts.append(f"{flag} none")
-        elif isinstance(value, (list, tuple)):
-            parts.append(" ".join([flag] + [shlex.quote(str(v)) for v in value]))
-        else:
-            parts.append(f"{flag} {shlex.quote(str(value))}")
-    return " ".join(parts)
 
 
 def _round_settings(n):
@@ -59,7 +43,7 @@ def _round_settings(n):
                 train[key] = value
     model["num_classes"] = config["clustering"]["k"]  # one source of truth for K
     model["num_stuff"] = config["stuff"]["k"]
-    return _cli_flags(model), _cli_flags(train)
+    return config_flags(model), config_flags(train)
 
 
 def _labels_of_round(ds, n):
@@ -143,9 +127,8 @@ rule self_train_labels:
     wildcard_constraints:
         n=r"[2-9]|[1-9]\d+",
     params:
-        thresholds=_SELF.get("score_thresholds", [0.7, 0.65]),
-        iou=_SELF.get("iou_thresh", 0.5),
-        max_per_image=_SELF.get("max_per_image", 30),
+        # unset keys keep the CLI defaults (u2seg.detector.params.SelfTrainParams)
+        flags=config_flags({k: _SELF[k] for k in _SELF_LABEL_KEYS if k in _SELF}),
     threads: 1
     resources:
         mem_mb=mem_mb(4000),
@@ -156,8 +139,7 @@ rule self_train_labels:
         f"{RES}/benchmarks/{{ds}}/train/labels_r{{n}}.tsv"
     shell:
         "{U2SEG} self-train-labels --predictions {input.predictions:q} --previous {input.previous:q}"
-        " --round {wildcards.n} --score-thresholds {params.thresholds:q} --iou-thresh {params.iou:q}"
-        " --max-per-image {params.max_per_image:q} --out {output:q} > {log:q} 2>&1"
+        " --round {wildcards.n} {params.flags} --out {output:q} > {log:q} 2>&1"
 
 
 rule predict:
@@ -175,7 +157,7 @@ rule predict:
         model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     params:
         out_dir=lambda wc: f"{RES}/{wc.ds}/predict/{wc.model}",
-        flags=_cli_flags({k: v for k, v in config["predict"].items() if k != "threads"}),
+        flags=config_flags(config["predict"], exclude={"threads"}),
     threads: config["predict"]["threads"]
     resources:
         # + the manifest and the detections of every image; per pixel of the largest image (full-size outputs)

@@ -1,6 +1,7 @@
 """The CLI: every registered stage imports and documents its options."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -16,11 +17,33 @@ def test_top_level_help(capsys):
         assert name in out
 
 
-@pytest.mark.parametrize("stage", sorted(STAGES))
-def test_stage_help(stage):
-    proc = subprocess.run([sys.executable, "-m", "u2seg", stage, "--help"], capture_output=True, text=True)
+# Stages whose modules still import torch to build their parser: the pseudo-label / MaskCut CLIs, made
+# torch-free by the package restructuring on another branch. Empty this list once that is merged.
+TORCH_HELP_PENDING = {"maskcut", "embed", "cluster-instances", "cluster-stuff", "stego"}
+_HELP = """
+import contextlib, io, json, sys
+from u2seg.cli import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    try:
+        main([sys.argv[1], "--help"])
+    except SystemExit as exc:
+        code = exc.code
+print(json.dumps({"code": code, "help": out.getvalue(),
+                  "heavy": sorted(m for m in ("torch", "torchvision") if m in sys.modules)}))
+"""
+
+
+@pytest.mark.parametrize("stage", [pytest.param(s, marks=pytest.mark.xfail(
+    reason="imports torch to build its parser (TORCH_HELP_PENDING)", strict=True)) if s in TORCH_HELP_PENDING
+    else s for s in sorted(STAGES)])
+def test_stage_help_is_fast_without_torch(stage):
+    """`u2seg <stage> --help` prints the stage's flags without importing torch / torchvision."""
+    proc = subprocess.run([sys.executable, "-c", _HELP, stage], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"u2seg {stage}" in proc.stdout
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["code"] == 0 and f"u2seg {stage}" in result["help"]
+    assert result["heavy"] == [], f"u2seg {stage} --help imports {result['heavy']}"
 
 
 def test_unknown_stage_fails():

@@ -70,3 +70,22 @@ def test_eval_zero_shot_writes_one_row_per_set(tmp_path):
     assert (work / "results" / "samples" / "train" / "r1" / "model_final.pth").is_file()
     for ds in rows:
         assert (work / "results" / ds / "predict" / "samples-r1" / "panoptic.json").is_file()
+    # each stage wrote the values it ran with (config.yaml's, passed as flags) beside its outputs
+    res = work / "results"
+
+    def record(path: Path) -> dict:
+        data = json.loads(path.read_text())
+        assert data["u2seg_version"] and not any(str(tmp_path) in json.dumps(v) for v in data["args"].values())
+        return data
+
+    train = record(res / "samples" / "train" / "r1" / "config.json")
+    assert train["stage"] == "train" and train["args"]["max_iter"] == 6 and train["args"]["fpn_channels"] == 16
+    assert train["args"]["num_classes"] == 3 and train["args"]["num_stuff"] == 4
+    predict = record(res / "coco-val" / "predict" / "samples-r1" / "config.json")
+    assert (predict["args"]["min_size"], predict["args"]["max_size"]) == (96, 128)
+    evaluation = record(res / "eval" / "coco-val" / "samples-r1" / "metrics.config.json")
+    assert evaluation["stage"] == "evaluate" and evaluation["args"]["num_stuff"] == 4
+    assert evaluation["args"]["out_json"] == "metrics.json"
+    assert record(res / "samples" / "manifest.config.json")["stage"] == "ingest"
+    assert record(res / "samples" / "features" / "shard_00000.config.json")["args"]["input_size"] == 128
+    assert record(out / "table.config.json")["stage"] == "zero-shot-table"

@@ -28,6 +28,7 @@ from u2seg.coco_format import id2rgb, mask_bbox
 from u2seg.errors import UserError
 from u2seg.evaluation.cityscapes import LABELS_27
 from u2seg.jsonio import load_json
+from u2seg.params import record_beside
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="cityscapes_panoptic_<split>.json written by csCreatePanopticImgs")
     parser.add_argument("--out-json", type=Path, required=True, help="COCO panoptic json to write")
     parser.add_argument("--out-dir", type=Path, help="--gtfine: folder for the panoptic PNGs")
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_beside(args.out_json)
 
 
 def run(args: argparse.Namespace) -> int:

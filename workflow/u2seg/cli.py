@@ -1,7 +1,10 @@
 """Command-line entry point: ``u2seg <stage> [options]``.
 
 Each stage lives in its own module exposing ``add_arguments(parser)`` and ``run(args)``;
-modules are imported lazily so ``u2seg --help`` stays fast.
+modules are imported lazily so ``u2seg --help`` stays fast, and a stage module imports torch only in
+``run`` so ``u2seg <stage> --help`` stays fast too. A stage that also has ``config_out(args)`` (the path
+of its resolved-config record, or None) gets the parsed flags + u2seg version written there after a
+successful run (:func:`u2seg.params.write_resolved_config`).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from u2seg import __version__
 from u2seg.errors import UserError
+from u2seg.params import write_resolved_config
 
 # stage name -> (module, one-line help)
 STAGES: dict[str, tuple[str, str]] = {
@@ -46,6 +50,38 @@ STAGES: dict[str, tuple[str, str]] = {
     "finetune": ("u2seg.finetune.cli", "few-shot fine-tuning on a labelled COCO subset"),
     "report": ("u2seg.report", "stage summaries and galleries for the HTML report"),
 }
+
+
+def stage_parser(name: str) -> argparse.ArgumentParser:
+    """The argument parser of stage ``name`` (imports only its module)."""
+    module_name, help_text = STAGES[name]
+    parser = argparse.ArgumentParser(prog=f"u2seg {name}", description=help_text)
+    importlib.import_module(module_name).add_arguments(parser)
+    return parser
+
+
+def stage_defaults() -> dict[str, dict[str, object]]:
+    """Every stage's flag defaults (``{stage: {dest: default}}``, JSON types), e.g. to compare installs.
+
+    Sub-command stages (``finetune``, ``report``) list each sub-command as ``<stage> <sub>``.
+    """
+    out: dict[str, dict[str, object]] = {}
+
+    def collect(key: str, parser: argparse.ArgumentParser) -> None:
+        values = {}
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    collect(f"{key} {sub_name}", sub)
+            elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                default = action.default
+                values[action.dest] = default if default is None or isinstance(
+                    default, (bool, int, float, str, list, dict)) else str(default)
+        out[key] = values
+
+    for name in STAGES:
+        collect(name, stage_parser(name))
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,11 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     name, rest = argv[0], argv[1:]
-    module_name, help_text = STAGES[name]
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"u2seg {name}", description=help_text)
-    module.add_arguments(parser)
-    args = parser.parse_args(rest)
+    module = importlib.import_module(STAGES[name][0])
+    args = stage_parser(name).parse_args(rest)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -90,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:  # clear message, no traceback
         logging.getLogger("u2seg").error("%s", exc)
         return 1
+    record = module.config_out(args) if not result and hasattr(module, "config_out") else None
+    if record:
+        write_resolved_config(record, name, args)
     return int(result or 0)
 
 

@@ -10,22 +10,34 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import zarr
-from tqdm import tqdm
 
 from u2seg import __version__
 from u2seg.atomic import atomic_path
-from u2seg.backbones import Backbone, build_backbone
-from u2seg.cliargs import add_device_arguments
+from u2seg.cliargs import add_device_arguments, add_shard_arguments
 from u2seg.errors import UserError
 from u2seg.images import load_rgb
 from u2seg.manifest import image_path, load_manifest, num_shards, shard_images
+from u2seg.params import add_dataclass_arguments, record_beside
+
+if TYPE_CHECKING:  # torch, zarr and the backbones load where features are computed or read, not for --help
+    import torch
+    import zarr
+
+    from u2seg.backbones import Backbone
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class FeatureParams:
+    """Feature-extraction settings (defaults: the MaskCut / U2Seg ViT input size)."""
+
+    input_size: int = 480  # images are resized to this square size (pixels) before the backbone
+    batch_size: int = 4  # images per forward pass
 
 
 def write_shard(path: str | Path, dense: np.ndarray, global_: np.ndarray, image_ids: np.ndarray,
@@ -34,6 +46,8 @@ def write_shard(path: str | Path, dense: np.ndarray, global_: np.ndarray, image_
     n = len(image_ids)
     if not (dense.shape[0] == global_.shape[0] == orig_sizes.shape[0] == n):
         raise ValueError("dense, global_, image_ids and orig_sizes must have the same length")
+    import zarr
+
     with atomic_path(path, directory=True) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         chunk_n = max(1, min(n, 4))
@@ -48,17 +62,21 @@ def write_shard(path: str | Path, dense: np.ndarray, global_: np.ndarray, image_
 
 def open_shard(path: str | Path) -> zarr.Group:
     """Open a finished feature shard read-only."""
+    import zarr
+
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"feature shard not found: {path}")
     return zarr.open_group(str(path), mode="r")
 
 
-@torch.inference_mode()
 def forward_batch(backbone: Backbone, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Dense (B, C, h, w) float16 and global (B, D) float32 features of a preprocessed batch."""
+    import torch
+
     device = next(backbone.parameters()).device
-    dense, glob = backbone(x.to(device))
+    with torch.inference_mode():
+        dense, glob = backbone(x.to(device))
     return dense.float().cpu().numpy().astype(np.float16), glob.float().cpu().numpy().astype(np.float32)
 
 
@@ -74,21 +92,26 @@ def _load_batch(manifest: dict[str, Any], batch_meta: list[dict[str, Any]], back
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (from `u2seg ingest`)")
-    parser.add_argument("--shard", type=int, required=True, help="shard index")
-    parser.add_argument("--shard-size", type=int, required=True,
-                        help="images per feature shard (config features.shard_size)")
+    add_shard_arguments(parser)
     parser.add_argument("--backbone", required=True,
                         help="backbone name (config backbone), e.g. efficientnet_lite2 or dino_vitb8")
     parser.add_argument("--weights", default=None, help="weights path or URL (DINO backbones); empty = default")
-    parser.add_argument("--input-size", type=int, default=480,
-                        help="images are resized to this square size (pixels) before the backbone")
-    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    add_dataclass_arguments(parser, FeatureParams)
     add_device_arguments(parser, default="auto")
     parser.add_argument("--out", type=Path, required=True, help="output zarr store")
 
 
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_beside(args.out)
+
+
 def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from u2seg.backbones import build_backbone
+
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     manifest = load_manifest(args.manifest)

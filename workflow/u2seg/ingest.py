@@ -6,9 +6,9 @@ than ``--max-skipped-fraction`` of the images are unreadable. Nothing is dropped
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +20,7 @@ from u2seg.errors import UserError
 from u2seg.images import IMAGE_SUFFIXES, ImageReadError, probe_image
 from u2seg.jsonio import load_json
 from u2seg.manifest import assign_stems
+from u2seg.params import add_dataclass_arguments, record_beside
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,16 @@ def coco_format_sources(images_dir: Path, instances: Path | None, panoptic_json:
             panoptic)
 
 
+@dataclass
+class IngestParams:
+    """Image checks of ``u2seg ingest`` (the workflow passes config ``ingest``)."""
+
+    max_side: int = 20000  # images with a longer side (pixels) are skipped as too large (decompression bombs)
+    min_side: int = 8  # images with a shorter side (pixels) are skipped as too small
+    max_skipped_fraction: float = 0.2  # fail when more than this fraction of the files is unreadable
+    workers: int = 2  # processes reading the images
+
+
 def _probe(root: Path, rel: str, max_side: int, min_side: int) -> tuple[str, tuple[int, int] | str]:
     try:
         width, height = probe_image(root / rel, max_side=max_side, min_side=min_side)
@@ -155,7 +166,8 @@ def probe_images(root: Path, rel_paths: list[str], max_side: int, min_side: int,
 
 
 def build_manifest(kind: str, root: Path, split: str | None = None, limit: int | None = None,
-                   max_side: int = 20000, min_side: int = 8, workers: int = 2,
+                   max_side: int = IngestParams.max_side, min_side: int = IngestParams.min_side,
+                   workers: int = IngestParams.workers,
                    samples_dir: Path | None = None, instances: Path | None = None,
                    panoptic_json: Path | None = None, panoptic_dir: Path | None = None,
                    name: str | None = None) -> tuple[dict[str, Any], list[dict[str, str]]]:
@@ -234,15 +246,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=["train", "val"], help="COCO split")
     parser.add_argument("--limit", type=int, default=None, help="first N COCO (coco-format) images by id")
     parser.add_argument("--samples-dir", type=Path, help="where the sample photos are written")
-    parser.add_argument("--max-side", type=int, default=20000,
-                        help="images with a longer side (pixels) are skipped as too large (config ingest.max_side)")
-    parser.add_argument("--min-side", type=int, default=8,
-                        help="images with a shorter side (pixels) are skipped as too small (config ingest.min_side)")
-    parser.add_argument("--max-skipped-fraction", type=float, default=0.2,
-                        help="fail when more than this fraction of the files is unreadable")
-    parser.add_argument("--workers", type=int, default=2, help="processes reading the images")
+    add_dataclass_arguments(parser, IngestParams)
     parser.add_argument("--manifest", type=Path, required=True, help="output manifest json")
     parser.add_argument("--skipped", type=Path, required=True, help="output skipped json")
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_beside(args.manifest)
 
 
 def run(args: argparse.Namespace) -> int:

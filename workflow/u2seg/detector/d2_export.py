@@ -20,16 +20,20 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
+from typing import TYPE_CHECKING
+
 import yaml
 
 from u2seg import registry
 from u2seg.atomic import write_bytes, write_text
-from u2seg.detector import checkpoint as ckpt
 from u2seg.detector.d2_format import BOTTOM_UP, NORM_BUFFER, timm_resnet_key_to_d2
 from u2seg.detector.d2_import import map_key
-from u2seg.detector.model import FPN_STRIDES, ModelConfig
+from u2seg.detector.params import FPN_STRIDES, ModelConfig
 from u2seg.errors import UserError
+from u2seg.params import record_beside
+
+if TYPE_CHECKING:  # torch loads where models are read and written, not for `u2seg export-d2 --help`
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,8 @@ def check_exportable(cfg: ModelConfig) -> None:
 
 def export_state_dict(state: dict[str, torch.Tensor], norm: str = "SyncBN") -> dict[str, torch.Tensor]:
     """detectron2 state dict of a u2seg one; (Sync)BN step counters added or FrozenBN ones dropped."""
+    import torch
+
     if norm not in D2_NORMS:
         raise UserError(f"--norm must be one of {D2_NORMS}, got {norm!r}")
     out: dict[str, torch.Tensor] = {}
@@ -172,12 +178,16 @@ def save_d2_checkpoint(path: str | Path, state: dict[str, torch.Tensor]) -> None
                "matching_heuristics": False}
         write_bytes(path, pickle.dumps(obj, protocol=4))
     else:
+        from u2seg.detector import checkpoint as ckpt
+
         ckpt.save(path, {"model": state, "__author__": "u2seg export-d2"})
 
 
 def export_model(source: str | Path, dest: str | Path, config_out: str | Path | None = None,
                  norm: str = "SyncBN") -> dict[str, Any]:
     """Write the detectron2 checkpoint ``dest`` and its config (``dest`` with ``.yaml`` by default)."""
+    from u2seg.detector import checkpoint as ckpt
+
     obj = ckpt.load_model_file(source)
     cfg = ModelConfig.from_dict(dict(obj["model_config"], backbone_weights=None))
     check_exportable(cfg)
@@ -204,6 +214,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-out", default=None, help="detectron2 config yaml (default: --output with .yaml)")
     parser.add_argument("--norm", choices=D2_NORMS, default="SyncBN",
                         help="RESNETS.NORM and FPN.NORM of the exported config (U2Seg: SyncBN)")
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_beside(args.output)
 
 
 def run(args: argparse.Namespace) -> int:

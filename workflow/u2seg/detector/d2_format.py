@@ -20,10 +20,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from u2seg.errors import UserError
+
+if TYPE_CHECKING:  # torch loads where checkpoints are read, not for `--help` of the stages importing this
+    import torch
 
 BOTTOM_UP = "backbone.bottom_up."
 # Keys of a converted torchvision ResNet that are not part of detectron2's backbone (the classifier).
@@ -48,6 +52,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 def _as_tensor(value: Any) -> torch.Tensor | None:
     """numpy array / scalar / python number -> tensor (None for anything else, e.g. strings)."""
+    import torch
+
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, (np.ndarray, np.generic)):
@@ -91,6 +97,8 @@ def load_d2_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise UserError(f"detectron2 checkpoint not found: {path}")
     if path.suffix == ".pkl":
         return load_d2_pickle(path)
+    import torch
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types

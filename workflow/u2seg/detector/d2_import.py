@@ -25,15 +25,19 @@ import re
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from u2seg import registry
-from u2seg.detector import checkpoint as ckpt
 from u2seg.detector.d2_format import (BOTTOM_UP, NORM_BUFFER, d2_resnet_key_to_timm, d2_resnet_to_timm,
                                       load_d2_checkpoint, load_d2_pickle)
-from u2seg.detector.model import PIXEL_STATS, ModelConfig, build_model
+from u2seg.detector.params import PIXEL_STATS, ModelConfig
 from u2seg.errors import UserError
+from u2seg.params import record_beside
+
+if TYPE_CHECKING:  # torch and the model load in import_checkpoint, not for `u2seg import-d2 --help`
+    import torch
 
 __all__ = ["import_checkpoint", "infer_config", "convert_state_dict", "map_key", "load_d2_checkpoint",
            "load_d2_pickle", "d2_resnet_to_timm"]
@@ -203,13 +207,16 @@ def fit_norm_buffers(state: dict[str, torch.Tensor], target: dict[str, torch.Ten
         del state[k]
     zeroed = [k for k in target if k.endswith(NORM_BUFFER) and k not in state]
     for k in zeroed:
-        state[k] = torch.zeros_like(target[k])
+        state[k] = target[k].new_zeros(target[k].shape)
     return {"num_batches_tracked_dropped": len(dropped), "num_batches_tracked_zeroed": len(zeroed)}
 
 
 def import_checkpoint(source: str | Path, dest: str | Path, input_format: str = "RGB",
                       category_names: list[str] | None = None, **overrides: Any) -> dict[str, Any]:
     """Convert ``source`` (detectron2) into a u2seg model file ``dest``; returns a small report."""
+    from u2seg.detector import checkpoint as ckpt
+    from u2seg.detector.model import build_model
+
     sd = load_d2_checkpoint(source)
     cfg = infer_config(sd, **overrides)
     if input_format.upper() == "BGR":  # detectron2's PIXEL_MEAN/STD are in INPUT.FORMAT order
@@ -250,6 +257,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pixel-mean", type=float, nargs=3, default=None, help="MODEL.PIXEL_MEAN (0..255, in --input-format order)")
     parser.add_argument("--pixel-std", type=float, nargs=3, default=None, help="MODEL.PIXEL_STD")
     parser.add_argument("--category-names", nargs="+", default=None, help="thing class names (default cluster_i)")
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_beside(args.output)
 
 
 def run(args: argparse.Namespace) -> int:

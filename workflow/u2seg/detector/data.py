@@ -24,6 +24,7 @@ from u2seg.coco_format import decode_mask
 from u2seg.errors import UserError
 from u2seg.images import load_rgb
 from u2seg.manifest import image_path, image_stem, load_manifest
+from u2seg.params import STUFF_CLUSTERS
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class PseudoLabelDataset:
     """Images of a COCO instances json (pseudo-labels) with their semantic PNGs and manifest paths."""
 
     def __init__(self, instances_json: str | Path, manifest_path: str | Path, semantic_dir: str | Path | None,
-                 num_classes: int, num_stuff: int = 27, max_side: int = 20000):
+                 num_classes: int, num_stuff: int = STUFF_CLUSTERS, max_side: int = 20000):
         self.num_classes = num_classes
         self.num_stuff = num_stuff
         self.max_side = max_side

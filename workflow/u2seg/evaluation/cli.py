@@ -18,10 +18,12 @@ import logging
 from pathlib import Path
 
 from u2seg import atomic
+from u2seg.cliargs import add_manifest_argument, add_num_stuff_argument
 from u2seg.errors import UserError
 from u2seg.evaluation import download, panoptic, protocols, tables
 from u2seg.evaluation.gt import load_json
 from u2seg.manifest import load_manifest
+from u2seg.params import record_beside
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``u2seg evaluate``."""
     d = protocols.default_settings()
     io = parser.add_argument_group("inputs and outputs")
-    io.add_argument("--manifest", type=Path, help="dataset manifest (its images and GT are evaluated)")
+    add_manifest_argument(io, "dataset manifest (its images and GT are evaluated)", required=False)
     io.add_argument("--predictions", type=Path,
                     help="predictions folder: instances_results.json, panoptic.json + panoptic/, semantic/ "
                          "(whichever exist)")
@@ -67,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--pq-crowd-rule", choices=sorted(panoptic.CROWD_RULES), default=d["pq_crowd_rule"],
                    help="PQ, several crowd segments of one category in an image: 'last' = panopticapi (only "
                         "the last one listed excuses a false positive), 'sum' = all of them"),
-    p.add_argument("--num-stuff", type=int, default=27, help="stuff clusters in the semantic PNGs")
+    add_num_stuff_argument(p, "stuff clusters in the semantic PNGs")
     p.add_argument("--workers", type=int, default=1, help="processes for PQ / semantic passes")
     p.add_argument("--protocol", action="append", default=[], metavar="NAME",
                    help="an extra protocol of the dataset (repeatable): " + ", ".join(protocols.EXTRA_PROTOCOLS))
@@ -114,6 +116,11 @@ def _inputs(args: argparse.Namespace) -> dict:
     if inst is None and pj is None and sd is None:
         raise UserError("nothing to evaluate: give --predictions, --instances, --panoptic-json or --semantic-dir")
     return {"instances": inst, "panoptic_json": pj, "panoptic_dir": pd, "semantic_dir": sd}
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_beside(args.out_json)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from u2seg.errors import UserError
 from u2seg.evaluation import gt as gtmod
 from u2seg.evaluation import cityscapes, dataset_gt, instance, matching, panoptic, semantic
 from u2seg.manifest import image_stem
+from u2seg.params import STUFF_CLUSTERS
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def _semantic_sources(images: list[dict[str, Any]], semantic_dir: Path | None,
 
 def evaluate(manifest: dict[str, Any], dataset: str, model: str, instances_data: Any | None = None,
              panoptic_json: Path | None = None, panoptic_dir: Path | None = None,
-             semantic_dir: Path | None = None, class_agnostic_only: bool = False, num_stuff: int = 27,
+             semantic_dir: Path | None = None, class_agnostic_only: bool = False, num_stuff: int = STUFF_CLUSTERS,
              settings: dict[str, Any] | None = None, extra_protocols: list[str] | None = None) -> dict[str, Any]:
     """Run every applicable protocol; returns the metrics dict (see module docstring).
 

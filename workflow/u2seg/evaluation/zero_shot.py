@@ -19,6 +19,7 @@ from typing import Any
 from u2seg import atomic
 from u2seg.errors import UserError
 from u2seg.jsonio import load_json
+from u2seg.params import record_beside
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", type=Path, nargs="+", required=True, help="metrics.json, one per set")
     parser.add_argument("--out-json", type=Path, required=True, help="output table (json, one row per set)")
     parser.add_argument("--out-md", type=Path, required=True, help="output table (markdown)")
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_beside(args.out_json)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from u2seg import atomic
+from u2seg.cliargs import add_manifest_argument
 from u2seg.errors import UserError
 from u2seg.finetune.split import coverage, labelled_subset
 from u2seg.manifest import load_manifest
+from u2seg.params import record_beside
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +128,7 @@ def _compare(args: argparse.Namespace) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     p = sub.add_parser("split", help="seeded labelled subset (contiguous category ids)")
-    p.add_argument("--manifest", required=True, type=Path, help="manifest of the labelled split (COCO train)")
+    add_manifest_argument(p, "manifest of the labelled split (COCO train)")
     p.add_argument("--annotations", type=Path, default=None,
                    help="COCO instances json to draw from (default: the manifest's)")
     p.add_argument("--labelled-json", type=Path, default=None,
@@ -145,7 +147,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("evaluate", help="standard COCO AP of fine-tuned predictions")
     p.add_argument("--predictions", required=True, type=Path, help="COCO results json of the fine-tuned model")
     p.add_argument("--labelled", required=True, type=Path, help="labelled COCO instances json (from `finetune split`)")
-    p.add_argument("--manifest", required=True, type=Path, help="manifest of the evaluation split")
+    add_manifest_argument(p, "manifest of the evaluation split")
     p.add_argument("--init-name", required=True, help="name of the initialisation (row of the comparison table)")
     p.add_argument("--out", required=True, type=Path, help="output metrics json")
     p = sub.add_parser("compare", help="table of the fine-tuning rows")
@@ -154,6 +156,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--coverage", required=True, type=Path, help="coverage json of `finetune split`")
     p.add_argument("--out-md", required=True, type=Path, help="output markdown table")
     p.add_argument("--out-json", required=True, type=Path, help="output json")
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run beside its main output (written by u2seg.cli after a successful run)."""
+    return record_beside(next((getattr(args, k) for k in ("out_json", "out", "out_html") if getattr(args, k, None)),
+                              None))
 
 
 def run(args: argparse.Namespace) -> int:

