@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from u2seg.pseudo.kmeans import ArraySource
-from u2seg.pseudo.stuff import (CRFParams, KMeansStuffModel, load_stuff_model, nearest_indices,
+from u2seg.pseudo.stuff.model import (CRFParams, KMeansStuffModel, load_stuff_model, nearest_indices,
                                 sample_patches, stuff_map, upsample_nearest)
 
 

@@ -21,7 +21,7 @@ from scipy import ndimage
 from u2seg.errors import UserError
 from u2seg.maskcut.affinity import binarized_affinity, flatten_grid, similarity_above
 from u2seg.maskcut.bipartition import FOREGROUND_RULES, foreground_mask, mask_iou
-from u2seg.maskcut.crf import CRFParams, ImageCRF
+from u2seg.crf import CRFParams, ImageCRF
 from u2seg.maskcut.eigen import SOLVERS, EigenInfo, second_eigenvectors
 
 

@@ -28,7 +28,7 @@ from u2seg.images import load_rgb, resize_square
 from u2seg.manifest import image_path, image_stem, load_manifest
 from u2seg.maskcut.algorithm import MaskCutParams, Timer, maskcut_batch
 from u2seg.maskcut.bipartition import FOREGROUND_RULES
-from u2seg.maskcut.crf import CRFParams
+from u2seg.crf import CRFParams
 from u2seg.maskcut.eigen import SOLVERS, EigenInfo
 from u2seg.maskcut.gallery import gallery_ids, overlay
 from u2seg.maskcut.merge import CATEGORIES

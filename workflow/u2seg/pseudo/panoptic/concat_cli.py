@@ -23,7 +23,7 @@ from u2seg.atomic import atomic_path, write_json
 from u2seg.errors import UserError
 from u2seg.jsonio import load_json
 from u2seg.streamjson import dump, finish, first_duplicate
-from u2seg.pseudo.merge_cli import COUNTS, add_counts, add_output_arguments, add_source_summaries, summary_of
+from u2seg.pseudo.panoptic.merge_cli import COUNTS, add_counts, add_output_arguments, add_source_summaries, summary_of
 
 log = logging.getLogger(__name__)
 

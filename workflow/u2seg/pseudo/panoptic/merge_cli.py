@@ -23,7 +23,7 @@ from u2seg.images import load_rgb
 from u2seg.manifest import image_path
 from u2seg.pseudo.gallery import gallery_indices, pseudo_label_tile
 from u2seg.pseudo.io import load_json, png_name, read_manifest, read_png, save_png_plain
-from u2seg.pseudo.merge import merge_panoptic, panoptic_categories
+from u2seg.pseudo.panoptic.merge import merge_panoptic, panoptic_categories
 
 log = logging.getLogger(__name__)
 

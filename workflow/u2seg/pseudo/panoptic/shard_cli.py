@@ -26,8 +26,8 @@ from u2seg.jsonio import load_json
 from u2seg.manifest import shard_images
 from u2seg.pseudo.gallery import gallery_indices
 from u2seg.pseudo.io import read_manifest, save_png_plain
-from u2seg.pseudo.merge import MAX_SEGMENT_ID, panoptic_categories
-from u2seg.pseudo.merge_cli import group_by_image, merge_images
+from u2seg.pseudo.panoptic.merge import MAX_SEGMENT_ID, panoptic_categories
+from u2seg.pseudo.panoptic.merge_cli import group_by_image, merge_images
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from u2seg.images import load_rgb
 from u2seg.manifest import image_path
 from u2seg.pseudo.io import (check_shard_images, iter_dense, png_name, read_manifest, save_png_plain,
                              set_threads, shard_files, shard_iter)
-from u2seg.pseudo.stuff import CRFParams, KMeansStuffModel, fit_stuff_model, sample_patches, stuff_map
+from u2seg.pseudo.stuff.model import CRFParams, KMeansStuffModel, fit_stuff_model, sample_patches, stuff_map
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ def crf_params(args: argparse.Namespace) -> CRFParams | None:
 
 def run_gather(args: argparse.Namespace) -> int:
     """stego / stego_checkpoint: collect the per-shard maps into the k-means model's outputs."""
-    from u2seg.pseudo.stego_cli import gather_maps
-    from u2seg.pseudo.stuff import load_stuff_model
+    from u2seg.pseudo.stuff.stego.cli import gather_maps
+    from u2seg.pseudo.stuff.model import load_stuff_model
 
     if args.stego_maps_dir is None or args.stego_model is None:
         raise UserError(f"--model {args.model} needs --stego-maps-dir and --stego-model")

@@ -108,7 +108,7 @@ def load_stuff_model(path: str | Path) -> StuffModel:
         model.fit_info = meta.get("fit", {})
         return model
     if meta.get("kind") == "stego":
-        from u2seg.pseudo.stego import StegoStuffModel  # lazy: stego imports this module
+        from u2seg.pseudo.stuff.stego.model import StegoStuffModel  # lazy: stego imports this module
 
         return StegoStuffModel.from_state(meta, arrays)
     raise ValueError(f"{path}: unknown stuff model kind {meta.get('kind')!r}")

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from u2seg.errors import UserError
-from u2seg.pseudo.stego import ClusterProbe, StegoHead, StegoStuffModel
+from u2seg.pseudo.stuff.stego.model import ClusterProbe, StegoHead, StegoStuffModel
 
 log = logging.getLogger(__name__)
 

@@ -71,7 +71,7 @@ def add_knn_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_knn(args: argparse.Namespace) -> int:
     from u2seg.backbones import resolve_device
-    from u2seg.pseudo.stego import crop_boxes, crop_descriptors, knn_table
+    from u2seg.pseudo.stuff.stego.model import crop_boxes, crop_descriptors, knn_table
 
     set_threads(args.threads)
     t0 = time.perf_counter()
@@ -94,8 +94,8 @@ def run_knn(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------- train
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from u2seg.pseudo.stego import StegoLossParams
-    from u2seg.pseudo.stego_train import StegoTrainParams
+    from u2seg.pseudo.stuff.stego.model import StegoLossParams
+    from u2seg.pseudo.stuff.stego.train import StegoTrainParams
 
     t, lp = StegoTrainParams(), StegoLossParams()
     parser.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (from `u2seg ingest`)")
@@ -131,8 +131,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def train_params(args: argparse.Namespace):
-    from u2seg.pseudo.stego import StegoLossParams
-    from u2seg.pseudo.stego_train import StegoTrainParams
+    from u2seg.pseudo.stuff.stego.model import StegoLossParams
+    from u2seg.pseudo.stuff.stego.train import StegoTrainParams
 
     loss = StegoLossParams(args.pos_intra_weight, args.pos_inter_weight, args.neg_inter_weight,
                            args.pos_intra_shift, args.pos_inter_shift, args.neg_inter_shift,
@@ -152,7 +152,7 @@ def run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from u2seg.backbones import resolve_device
-    from u2seg.pseudo.stego_train import CropStore, train_stego
+    from u2seg.pseudo.stuff.stego.train import CropStore, train_stego
 
     set_threads(args.threads)
     params = train_params(args)
@@ -225,7 +225,7 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None, help="trained stuff model (.npz) from stego-train")
     parser.add_argument("--checkpoint", default=None, help="official STEGO .ckpt (path or URL) instead of --model")
     parser.add_argument("--input-size", type=int, default=480, help="checkpoint mode: image size (features.input_size)")
-    from u2seg.pseudo.stuff_cli import add_crf_arguments
+    from u2seg.pseudo.stuff.cli import add_crf_arguments
 
     add_crf_arguments(parser)
     add_device_arguments(parser)
@@ -237,8 +237,8 @@ def run_infer(args: argparse.Namespace) -> int:
     from u2seg.images import load_rgb
     from u2seg.manifest import image_path, shard_images
     from u2seg.pseudo.io import save_png_plain
-    from u2seg.pseudo.stuff import load_stuff_model, stuff_map
-    from u2seg.pseudo.stuff_cli import crf_params
+    from u2seg.pseudo.stuff.model import load_stuff_model, stuff_map
+    from u2seg.pseudo.stuff.cli import crf_params
 
     set_threads(args.threads)
     if (args.model is None) == (args.checkpoint is None):
@@ -250,7 +250,7 @@ def run_infer(args: argparse.Namespace) -> int:
     check_shard_images(group, images, args.features)
     tokens = None
     if args.checkpoint is not None:
-        from u2seg.pseudo.stego_checkpoint import image_tokens, load_stego_checkpoint
+        from u2seg.pseudo.stuff.stego.checkpoint import image_tokens, load_stego_checkpoint
 
         model, tokens = load_stego_checkpoint(args.checkpoint)
         tokens.to(device)
@@ -287,7 +287,7 @@ def add_import_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from u2seg.pseudo.stego_checkpoint import read_checkpoint, resolve_checkpoint, stego_model_from_checkpoint
+    from u2seg.pseudo.stuff.stego.checkpoint import read_checkpoint, resolve_checkpoint, stego_model_from_checkpoint
 
     model = stego_model_from_checkpoint(read_checkpoint(resolve_checkpoint(args.checkpoint)))
     model.save(args.out)

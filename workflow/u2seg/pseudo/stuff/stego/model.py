@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from u2seg.pseudo.stuff import StuffModel
+from u2seg.pseudo.stuff.model import StuffModel
 
 #: STEGO's normalisation epsilon (``F.normalize(t, dim=1, eps=1e-10)``, modules.py ``norm``).
 NORM_EPS = 1e-10

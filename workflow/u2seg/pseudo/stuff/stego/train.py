@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from u2seg.detector import checkpoint as ckpt
-from u2seg.pseudo.stego import (ClusterProbe, StegoHead, StegoLossParams, StegoStuffModel,
+from u2seg.pseudo.stuff.stego.model import (ClusterProbe, StegoHead, StegoLossParams, StegoStuffModel,
                                 correspondence_loss, derangement, knn_partners, random_coords)
 
 log = logging.getLogger(__name__)
