@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests.pseudo.conftest import GRID, SHARD_SIZE, SIZES, Synthetic
 from u2seg.cli import main
-from u2seg.pseudo.stuff.model import load_stuff_model
+from u2seg.pseudo.stuff.registry import load_stuff_model
 
 S = 2
 MARKER: list[str] = []

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from u2seg.device import resolve_device
 from u2seg.errors import UserError
 from u2seg.images import resize_square
 
@@ -329,15 +330,6 @@ REGISTRY: dict[str, BackboneSpec] = {
                                        "EfficientNet-Lite2, supervised ImageNet weights (offline)"),
     "random_vit_tiny": BackboneSpec(build_random_vit_tiny, "seeded random ViT-Tiny/16 (tests only)"),
 }
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda requested but no CUDA device is available")
-    return torch.device(device)
 
 
 def build_backbone(name: str, weights: str | None = None, device: str = "cpu",

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from u2seg.atomic import atomic_path, save_png, write_json
-from u2seg.backbones import resolve_device
+from u2seg.device import resolve_device
 from u2seg.cliargs import add_device_arguments
 from u2seg.coco_format import instance_annotation, instances_json
 from u2seg.errors import UserError
