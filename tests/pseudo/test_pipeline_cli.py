@@ -17,7 +17,7 @@ from u2seg.errors import UserError
 from u2seg.features import write_shard
 from u2seg.pseudo.instances import cluster_cli
 from u2seg.pseudo.panoptic import validate
-from u2seg.pseudo.instances.embed_cli import load_embeddings
+from u2seg.pseudo.instances.embeddings import load_embeddings
 
 K, S = 3, 2
 

@@ -31,7 +31,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "cluster-stuff": ("u2seg.pseudo.stuff.cli", "k-means over dense patch features -> stuff label maps"),
     "stego": ("u2seg.pseudo.stuff.stego.cli", "STEGO stuff model: crop kNN table, head training, per-shard maps"),
     "merge-panoptic": ("u2seg.pseudo.panoptic.merge_cli", "merge instances + stuff into COCO panoptic pseudo-labels"),
-    "validate-panoptic": ("u2seg.pseudo.panoptic.validate", "check a COCO panoptic json + PNG folder for consistency"),
+    "validate-panoptic": ("u2seg.pseudo.panoptic.validate_cli", "check a COCO panoptic json + PNG folder for consistency"),
     "merge-panoptic-shard": ("u2seg.pseudo.panoptic.shard_cli", "panoptic merge of one shard (parallel jobs)"),
     "concat-panoptic": ("u2seg.pseudo.panoptic.concat_cli", "stream per-shard panoptic merges into one dataset"),
     "concat-validation": ("u2seg.pseudo.panoptic.validate_concat_cli", "combine per-shard validation reports"),
@@ -44,7 +44,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "cityscapes-panoptic": ("u2seg.cityscapes_panoptic", "Cityscapes gtFine -> COCO panoptic GT (27 classes)"),
     "zero-shot-table": ("u2seg.evaluation.zero_shot", "one table of a model's metrics across evaluation sets"),
     "finetune": ("u2seg.finetune.cli", "few-shot fine-tuning on a labelled COCO subset"),
-    "report": ("u2seg.report", "stage summaries and galleries for the HTML report"),
+    "report": ("u2seg.report.cli", "stage summaries and galleries for the HTML report"),
 }
 
 

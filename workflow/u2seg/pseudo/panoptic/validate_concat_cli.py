@@ -1,47 +1,9 @@
-"""``u2seg concat-validation``: the per-shard ``validate-panoptic`` reports -> one report (the format of
-``validate-panoptic --report``); fails the run on any problem found in any shard.
-
-Shard reports are found as ``--reports-dir/shard_{i:05d}.validation.json`` for i < ``--num-shards``;
-one report is in memory at a time. (Dataset-wide uniqueness of image ids is checked by
-``u2seg concat-panoptic``.)
-"""
+"""``u2seg concat-validation``: combine per-shard validation reports (see
+:mod:`u2seg.pseudo.panoptic.validate_concat`)."""
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
-from typing import Any
-
-from u2seg.atomic import write_json
-from u2seg.errors import UserError
-from u2seg.jsonio import load_json
-
-log = logging.getLogger(__name__)
-
-_SUMMED = ("images", "annotations", "segments", "errors")
-
-
-def combine(reports: list[dict[str, Any]] | Any, max_errors: int = 100) -> dict[str, Any]:
-    """One report from per-shard reports (an iterable): counts summed, messages kept up to ``max_errors``."""
-    out: dict[str, Any] = {}
-    for report in reports:
-        for part in ("panoptic", "instances"):
-            if part not in report:
-                continue
-            acc = out.setdefault(part, {})
-            for key, value in report[part].items():
-                if key == "messages":
-                    room = max_errors - len(acc.get("messages", []))
-                    acc["messages"] = acc.get("messages", []) + value[:max(room, 0)]
-                elif key in _SUMMED:
-                    acc[key] = acc.get(key, 0) + int(value)
-                else:  # the category count: the same in every shard
-                    acc[key] = max(acc.get(key, 0), value)
-    total = sum(part.get("errors", 0) for part in out.values())
-    for part in out.values():  # messages last, as validate-panoptic writes them
-        part["messages"] = part.pop("messages", [])
-    out["ok"] = total == 0
-    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,17 +13,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-errors", type=int, default=100, help="error messages kept in the report at most (the error counts stay complete)")
 
 
+
+
 def run(args: argparse.Namespace) -> int:
-    paths = [args.reports_dir / f"shard_{i:05d}.validation.json" for i in range(args.num_shards)]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise UserError(f"{len(missing)} shard validation report(s) missing, e.g. {missing[0]}")
-    report = combine((load_json(p) for p in paths), args.max_errors)
-    write_json(args.report, report, indent=1)
-    total = sum(part["errors"] for key, part in report.items() if key != "ok")
-    if total:
-        shown = "\n  ".join([m for key, part in report.items() if key != "ok" for m in part["messages"]][:20])
-        raise UserError(f"validation: {total} problem(s) in {args.num_shards} shards; first ones:\n  {shown}")
-    pan = report.get("panoptic", {})
-    log.info("OK: %d shards, %d images, %d segments", args.num_shards, pan.get("images", 0), pan.get("segments", 0))
-    return 0
+    from u2seg.pseudo.panoptic.validate_concat import concat_reports
+
+    return concat_reports(reports_dir=args.reports_dir, num_shards=args.num_shards, report_path=args.report,
+                          max_errors=args.max_errors)
