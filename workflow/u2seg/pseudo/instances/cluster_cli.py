@@ -27,8 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summary", type=Path, required=True, help="output summary json (cluster sizes, iterations)")
 
 
-
-
 def run(args: argparse.Namespace) -> int:
     from u2seg.pseudo.instances.cluster import cluster_instances
 

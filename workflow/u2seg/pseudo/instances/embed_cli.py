@@ -29,8 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output .npz")
 
 
-
-
 def run(args: argparse.Namespace) -> int:
     from u2seg.pseudo.instances.embeddings import embed_shard
 

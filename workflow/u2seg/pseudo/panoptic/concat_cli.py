@@ -18,8 +18,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_arguments(parser)
 
 
-
-
 def run(args: argparse.Namespace) -> int:
     from u2seg.pseudo.panoptic.concat import concat_shards
 

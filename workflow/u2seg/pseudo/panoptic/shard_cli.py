@@ -22,8 +22,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", type=Path, required=True, help="folder: panoptic/, semantic/, gallery/")
 
 
-
-
 def run(args: argparse.Namespace) -> int:
     from u2seg.pseudo.panoptic.shard import merge_shard
 

@@ -17,8 +17,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-errors", type=int, default=100, help="stop listing after this many problems")
 
 
-
-
 def run(args: argparse.Namespace) -> int:
     from u2seg.pseudo.panoptic.validate import validate_dataset
 

@@ -13,8 +13,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-errors", type=int, default=100, help="error messages kept in the report at most (the error counts stay complete)")
 
 
-
-
 def run(args: argparse.Namespace) -> int:
     from u2seg.pseudo.panoptic.validate_concat import concat_reports
 

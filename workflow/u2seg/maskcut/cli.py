@@ -1,0 +1,74 @@
+"""``u2seg maskcut``: MaskCut masks of one feature shard (see :mod:`u2seg.maskcut.shard`)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from u2seg.cliargs import add_device_arguments
+from u2seg.crf import MASKCUT_CRF, CRFParams
+from u2seg.maskcut.params import FOREGROUND_RULES, SOLVERS, MaskCutParams
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = MaskCutParams()
+    c = MASKCUT_CRF
+    io = parser.add_argument_group("inputs / outputs")
+    io.add_argument("--manifest", type=Path, required=True, help="manifest.json of the dataset")
+    io.add_argument("--features", type=Path, required=True, help="feature shard (zarr v3 store)")
+    io.add_argument("--out", type=Path, required=True, help="output COCO instances json of the shard")
+    io.add_argument("--gallery", type=Path, required=True, help="output folder of overlay PNGs")
+    io.add_argument("--gallery-size", type=int, default=8,
+                    help="images of the whole dataset (fixed hash sample) that get an overlay PNG")
+    alg = parser.add_argument_group("MaskCut (spec section 3)")
+    alg.add_argument("--tau", type=float, default=d.tau, help="affinity threshold on the cosine similarity")
+    alg.add_argument("--eps", type=float, default=d.eps, help="weight of the edges below tau")
+    alg.add_argument("--n-masks", type=int, default=d.n_masks, help="masks per image (N)")
+    alg.add_argument("--solver", choices=SOLVERS, default=d.solver,
+                     help="eigenvector solver: fast (block-Krylov, torch) or dense (scipy eigh, as CutLER)")
+    alg.add_argument("--eigen-tol", type=float, default=d.eigen_tol,
+                     help="fast solver: residual tolerance ||M y - mu y||")
+    alg.add_argument("--foreground-rule", choices=FOREGROUND_RULES, default=d.foreground_rule,
+                     help="which side of the cut is foreground: faithful (CutLER's corner rule) or sign_invariant")
+    alg.add_argument("--max-iou-previous", type=float, default=d.max_iou_previous,
+                     help="reject a new patch mask whose IoU with the previous one exceeds this")
+    alg.add_argument("--min-area-fraction", type=float, default=d.min_area_fraction,
+                     help="reject a patch mask covering at most this fraction of the patches")
+    alg.add_argument("--min-crf-iou", type=float, default=d.min_crf_iou,
+                     help="discard a mask whose IoU with its pre-CRF mask is below this")
+    crf = parser.add_argument_group("dense CRF")
+    crf.add_argument("--crf", action=argparse.BooleanOptionalAction, default=c.enabled,
+                     help="dense CRF refinement of each mask (--no-crf: skip it; hole filling still applies)")
+    crf.add_argument("--crf-gaussian-sxy", type=float, default=c.gaussian_sxy,
+                     help="CRF Gaussian (smoothness) kernel: spatial std in pixels")
+    crf.add_argument("--crf-gaussian-compat", type=float, default=c.gaussian_compat,
+                     help="CRF Gaussian kernel: Potts weight")
+    crf.add_argument("--crf-bilateral-sxy", type=float, default=c.bilateral_sxy,
+                     help="CRF bilateral (appearance) kernel: spatial std in pixels")
+    crf.add_argument("--crf-bilateral-srgb", type=float, default=c.bilateral_srgb,
+                     help="CRF bilateral kernel: colour std")
+    crf.add_argument("--crf-bilateral-compat", type=float, default=c.bilateral_compat,
+                     help="CRF bilateral kernel: Potts weight")
+    crf.add_argument("--crf-iterations", type=int, default=c.iterations, help="CRF mean-field iterations")
+    run_ = parser.add_argument_group("execution")
+    run_.add_argument("--batch-size", type=int, default=4, help="images per batched eigen solve")
+    add_device_arguments(run_, default="auto")
+    run_.add_argument("--seed", type=int, default=d.seed, help="seed of the eigensolver start and the gallery sample")
+
+
+def params_from_args(args: argparse.Namespace) -> MaskCutParams:
+    """MaskCutParams from the parsed CLI flags (validated)."""
+    crf = CRFParams(enabled=args.crf, gaussian_sxy=args.crf_gaussian_sxy, gaussian_compat=args.crf_gaussian_compat,
+                    bilateral_sxy=args.crf_bilateral_sxy, bilateral_srgb=args.crf_bilateral_srgb,
+                    bilateral_compat=args.crf_bilateral_compat, iterations=args.crf_iterations)
+    return MaskCutParams(tau=args.tau, eps=args.eps, n_masks=args.n_masks, solver=args.solver,
+                         foreground_rule=args.foreground_rule, max_iou_previous=args.max_iou_previous,
+                         min_area_fraction=args.min_area_fraction, min_crf_iou=args.min_crf_iou, crf=crf,
+                         eigen_tol=args.eigen_tol, seed=args.seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    from u2seg.maskcut.shard import maskcut_shard
+
+    return maskcut_shard(manifest_path=args.manifest, features_path=args.features, out_path=args.out,
+                         gallery_dir=args.gallery, gallery_size=args.gallery_size, params=params_from_args(args),
+                         batch_size=args.batch_size, device=args.device, threads=args.threads)
