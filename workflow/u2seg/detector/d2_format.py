@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from u2seg.detector.d2_keys import BOTTOM_UP, d2_resnet_key_to_timm
 from u2seg.errors import UserError
 
-BOTTOM_UP = "backbone.bottom_up."
 # Keys of a converted torchvision ResNet that are not part of detectron2's backbone (the classifier).
 CLASSIFIER = re.compile(r"^(stem\.)?(fc|linear)\.(weight|bias)$")
 NORM_BUFFER = "num_batches_tracked"
@@ -108,44 +108,6 @@ def load_d2_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------ ResNet keys
-_D2_TO_TIMM = [
-    (re.compile(r"stem\.conv1\.(weight|bias)"), "conv1.{0}"),
-    (re.compile(r"stem\.conv1\.norm\.(\w+)"), "bn1.{0}"),
-    (re.compile(r"res(\d)\.(\d+)\.conv(\d)\.weight"), "layer{s}.{1}.conv{2}.weight"),
-    (re.compile(r"res(\d)\.(\d+)\.conv(\d)\.norm\.(\w+)"), "layer{s}.{1}.bn{2}.{3}"),
-    (re.compile(r"res(\d)\.(\d+)\.shortcut\.weight"), "layer{s}.{1}.downsample.0.weight"),
-    (re.compile(r"res(\d)\.(\d+)\.shortcut\.norm\.(\w+)"), "layer{s}.{1}.downsample.1.{2}"),
-]
-_TIMM_TO_D2 = [
-    (re.compile(r"conv1\.(weight|bias)"), "stem.conv1.{0}"),
-    (re.compile(r"bn1\.(\w+)"), "stem.conv1.norm.{0}"),
-    (re.compile(r"layer(\d)\.(\d+)\.conv(\d)\.weight"), "res{s}.{1}.conv{2}.weight"),
-    (re.compile(r"layer(\d)\.(\d+)\.bn(\d)\.(\w+)"), "res{s}.{1}.conv{2}.norm.{3}"),
-    (re.compile(r"layer(\d)\.(\d+)\.downsample\.0\.weight"), "res{s}.{1}.shortcut.weight"),
-    (re.compile(r"layer(\d)\.(\d+)\.downsample\.1\.(\w+)"), "res{s}.{1}.shortcut.norm.{2}"),
-]
-
-
-def _apply(rules: list, key: str, stage_shift: int) -> str | None:
-    for pattern, template in rules:
-        m = pattern.fullmatch(key)
-        if m:
-            groups = m.groups()
-            stage = int(groups[0]) + stage_shift if template.startswith(("layer", "res")) else 0
-            return template.format(*groups, s=stage)
-    return None
-
-
-def d2_resnet_key_to_timm(key: str) -> str | None:
-    """detectron2 ResNet key (without ``backbone.bottom_up.``) -> timm ResNet key; None if not one."""
-    return _apply(_D2_TO_TIMM, key, -1)
-
-
-def timm_resnet_key_to_d2(key: str) -> str | None:
-    """timm ResNet key -> detectron2 ResNet key (without ``backbone.bottom_up.``); None if not one."""
-    return _apply(_TIMM_TO_D2, key, +1)
-
-
 def is_d2_resnet(sd: dict[str, Any]) -> bool:
     """Whether the keys are detectron2 ResNet names (with or without ``backbone.bottom_up.``)."""
     return any(k.startswith(("stem.", "res2.", BOTTOM_UP + "stem.", "bottom_up.stem.")) for k in sd)
