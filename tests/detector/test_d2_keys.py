@@ -15,6 +15,8 @@ PAIRS = [  # detectron2 name, u2seg name
     ("backbone.bottom_up.res4.0.shortcut.norm.num_batches_tracked",
      "backbone.body.layer3.0.downsample.1.num_batches_tracked"),
     ("backbone.fpn_lateral2.weight", "fpn.inner_blocks.0.0.weight"),
+    ("backbone.fpn_lateral3.norm.running_mean", "fpn.inner_blocks.1.1.running_mean"),
+    ("backbone.fpn_output4.bias", "fpn.layer_blocks.2.0.bias"),
     ("backbone.fpn_output5.norm.bias", "fpn.layer_blocks.3.1.bias"),
     ("proposal_generator.rpn_head.conv.weight", "rpn.head.conv.0.0.weight"),
     ("proposal_generator.rpn_head.objectness_logits.bias", "rpn.head.cls_logits.bias"),
