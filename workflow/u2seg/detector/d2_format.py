@@ -14,7 +14,6 @@ File layouts read here:
 """
 from __future__ import annotations
 
-import io
 import pickle
 import re
 from pathlib import Path
@@ -25,25 +24,11 @@ import torch
 
 from u2seg.detector.d2_keys import BOTTOM_UP, d2_resnet_key_to_timm
 from u2seg.errors import UserError
+from u2seg.safe_load import load_numpy_pickle
 
 # Keys of a converted torchvision ResNet that are not part of detectron2's backbone (the classifier).
 CLASSIFIER = re.compile(r"^(stem\.)?(fc|linear)\.(weight|bias)$")
 NORM_BUFFER = "num_batches_tracked"
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler for detectron2 .pkl weights: numpy arrays, numpy scalars and builtin containers only."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights pickle")
 
 
 def _as_tensor(value: Any) -> torch.Tensor | None:
@@ -71,7 +56,7 @@ def load_d2_pickle(path: str | Path) -> dict[str, torch.Tensor]:
     plain ``{name: ndarray}``). Metadata entries (``__author__``, ``matching_heuristics``) are skipped."""
     try:
         with open(path, "rb") as fh:
-            obj = _NumpyOnlyUnpickler(io.BytesIO(fh.read()), encoding="latin1").load()
+            obj = load_numpy_pickle(fh.read())
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
         raise UserError(f"cannot read detectron2 pickle {path}: {exc}") from exc
     out = {}
