@@ -1,5 +1,5 @@
 # STEGO stuff model (issue 15; stuff.model: stego | stego_checkpoint): the crop kNN table, head training
-# (resumable; GPU when features.device finds one) and per-shard stuff maps, which `cluster_stuff`
+# (resumable; GPU when features.device finds one) and per-shard stuff maps, which `stuff_maps`
 # gathers into the same pseudo/stuff/, stuff_model.npz and stuff_summary.json as the k-means model.
 
 _STEGO = f"{RES}/{{ds}}/pseudo/stego"
@@ -11,7 +11,7 @@ if config["stuff"]["model"] == "stego_checkpoint" and not config["stuff"]["check
 
 
 def stego_stuff_inputs(wildcards):
-    """Extra inputs of `cluster_stuff`: nothing for kmeans, the per-shard maps + model for stego*."""
+    """Extra inputs of `stuff_maps`: nothing for kmeans, the per-shard maps + model for stego*."""
     if config["stuff"]["model"] == "kmeans":
         return []
     base = f"{RES}/{wildcards.ds}/pseudo/stego"

@@ -155,7 +155,7 @@ def merge_images(manifest: dict[str, Any], images: list[dict[str, Any]], by_imag
         stuff = read_png(stuff_dir / png_name(im))
         if stuff.shape != (h, w):
             raise UserError(f"stuff map {png_name(im)} is {stuff.shape[::-1]} (w, h), image is {w}x{h}: "
-                            "rerun cluster_stuff")
+                            "rerun stuff_maps")
         rows, cols = bounded_grid(h, w, max_pixels)  # identity below max_pixels
         masks = [decode_mask(a["segmentation"], h, w)[np.ix_(rows, cols)] if len(rows) < h or len(cols) < w
                  else decode_mask(a["segmentation"], h, w) for a in anns]
