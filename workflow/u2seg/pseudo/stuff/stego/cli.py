@@ -96,7 +96,7 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-size", type=int, required=True,
                         help="images per feature shard (config features.shard_size)")
     parser.add_argument("--features", type=Path, required=True, help="the shard's zarr store")
-    parser.add_argument("--model", type=Path, default=None, help="trained stuff model (.npz) from stego-train")
+    parser.add_argument("--model", type=Path, default=None, help="trained stuff model (.npz) from `u2seg stego train`")
     parser.add_argument("--checkpoint", default=None, help="official STEGO .ckpt (path or URL) instead of --model")
     parser.add_argument("--input-size", type=int, default=480, help="checkpoint mode: image size (features.input_size)")
     add_crf_arguments(parser)

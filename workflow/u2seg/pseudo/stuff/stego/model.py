@@ -252,7 +252,7 @@ class StegoStuffModel(StuffModel):
         self.device = torch.device(device)
 
     def fit(self, patches: Any) -> "StegoStuffModel":
-        raise NotImplementedError("a STEGO head is trained by `u2seg stego-train`, not fitted on patches")
+        raise NotImplementedError("a STEGO head is trained by `u2seg stego train`, not fitted on patches")
 
     @torch.no_grad()
     def code(self, dense: np.ndarray) -> torch.Tensor:
