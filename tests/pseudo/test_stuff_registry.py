@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 import yaml
-
-from tests.conftest import REPO
 from u2seg.pseudo.stuff.model import KMeansStuffModel, StuffModel
 from u2seg.pseudo.stuff.registry import STUFF_MODELS, load_stuff_model
+
+from tests.conftest import REPO
 
 
 def test_schema_enum_equals_the_registry():

@@ -19,14 +19,14 @@ import torch
 from tqdm import tqdm
 
 from u2seg.atomic import atomic_path, save_png, write_json
-from u2seg.device import resolve_device
 from u2seg.coco_format import instance_annotation, instances_json
+from u2seg.device import resolve_device
 from u2seg.errors import UserError
+from u2seg.gallery import gallery_ids, overlay
 from u2seg.images import load_rgb, resize_square
 from u2seg.manifest import image_path, image_stem, load_manifest
 from u2seg.maskcut.algorithm import Timer, maskcut_batch
 from u2seg.maskcut.eigen import EigenInfo
-from u2seg.maskcut.gallery import gallery_ids, overlay
 from u2seg.maskcut.merge import CATEGORIES
 from u2seg.maskcut.params import MaskCutParams
 

@@ -19,9 +19,9 @@ from tqdm import tqdm
 from u2seg.atomic import atomic_path, write_json
 from u2seg.coco_format import decode_mask, id2rgb
 from u2seg.errors import UserError
+from u2seg.gallery import gallery_indices, pseudo_label_tile
 from u2seg.images import load_rgb
 from u2seg.manifest import image_path
-from u2seg.pseudo.gallery import gallery_indices, pseudo_label_tile
 from u2seg.pseudo.io import load_json, png_name, read_manifest, read_png, save_png_plain
 from u2seg.pseudo.panoptic.merge import merge_panoptic, panoptic_categories
 from u2seg.pseudo.panoptic.outputs import PanopticOutputs

@@ -21,9 +21,9 @@ from typing import Any
 
 from u2seg.atomic import atomic_path, write_json
 from u2seg.errors import UserError
+from u2seg.gallery import gallery_indices
 from u2seg.jsonio import load_json
 from u2seg.manifest import shard_images
-from u2seg.pseudo.gallery import gallery_indices
 from u2seg.pseudo.io import read_manifest, save_png_plain
 from u2seg.pseudo.panoptic.dataset import group_by_image, merge_images
 from u2seg.pseudo.panoptic.merge import MAX_SEGMENT_ID, panoptic_categories

@@ -17,7 +17,14 @@ from u2seg.atomic import atomic_path, write_json
 from u2seg.crf import CRFParams
 from u2seg.errors import UserError
 from u2seg.features import open_shard
-from u2seg.pseudo.io import check_shard_images, png_name, read_manifest, set_threads, shard_files, shard_iter
+from u2seg.pseudo.io import (
+    check_shard_images,
+    png_name,
+    read_manifest,
+    set_threads,
+    shard_files,
+    shard_iter,
+)
 from u2seg.pseudo.stuff.stego.params import StegoTrainParams
 
 log = logging.getLogger(__name__)
@@ -174,7 +181,10 @@ def infer_job(*, manifest_path: Path, shard: int, shard_size: int, features: Pat
     check_shard_images(group, images, features)
     tokens = None
     if checkpoint is not None:
-        from u2seg.pseudo.stuff.stego.checkpoint import image_tokens, load_stego_checkpoint
+        from u2seg.pseudo.stuff.stego.checkpoint import (
+            image_tokens,
+            load_stego_checkpoint,
+        )
 
         model, tokens = load_stego_checkpoint(checkpoint)
         tokens.to(device)
@@ -206,7 +216,11 @@ def infer_job(*, manifest_path: Path, shard: int, shard_size: int, features: Pat
 # ------------------------------------------------------------------------------------------ import
 def import_job(*, checkpoint: str, out: Path) -> int:
     """``stego import``: the head + cluster probe of an official STEGO checkpoint as a stuff model npz."""
-    from u2seg.pseudo.stuff.stego.checkpoint import read_checkpoint, resolve_checkpoint, stego_model_from_checkpoint
+    from u2seg.pseudo.stuff.stego.checkpoint import (
+        read_checkpoint,
+        resolve_checkpoint,
+        stego_model_from_checkpoint,
+    )
 
     model = stego_model_from_checkpoint(read_checkpoint(resolve_checkpoint(checkpoint)))
     model.save(out)
