@@ -7,13 +7,7 @@ import numpy as np
 import pytest
 from u2seg.crf import STEGO_CRF
 from u2seg.pseudo.kmeans import ArraySource
-from u2seg.pseudo.stuff.model import (
-    KMeansStuffModel,
-    nearest_indices,
-    sample_patches,
-    stuff_map,
-    upsample_nearest,
-)
+from u2seg.pseudo.stuff.model import KMeansStuffModel, nearest_indices, sample_patches, stuff_map, upsample_nearest
 from u2seg.pseudo.stuff.registry import load_stuff_model
 
 

@@ -23,14 +23,7 @@ from pycocotools import mask as mask_utils
 from u2seg.atomic import atomic_path, write_json
 from u2seg.errors import UserError
 from u2seg.pseudo.instances.embeddings import load_embeddings
-from u2seg.pseudo.io import (
-    load_json,
-    read_manifest,
-    set_threads,
-    shard_annotations,
-    shard_files,
-    shard_iter,
-)
+from u2seg.pseudo.io import load_json, read_manifest, set_threads, shard_annotations, shard_files, shard_iter
 from u2seg.pseudo.kmeans import NpyRowSource, NpyWriter, assign, cluster_sizes, kmeans
 from u2seg.pseudo.panoptic.merge import thing_categories
 

@@ -20,18 +20,8 @@ from u2seg.errors import UserError
 from u2seg.features import open_shard
 from u2seg.images import load_rgb
 from u2seg.manifest import image_path, shard_images
-from u2seg.pseudo.instances.embed import (
-    crop_embeddings,
-    crop_instance,
-    pooled_embeddings,
-)
-from u2seg.pseudo.io import (
-    check_shard_images,
-    load_json,
-    read_manifest,
-    set_threads,
-    shard_annotations,
-)
+from u2seg.pseudo.instances.embed import crop_embeddings, crop_instance, pooled_embeddings
+from u2seg.pseudo.io import check_shard_images, load_json, read_manifest, set_threads, shard_annotations
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,7 @@ from typing import Any
 from u2seg.atomic import atomic_path, write_json
 from u2seg.errors import UserError
 from u2seg.jsonio import load_json
-from u2seg.pseudo.panoptic.dataset import (
-    COUNTS,
-    add_counts,
-    add_source_summaries,
-    summary_of,
-)
+from u2seg.pseudo.panoptic.dataset import COUNTS, add_counts, add_source_summaries, summary_of
 from u2seg.pseudo.panoptic.outputs import PanopticOutputs
 from u2seg.streamjson import dump, finish, first_duplicate
 

@@ -19,22 +19,9 @@ from u2seg.errors import UserError
 from u2seg.features import open_shard
 from u2seg.images import load_rgb
 from u2seg.manifest import image_path
-from u2seg.pseudo.io import (
-    check_shard_images,
-    iter_dense,
-    png_name,
-    read_manifest,
-    save_png_plain,
-    set_threads,
-    shard_files,
-    shard_iter,
-)
-from u2seg.pseudo.stuff.model import (
-    KMeansStuffModel,
-    fit_stuff_model,
-    sample_patches,
-    stuff_map,
-)
+from u2seg.pseudo.io import (check_shard_images, iter_dense, png_name, read_manifest, save_png_plain, set_threads,
+                             shard_files, shard_iter)
+from u2seg.pseudo.stuff.model import KMeansStuffModel, fit_stuff_model, sample_patches, stuff_map
 from u2seg.pseudo.stuff.registry import STUFF_MODELS, load_stuff_model
 
 log = logging.getLogger(__name__)

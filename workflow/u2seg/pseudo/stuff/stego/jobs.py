@@ -17,14 +17,7 @@ from u2seg.atomic import atomic_path, write_json
 from u2seg.crf import CRFParams
 from u2seg.errors import UserError
 from u2seg.features import open_shard
-from u2seg.pseudo.io import (
-    check_shard_images,
-    png_name,
-    read_manifest,
-    set_threads,
-    shard_files,
-    shard_iter,
-)
+from u2seg.pseudo.io import check_shard_images, png_name, read_manifest, set_threads, shard_files, shard_iter
 from u2seg.pseudo.stuff.stego.params import StegoTrainParams
 
 log = logging.getLogger(__name__)
