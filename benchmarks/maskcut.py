@@ -35,7 +35,7 @@ from threadpoolctl import threadpool_limits
 
 from u2seg.maskcut.algorithm import MaskCutParams, Timer, maskcut_batch
 from u2seg.maskcut.bipartition import mask_iou
-from u2seg.maskcut.crf import CRFParams
+from u2seg.crf import CRFParams
 
 
 def synthetic_scene(grid: int, dim: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

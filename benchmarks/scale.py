@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from u2seg.pseudo.merge import panoptic_categories
+from u2seg.pseudo.panoptic.merge import panoptic_categories
 
 REPO = Path(__file__).resolve().parents[1]
 K, S = 8, 27

@@ -66,7 +66,8 @@ def prepare(root: Path, out: Path, shard_size: int) -> tuple[Path, int]:
 def apply_model(model_path: Path, manifest: Path, features: Path, shard_size: int, out: Path) -> None:
     """Stuff maps of a saved stuff model on every shard, written as 1..S semantic PNGs (0 = thing unused)."""
     from u2seg.pseudo.io import iter_dense, png_name, shard_iter
-    from u2seg.pseudo.stuff import load_stuff_model, stuff_map
+    from u2seg.pseudo.stuff.model import stuff_map
+    from u2seg.pseudo.stuff.registry import load_stuff_model
 
     model = load_stuff_model(model_path)
     man = json.loads(manifest.read_text())

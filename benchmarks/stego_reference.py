@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import torch
 
-from u2seg.pseudo.stego import ClusterProbe, StegoLossParams, correspondence_loss, derangement
+from u2seg.pseudo.stuff.stego.model import ClusterProbe, StegoLossParams, correspondence_loss, derangement
 
 
 def main() -> int:

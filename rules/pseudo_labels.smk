@@ -81,8 +81,9 @@ rule cluster_instances:
         " --out-shards {output.shards:q} > {log:q} 2>&1"
 
 
-rule cluster_stuff:
-    """Unsupervised stuff clusters (stuff.k) over dense patch features -> stuff label maps."""
+rule stuff_maps:
+    """The stuff label maps (stuff.k clusters): k-means fitted and applied here, or the per-shard STEGO
+    maps (rules/stego.smk) gathered; `u2seg cluster-stuff` either way."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
         features=per_shard(f"{RES}/{{ds}}/features/shard_{{shard}}.zarr"),
@@ -114,9 +115,9 @@ rule cluster_stuff:
         mem_mb=mem_mb(4000),
         runtime=240,
     log:
-        f"{RES}/logs/{{ds}}/pseudo/cluster_stuff.log",
+        f"{RES}/logs/{{ds}}/pseudo/stuff_maps.log",
     benchmark:
-        f"{RES}/benchmarks/{{ds}}/pseudo/cluster_stuff.tsv"
+        f"{RES}/benchmarks/{{ds}}/pseudo/stuff_maps.tsv"
     shell:
         "{U2SEG} cluster-stuff --manifest {input.manifest:q} --shard-size {params.shard_size:q}"
         " --features-dir {params.features_dir:q} --k {params.k:q} --sample-patches {params.sample_patches:q}"
@@ -168,7 +169,7 @@ rule merge_panoptic_shard:
         " > {log:q} 2>&1"
 
 
-rule merge_panoptic:
+rule concat_panoptic:
     """Concatenate the per-shard panoptic pseudo-labels into the dataset's COCO panoptic json + PNG folders."""
     input:
         jsons=per_shard(f"{_PSEUDO}/panoptic_shards/shard_{{shard}}.json"),
@@ -193,9 +194,9 @@ rule merge_panoptic:
         mem_mb=declared_mem(CONCAT_BASE_MB, per_image_kb=CONCAT_KB_PER_IMAGE),
         runtime=declared_runtime(10, per_image_s=CONCAT_S_PER_IMAGE),
     log:
-        f"{RES}/logs/{{ds}}/pseudo/merge_panoptic.log",
+        f"{RES}/logs/{{ds}}/pseudo/concat_panoptic.log",
     benchmark:
-        f"{RES}/benchmarks/{{ds}}/pseudo/merge_panoptic.tsv"
+        f"{RES}/benchmarks/{{ds}}/pseudo/concat_panoptic.tsv"
     shell:
         "{U2SEG} concat-panoptic --shards-dir {params.shards_dir:q} --num-shards {params.num_shards}"
         " --k {params.k:q} --num-stuff {params.num_stuff:q} --max-thing-overlap {params.max_thing_overlap:q}"

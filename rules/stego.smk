@@ -1,6 +1,8 @@
 # STEGO stuff model (stuff.model: stego | stego_checkpoint): the crop kNN table, head training
-# (resumable; GPU when features.device finds one) and per-shard stuff maps, which `cluster_stuff`
+# (resumable; GPU when features.device finds one) and per-shard stuff maps, which `stuff_maps`
 # gathers into the same pseudo/stuff/, stuff_model.npz and stuff_summary.json as the k-means model.
+
+from u2seg.pseudo.stuff.registry import STUFF_MODELS
 
 _STEGO = f"{RES}/{{ds}}/pseudo/stego"
 _SG = config["stuff"]["stego"]
@@ -11,8 +13,8 @@ if config["stuff"]["model"] == "stego_checkpoint" and not config["stuff"]["check
 
 
 def stego_stuff_inputs(wildcards):
-    """Extra inputs of `cluster_stuff`: nothing for kmeans, the per-shard maps + model for stego*."""
-    if config["stuff"]["model"] == "kmeans":
+    """Extra inputs of `stuff_maps`: nothing for kmeans, the per-shard maps + model for stego*."""
+    if not STUFF_MODELS[config["stuff"]["model"]].per_shard_maps:
         return []
     base = f"{RES}/{wildcards.ds}/pseudo/stego"
     return [f"{base}/model.npz"] + [f"{base}/maps/shard_{s}" for s in shard_ids(wildcards.ds)]
@@ -21,8 +23,8 @@ def stego_stuff_inputs(wildcards):
 def stego_stuff_flags(wildcards):
     """cluster-stuff flags of the stuff model (shell-quoted)."""
     model = config["stuff"]["model"]
-    if model == "kmeans":
-        return "--model kmeans"
+    if not STUFF_MODELS[model].per_shard_maps:
+        return f"--model {model}"
     base = f"{RES}/{wildcards.ds}/pseudo/stego"
     return (f"--model {model} --stego-maps-dir {shlex.quote(base + '/maps')}"
             f" --stego-model {shlex.quote(base + '/model.npz')}")

@@ -19,7 +19,7 @@ from u2seg.coco_format import instance_annotation, rgb2id
 from u2seg.detector import checkpoint as ckpt
 from u2seg.detector.d2_datasets import register_u2seg
 from u2seg.detector.model import build_model
-from u2seg.pseudo.merge import thing_categories
+from u2seg.pseudo.panoptic.merge import thing_categories
 
 K, S = 3, 4
 H, W = 64, 96

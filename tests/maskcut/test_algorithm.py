@@ -10,7 +10,7 @@ from u2seg.coco_format import decode_mask, instance_annotation
 from u2seg.maskcut.algorithm import (MaskCutParams, maskcut_batch, maskcut_image, patch_masks_batch, pixel_masks,
                                      refine_masks, resize_mask, upsample_nearest)
 from u2seg.maskcut.bipartition import mask_iou
-from u2seg.maskcut.crf import CRFParams, ImageCRF, mask_unary
+from u2seg.crf import CRFParams, ImageCRF, mask_unary
 
 BOXES = [(1, 1, 6, 5), (7, 6, 11, 11)]  # (y0, x0, y1, x1) on a 12 x 12 grid
 

@@ -13,7 +13,7 @@ from tests.maskcut.synthetic import blob_features
 from u2seg.cli import main
 from u2seg.coco_format import decode_mask
 from u2seg.features import write_shard
-from u2seg.maskcut.gallery import gallery_ids
+from u2seg.gallery import gallery_ids
 
 SIZE, GRID = 96, 12  # input size and patch grid (stride 8)
 BOXES = [(1, 1, 6, 5), (7, 6, 11, 11)]

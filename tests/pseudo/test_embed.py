@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from u2seg.pseudo.embed import (crop_embeddings, crop_instance, mask_weights, overlap_matrix,
+from u2seg.pseudo.instances.embed import (crop_embeddings, crop_instance, mask_weights, overlap_matrix,
                                 pooled_embeddings, resize_center_crop)
 
 

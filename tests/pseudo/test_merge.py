@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from u2seg.pseudo.merge import VOID, merge_panoptic, paint_order, panoptic_categories
+from u2seg.pseudo.panoptic.merge import VOID, merge_panoptic, paint_order, panoptic_categories
 
 K, S = 5, 3
 

@@ -15,8 +15,9 @@ from u2seg.cli import main
 from u2seg.coco_format import decode_mask, id2rgb, instance_annotation, rgb2id
 from u2seg.errors import UserError
 from u2seg.features import write_shard
-from u2seg.pseudo import cluster_cli, validate
-from u2seg.pseudo.embed_cli import load_embeddings
+from u2seg.pseudo.instances import cluster_cli
+from u2seg.pseudo.panoptic import validate
+from u2seg.pseudo.instances.embeddings import load_embeddings
 
 K, S = 3, 2
 
@@ -133,7 +134,7 @@ def test_crop_cls_embeddings(synthetic: Synthetic, tmp_path: Path):
 
 # ------------------------------------------------------------------------------------- validator
 def _valid_labels(tmp_path: Path) -> tuple[dict, Path, Path]:
-    from u2seg.pseudo.merge import merge_panoptic, panoptic_categories
+    from u2seg.pseudo.panoptic.merge import merge_panoptic, panoptic_categories
 
     png_dir, sem_dir = tmp_path / "pan", tmp_path / "sem"
     png_dir.mkdir()

@@ -13,7 +13,7 @@ from tests.pseudo.conftest import SHARD_SIZE, Synthetic
 from tests.pseudo.test_pipeline_cli import K, S, run_stages
 from u2seg.cli import main
 from u2seg.coco_format import rgb2id
-from u2seg.pseudo.panoptic_shard_cli import first_segment_id
+from u2seg.pseudo.panoptic.shard import first_segment_id
 
 
 def _sharded(data: Synthetic, pseudo: Path, out: Path) -> int:

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from u2seg.pseudo.stego import (ClusterProbe, StegoHead, StegoLossParams, StegoStuffModel, correspondence_loss,
+from u2seg.pseudo.stuff.stego.model import (ClusterProbe, StegoHead, StegoLossParams, StegoStuffModel, correspondence_loss,
                                 crop_descriptors, derangement, five_crop_boxes, knn_partners, knn_table,
                                 pair_loss, sample_points)
-from u2seg.pseudo.stuff import load_stuff_model, stuff_map
-from u2seg.pseudo.stego_train import CropStore, StegoTrainParams, step_batch, train_stego
+from u2seg.pseudo.stuff.model import stuff_map
+from u2seg.pseudo.stuff.registry import load_stuff_model
+from u2seg.pseudo.stuff.stego.train import CropStore, StegoTrainParams, step_batch, train_stego
 
 
 def pts(*vectors):

@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests.pseudo.conftest import GRID, SHARD_SIZE, SIZES, Synthetic
 from u2seg.cli import main
-from u2seg.pseudo.stuff import load_stuff_model
+from u2seg.pseudo.stuff.registry import load_stuff_model
 
 S = 2
 MARKER: list[str] = []
@@ -137,7 +137,7 @@ def official_like_checkpoint(path: Path, embed: int = 64, depth: int = 2, patch:
 
 
 def test_official_checkpoint_loads_without_executing_code(tmp_path: Path):
-    from u2seg.pseudo.stego_checkpoint import hyper_parameter, load_stego_checkpoint, read_checkpoint
+    from u2seg.pseudo.stuff.stego.checkpoint import hyper_parameter, load_stego_checkpoint, read_checkpoint
 
     path = tmp_path / "cocostuff27_like.ckpt"
     sd = official_like_checkpoint(path)
@@ -158,14 +158,14 @@ def test_official_checkpoint_loads_without_executing_code(tmp_path: Path):
                        torch.nn.functional.normalize(sd["cluster_probe.clusters"], dim=1))
     assert np.allclose(model.scores(dense.numpy()), cos.numpy(), atol=1e-5)
     # the tokens: the checkpoint's ViT, CLS dropped, (C, H/8, W/8)
-    from u2seg.pseudo.stego_checkpoint import image_tokens
+    from u2seg.pseudo.stuff.stego.checkpoint import image_tokens
 
     feats = image_tokens(tokens, [np.zeros((30, 50, 3), np.uint8)], 64)
     assert feats.shape == (1, 64, 8, 8)
 
 
 def test_checkpoint_hyper_parameters_in_config_nodes(tmp_path: Path):
-    from u2seg.pseudo.stego_checkpoint import hyper_parameter, read_checkpoint
+    from u2seg.pseudo.stuff.stego.checkpoint import hyper_parameter, read_checkpoint
 
     path = tmp_path / "nodes.ckpt"
     official_like_checkpoint(path, cfg=FakeDictConfigState({"model_type": "vit_base", "dino_patch_size": 8}))
@@ -178,7 +178,7 @@ def test_checkpoint_hyper_parameters_in_config_nodes(tmp_path: Path):
 
 def test_checkpoint_with_a_real_omegaconf_dictconfig(tmp_path: Path):
     omegaconf = pytest.importorskip("omegaconf", reason="omegaconf not installed (only needed to build this file)")
-    from u2seg.pseudo.stego_checkpoint import hyper_parameter, load_stego_checkpoint, read_checkpoint
+    from u2seg.pseudo.stuff.stego.checkpoint import hyper_parameter, load_stego_checkpoint, read_checkpoint
 
     path = tmp_path / "omegaconf.ckpt"
     official_like_checkpoint(path, cfg=omegaconf.OmegaConf.create({"model_type": "vit_base", "dim": 6,

@@ -1,12 +1,14 @@
 """Stuff model: patch sampling, cosine k-means, nearest upsampling, CRF, save/load."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
-
+from u2seg.crf import STEGO_CRF
 from u2seg.pseudo.kmeans import ArraySource
-from u2seg.pseudo.stuff import (CRFParams, KMeansStuffModel, load_stuff_model, nearest_indices,
-                                sample_patches, stuff_map, upsample_nearest)
+from u2seg.pseudo.stuff.model import KMeansStuffModel, nearest_indices, sample_patches, stuff_map, upsample_nearest
+from u2seg.pseudo.stuff.registry import load_stuff_model
 
 
 def two_material_map(c: int = 6, h: int = 4, w: int = 6, seed: int = 0) -> np.ndarray:
@@ -64,11 +66,11 @@ def test_stuff_map_with_and_without_crf():
     assert plain.shape == (20, 30) and plain.dtype == np.uint8
     img = np.zeros((20, 30, 3), dtype=np.uint8)
     img[:, 15:] = 255  # image edge where the materials change
-    refined = stuff_map(model, dense, 20, 30, image=img, crf=CRFParams(iterations=3))
+    refined = stuff_map(model, dense, 20, 30, image=img, crf=dataclasses.replace(STEGO_CRF, iterations=3))
     assert refined.shape == (20, 30)
     assert (refined[:, :14] == plain[0, 0]).all() and (refined[:, 16:] == plain[0, -1]).all()
     with pytest.raises(ValueError, match="CRF"):
-        stuff_map(model, dense, 20, 30, image=None, crf=CRFParams())
+        stuff_map(model, dense, 20, 30, image=None, crf=STEGO_CRF)
 
 
 def test_sample_patches_from_arrays_reads_only_picked_images():

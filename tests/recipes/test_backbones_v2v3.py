@@ -145,7 +145,7 @@ def test_patch_14_grids_upsample_exactly_and_sizes_are_checked_before_any_job():
     """MaskCut / stuff upsampling are grid-agnostic: a 34 x 34 patch-14 grid maps onto 476 px blocks."""
     from u2seg.maskcut.algorithm import upsample_nearest as maskcut_up
     from u2seg.preflight import backbone_stride, check_patch_grid
-    from u2seg.pseudo.stuff import upsample_nearest as stuff_up
+    from u2seg.pseudo.stuff.model import upsample_nearest as stuff_up
 
     grid = np.random.default_rng(0).integers(0, 5, size=(34, 34))
     blocks = np.kron(grid, np.ones((14, 14), dtype=grid.dtype))

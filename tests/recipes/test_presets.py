@@ -98,7 +98,7 @@ def _job(out: str, rule: str) -> list[str]:
 
 def test_u2seg_coco_dry_run_is_paper_scale_with_gpu_resources(tmp_path):
     out = _dry_run(tmp_path, "u2seg-coco.yaml", "--resources", "gpu=8")
-    for rule in ("features_shard", "maskcut", "embed", "cluster_instances", "cluster_stuff", "merge_panoptic",
+    for rule in ("features_shard", "maskcut", "embed", "cluster_instances", "stuff_maps", "concat_panoptic",
                  "train_round", "predict"):
         assert _job(out, rule), f"no {rule} job in the dry run"
     (train,) = _job(out, "train_round")
@@ -127,7 +127,7 @@ def test_cutler_dry_run_has_three_rounds_with_droploss_and_copy_paste(tmp_path):
 
 def test_gpu_preset_puts_every_stage_on_cuda(tmp_path):
     out = _dry_run(tmp_path, "gpu.yaml", config=("dataset=coco", "split=train"))
-    for rule in ("features_shard", "maskcut", "embed", "cluster_instances", "cluster_stuff", "train_round",
+    for rule in ("features_shard", "maskcut", "embed", "cluster_instances", "stuff_maps", "train_round",
                  "predict"):
         jobs = _job(out, rule)
         assert jobs and all("--device cuda" in b for b in jobs), rule

@@ -11,7 +11,7 @@ from u2seg import atomic
 from u2seg.cli import main
 from u2seg.coco_format import encode_mask, id2rgb, mask_bbox
 from u2seg.features import write_shard
-from u2seg.pseudo.gallery import palette
+from u2seg.gallery import palette
 from u2seg.report import markdown_to_html, seeded_sample
 
 H, W = 48, 64

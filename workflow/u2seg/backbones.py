@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from u2seg import registry as specs
+from u2seg.device import resolve_device
 from u2seg.errors import UserError
 from u2seg.images import resize_square
 
@@ -313,15 +314,6 @@ class BackboneSpec:
 # name -> (builder, description) of every backbone record (a view; build_backbone reads the records)
 REGISTRY: dict[str, BackboneSpec] = {
     n: BackboneSpec(BUILDERS[b.checkpoint_layout], b.description) for n, b in specs.BACKBONES.items()}
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda requested but no CUDA device is available")
-    return torch.device(device)
 
 
 def build_backbone(name: str, weights: str | None = None, device: str = "cpu",

@@ -6,7 +6,7 @@ False}``); the yaml is a complete detectron2 config (PanopticFPN + CascadeROIHea
 semantic head, GeneralizedRCNN + CascadeROIHeads otherwise, as U2Seg's and CutLER's configs) for which
 ``build_model`` + ``DetectionCheckpointer`` load the checkpoint with no missing or unexpected keys.
 
-Key names are the inverse of :func:`u2seg.detector.d2_import.map_key` (checked for every tensor).
+Key names come from the same table as ``import-d2``'s (:mod:`u2seg.detector.d2_keys`); each is checked to map back.
 Norm layers: ``--norm`` picks detectron2's RESNETS.NORM / FPN.NORM (SyncBN as U2Seg's configs, BN or
 FrozenBN); (Sync)BN layers get a ``num_batches_tracked`` (the model's own counter, 0 for a FrozenBN
 model), FrozenBN layers have none.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import pickle
-import re
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,8 @@ import yaml
 
 from u2seg import registry
 from u2seg.atomic import write_bytes, write_text
-from u2seg.detector.d2_format import BOTTOM_UP, NORM_BUFFER, timm_resnet_key_to_d2
+from u2seg.detector.d2_format import NORM_BUFFER
+from u2seg.detector.d2_keys import u2seg_to_d2
 from u2seg.detector.d2_import import map_key
 from u2seg.detector.params import FPN_STRIDES, ModelConfig
 from u2seg.errors import UserError
@@ -40,37 +40,13 @@ log = logging.getLogger(__name__)
 D2_NORMS = ("SyncBN", "BN", "FrozenBN")
 RESNET_DEPTH = {n: b.resnet_depth for n, b in registry.DETECTOR_BACKBONES.items() if b.resnet_depth}
 
-_RULES = [
-    (re.compile(r"fpn\.inner_blocks\.(\d)\.0\.(weight|bias)"), lambda m: f"backbone.fpn_lateral{int(m[1]) + 2}.{m[2]}"),
-    (re.compile(r"fpn\.inner_blocks\.(\d)\.1\.(\w+)"), lambda m: f"backbone.fpn_lateral{int(m[1]) + 2}.norm.{m[2]}"),
-    (re.compile(r"fpn\.layer_blocks\.(\d)\.0\.(weight|bias)"), lambda m: f"backbone.fpn_output{int(m[1]) + 2}.{m[2]}"),
-    (re.compile(r"fpn\.layer_blocks\.(\d)\.1\.(\w+)"), lambda m: f"backbone.fpn_output{int(m[1]) + 2}.norm.{m[2]}"),
-    (re.compile(r"rpn\.head\.conv\.0\.0\.(weight|bias)"), lambda m: f"proposal_generator.rpn_head.conv.{m[1]}"),
-    (re.compile(r"rpn\.head\.cls_logits\.(weight|bias)"), lambda m: f"proposal_generator.rpn_head.objectness_logits.{m[1]}"),
-    (re.compile(r"rpn\.head\.bbox_pred\.(weight|bias)"), lambda m: f"proposal_generator.rpn_head.anchor_deltas.{m[1]}"),
-    (re.compile(r"roi_heads\.box_heads\.(\d+)\.(fc\d)\.(weight|bias)"), lambda m: f"roi_heads.box_head.{m[1]}.{m[2]}.{m[3]}"),
-    (re.compile(r"roi_heads\.box_predictors\.(\d+)\.(cls_score|bbox_pred)\.(weight|bias)"),
-     lambda m: f"roi_heads.box_predictor.{m[1]}.{m[2]}.{m[3]}"),
-    (re.compile(r"roi_heads\.mask_head\.(\d)\.0\.(weight|bias)"), lambda m: f"roi_heads.mask_head.mask_fcn{int(m[1]) + 1}.{m[2]}"),
-    (re.compile(r"roi_heads\.mask_predictor\.conv5_mask\.(weight|bias)"), lambda m: f"roi_heads.mask_head.deconv.{m[1]}"),
-    (re.compile(r"roi_heads\.mask_predictor\.mask_fcn_logits\.(weight|bias)"), lambda m: f"roi_heads.mask_head.predictor.{m[1]}"),
-    (re.compile(r"sem_head\.scale_heads\.(p\d)\.(\d+)\.(weight|bias|norm\.weight|norm\.bias)"),
-     lambda m: f"sem_seg_head.{m[1]}.{m[2]}.{m[3]}"),
-    (re.compile(r"sem_head\.predictor\.(weight|bias)"), lambda m: f"sem_seg_head.predictor.{m[1]}"),
-]
-
 
 def export_key(key: str) -> str:
     """u2seg key -> detectron2 key (UserError for a key detectron2's model has no place for)."""
-    if key.startswith("backbone.body."):
-        new = timm_resnet_key_to_d2(key[len("backbone.body."):])
-        if new is not None:
-            return BOTTOM_UP + new
-    for pattern, build in _RULES:
-        m = pattern.fullmatch(key)
-        if m:
-            return build(m)
-    raise UserError(f"no detectron2 counterpart for model tensor {key!r}")
+    new = u2seg_to_d2(key)
+    if new is None:
+        raise UserError(f"no detectron2 counterpart for model tensor {key!r}")
+    return new
 
 
 def check_exportable(cfg: ModelConfig) -> None:

@@ -14,7 +14,6 @@ File layouts read here:
 """
 from __future__ import annotations
 
-import io
 import pickle
 import re
 from pathlib import Path
@@ -24,30 +23,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from u2seg.detector.d2_keys import BOTTOM_UP, d2_resnet_key_to_timm
 from u2seg.errors import UserError
+from u2seg.safe_load import load_numpy_pickle
 
 if TYPE_CHECKING:  # torch loads where checkpoints are read, not for `--help` of the stages importing this
     import torch
 
-BOTTOM_UP = "backbone.bottom_up."
 # Keys of a converted torchvision ResNet that are not part of detectron2's backbone (the classifier).
 CLASSIFIER = re.compile(r"^(stem\.)?(fc|linear)\.(weight|bias)$")
 NORM_BUFFER = "num_batches_tracked"
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler for detectron2 .pkl weights: numpy arrays, numpy scalars and builtin containers only."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights pickle")
 
 
 def _as_tensor(value: Any) -> torch.Tensor | None:
@@ -77,7 +62,7 @@ def load_d2_pickle(path: str | Path) -> dict[str, torch.Tensor]:
     plain ``{name: ndarray}``). Metadata entries (``__author__``, ``matching_heuristics``) are skipped."""
     try:
         with open(path, "rb") as fh:
-            obj = _NumpyOnlyUnpickler(io.BytesIO(fh.read()), encoding="latin1").load()
+            obj = load_numpy_pickle(fh.read())
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
         raise UserError(f"cannot read detectron2 pickle {path}: {exc}") from exc
     out = {}
@@ -116,44 +101,6 @@ def load_d2_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------ ResNet keys
-_D2_TO_TIMM = [
-    (re.compile(r"stem\.conv1\.(weight|bias)"), "conv1.{0}"),
-    (re.compile(r"stem\.conv1\.norm\.(\w+)"), "bn1.{0}"),
-    (re.compile(r"res(\d)\.(\d+)\.conv(\d)\.weight"), "layer{s}.{1}.conv{2}.weight"),
-    (re.compile(r"res(\d)\.(\d+)\.conv(\d)\.norm\.(\w+)"), "layer{s}.{1}.bn{2}.{3}"),
-    (re.compile(r"res(\d)\.(\d+)\.shortcut\.weight"), "layer{s}.{1}.downsample.0.weight"),
-    (re.compile(r"res(\d)\.(\d+)\.shortcut\.norm\.(\w+)"), "layer{s}.{1}.downsample.1.{2}"),
-]
-_TIMM_TO_D2 = [
-    (re.compile(r"conv1\.(weight|bias)"), "stem.conv1.{0}"),
-    (re.compile(r"bn1\.(\w+)"), "stem.conv1.norm.{0}"),
-    (re.compile(r"layer(\d)\.(\d+)\.conv(\d)\.weight"), "res{s}.{1}.conv{2}.weight"),
-    (re.compile(r"layer(\d)\.(\d+)\.bn(\d)\.(\w+)"), "res{s}.{1}.conv{2}.norm.{3}"),
-    (re.compile(r"layer(\d)\.(\d+)\.downsample\.0\.weight"), "res{s}.{1}.shortcut.weight"),
-    (re.compile(r"layer(\d)\.(\d+)\.downsample\.1\.(\w+)"), "res{s}.{1}.shortcut.norm.{2}"),
-]
-
-
-def _apply(rules: list, key: str, stage_shift: int) -> str | None:
-    for pattern, template in rules:
-        m = pattern.fullmatch(key)
-        if m:
-            groups = m.groups()
-            stage = int(groups[0]) + stage_shift if template.startswith(("layer", "res")) else 0
-            return template.format(*groups, s=stage)
-    return None
-
-
-def d2_resnet_key_to_timm(key: str) -> str | None:
-    """detectron2 ResNet key (without ``backbone.bottom_up.``) -> timm ResNet key; None if not one."""
-    return _apply(_D2_TO_TIMM, key, -1)
-
-
-def timm_resnet_key_to_d2(key: str) -> str | None:
-    """timm ResNet key -> detectron2 ResNet key (without ``backbone.bottom_up.``); None if not one."""
-    return _apply(_TIMM_TO_D2, key, +1)
-
-
 def is_d2_resnet(sd: dict[str, Any]) -> bool:
     """Whether the keys are detectron2 ResNet names (with or without ``backbone.bottom_up.``)."""
     return any(k.startswith(("stem.", "res2.", BOTTOM_UP + "stem.", "bottom_up.stem.")) for k in sd)

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from u2seg import registry
-from u2seg.detector.d2_format import (BOTTOM_UP, NORM_BUFFER, d2_resnet_key_to_timm, d2_resnet_to_timm,
-                                      load_d2_checkpoint, load_d2_pickle)
+from u2seg.detector.d2_format import NORM_BUFFER, d2_resnet_to_timm, load_d2_checkpoint, load_d2_pickle
+from u2seg.detector.d2_keys import d2_to_u2seg
 from u2seg.detector.params import PIXEL_STATS, ModelConfig
 from u2seg.errors import UserError
 from u2seg.params import record_beside
@@ -138,42 +138,8 @@ def infer_config(sd: dict[str, torch.Tensor], **overrides: Any) -> ModelConfig:
 
 
 def map_key(key: str) -> str | None:
-    """detectron2 key -> u2seg key (None when the key has no counterpart)."""
-    if key.startswith(BOTTOM_UP):
-        new = d2_resnet_key_to_timm(key[len(BOTTOM_UP):])
-        return f"backbone.body.{new}" if new else None
-    m = re.fullmatch(r"backbone\.fpn_(lateral|output)(\d)\.(weight|bias)", key)
-    if m:
-        block = "inner_blocks" if m.group(1) == "lateral" else "layer_blocks"
-        return f"fpn.{block}.{int(m.group(2)) - 2}.0.{m.group(3)}"
-    m = re.fullmatch(r"backbone\.fpn_(lateral|output)(\d)\.norm\.(\w+)", key)
-    if m:
-        block = "inner_blocks" if m.group(1) == "lateral" else "layer_blocks"
-        return f"fpn.{block}.{int(m.group(2)) - 2}.1.{m.group(3)}"
-    rpn = {"conv": "conv.0.0", "objectness_logits": "cls_logits", "anchor_deltas": "bbox_pred"}
-    m = re.fullmatch(r"proposal_generator\.rpn_head\.(conv|objectness_logits|anchor_deltas)\.(weight|bias)", key)
-    if m:
-        return f"rpn.head.{rpn[m.group(1)]}.{m.group(2)}"
-    m = re.fullmatch(r"roi_heads\.box_head\.(\d+)\.(fc\d)\.(weight|bias)", key)
-    if m:
-        return f"roi_heads.box_heads.{m.group(1)}.{m.group(2)}.{m.group(3)}"
-    m = re.fullmatch(r"roi_heads\.box_predictor\.(\d+)\.(cls_score|bbox_pred)\.(weight|bias)", key)
-    if m:
-        return f"roi_heads.box_predictors.{m.group(1)}.{m.group(2)}.{m.group(3)}"
-    m = re.fullmatch(r"roi_heads\.mask_head\.mask_fcn(\d)\.(weight|bias)", key)
-    if m:
-        return f"roi_heads.mask_head.{int(m.group(1)) - 1}.0.{m.group(2)}"
-    m = re.fullmatch(r"roi_heads\.mask_head\.(deconv|predictor)\.(weight|bias)", key)
-    if m:
-        name = "conv5_mask" if m.group(1) == "deconv" else "mask_fcn_logits"
-        return f"roi_heads.mask_predictor.{name}.{m.group(2)}"
-    m = re.fullmatch(r"sem_seg_head\.(p\d)\.(\d+)\.(weight|bias|norm\.weight|norm\.bias)", key)
-    if m:
-        return f"sem_head.scale_heads.{m.group(1)}.{m.group(2)}.{m.group(3)}"
-    m = re.fullmatch(r"sem_seg_head\.predictor\.(weight|bias)", key)
-    if m:
-        return f"sem_head.predictor.{m.group(1)}"
-    return None
+    """detectron2 key -> u2seg key (None when the key has no counterpart; the table: :mod:`u2seg.detector.d2_keys`)."""
+    return d2_to_u2seg(key)
 
 
 def convert_state_dict(sd: dict[str, torch.Tensor], input_format: str = "RGB") -> tuple[dict[str, torch.Tensor], list[str]]:

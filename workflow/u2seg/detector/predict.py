@@ -22,7 +22,7 @@ from u2seg.detector import checkpoint as ckpt
 from u2seg.detector.data import output_size, resize_image
 from u2seg.detector.model import ModelConfig, PanopticCascadeRCNN, build_model
 from u2seg.detector.params import PredictConfig  # noqa: F401 (re-exported)
-from u2seg.detector.train import resolve_device
+from u2seg.device import resolve_device
 from u2seg.errors import UserError
 from u2seg.images import load_rgb
 from u2seg.manifest import image_path, image_stem, load_manifest
@@ -347,7 +347,7 @@ def predict_manifest(model: PanopticCascadeRCNN, manifest: dict[str, Any], cfg: 
 def run_predict(weights: str | Path, manifest_path: str | Path, out_dir: str | Path, cfg: PredictConfig,
                 progress: bool = True) -> dict[str, Any]:
     """Write ``instances_results.json``, ``panoptic.json`` + ``panoptic/``, ``semantic/``, ``summary.json``."""
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, local_rank=0)
     model, obj = load_model(weights, device)
     k = int(obj["model_config"]["num_classes"])
     manifest = load_manifest(manifest_path)

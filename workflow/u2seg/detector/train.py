@@ -24,6 +24,7 @@ from u2seg.detector import checkpoint as ckpt
 from u2seg.detector.data import IterationBatches, PseudoLabelDataset, to_model_inputs
 from u2seg.detector.model import ModelConfig, PanopticCascadeRCNN, build_model, norm_parameter_names
 from u2seg.detector.params import CLIP_TYPES, TrainConfig  # noqa: F401 (re-exported)
+from u2seg.device import resolve_device
 from u2seg.errors import UserError
 from u2seg.progress import ProgressLog
 
@@ -87,17 +88,6 @@ def fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, data_digest: str
         tc.pop("lr_reference_batch")
     blob = json.dumps([model_cfg.to_dict(), tc, data_digest, init_digest], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """auto -> CUDA when present (this process's GPU under torchrun), else CPU."""
-    if device == "cpu":
-        return torch.device("cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda requested but no CUDA device is available")
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 def init_distributed(device: str) -> tuple[int, int, int]:

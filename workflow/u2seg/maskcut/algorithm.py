@@ -10,66 +10,18 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from scipy import ndimage
 
-from u2seg.errors import UserError
+from u2seg.crf import ImageCRF
 from u2seg.maskcut.affinity import binarized_affinity, flatten_grid, similarity_above
-from u2seg.maskcut.bipartition import FOREGROUND_RULES, foreground_mask, mask_iou
-from u2seg.maskcut.crf import CRFParams, ImageCRF
-from u2seg.maskcut.eigen import SOLVERS, EigenInfo, second_eigenvectors
-
-
-@dataclass(frozen=True)
-class MaskCutParams:
-    """MaskCut parameters; defaults are CutLER's (method §3; CutLER README: tau 0.15, N 3, eps 1e-5)."""
-
-    tau: float = 0.15
-    eps: float = 1e-5
-    n_masks: int = 3
-    solver: str = "fast"
-    foreground_rule: str = "faithful"
-    max_iou_previous: float = 0.5
-    min_area_fraction: float = 0.01
-    min_crf_iou: float = 0.5
-    crf: CRFParams = field(default_factory=CRFParams)
-    eigen_tol: float = 1e-10
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not -1.0 < self.tau < 1.0:
-            raise UserError(f"maskcut tau must be in (-1, 1), got {self.tau}")
-        if not 0.0 < self.eps <= 1.0:
-            raise UserError(f"maskcut eps must be in (0, 1], got {self.eps}")
-        if self.n_masks < 1:
-            raise UserError(f"maskcut n_masks must be >= 1, got {self.n_masks}")
-        if self.solver not in SOLVERS:
-            raise UserError(f"maskcut solver must be one of {SOLVERS}, got {self.solver!r}")
-        if self.foreground_rule not in FOREGROUND_RULES:
-            raise UserError(f"maskcut foreground_rule must be one of {FOREGROUND_RULES}, got {self.foreground_rule!r}")
-        for name in ("max_iou_previous", "min_area_fraction", "min_crf_iou"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise UserError(f"maskcut {name} must be in [0, 1], got {getattr(self, name)}")
-
-    @classmethod
-    def from_dict(cls, cfg: dict[str, Any]) -> "MaskCutParams":
-        """Build from a config-like dict (unknown keys are an error)."""
-        cfg = dict(cfg)
-        crf = CRFParams(**cfg.pop("crf", {}))
-        known = {f.name for f in fields(cls)}
-        unknown = set(cfg) - known
-        if unknown:
-            raise UserError(f"unknown maskcut parameters: {sorted(unknown)}")
-        return cls(crf=crf, **cfg)
-
-    def with_(self, **changes: Any) -> "MaskCutParams":
-        """A copy with some fields changed."""
-        return replace(self, **changes)
+from u2seg.maskcut.bipartition import foreground_mask, mask_iou
+from u2seg.maskcut.eigen import EigenInfo, second_eigenvectors
+from u2seg.maskcut.params import MaskCutParams
 
 
 class Timer:

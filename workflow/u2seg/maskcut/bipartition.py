@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-FOREGROUND_RULES = ("faithful", "sign_invariant")
+from u2seg.maskcut.params import FOREGROUND_RULES
+
 # Entries within this fraction of max|x| of the maximum count as tied (see `first_argmax`).
 TIE_RTOL = 1e-9
 

@@ -22,9 +22,9 @@ import numpy as np
 import scipy.linalg
 import torch
 
-log = logging.getLogger(__name__)
+from u2seg.maskcut.params import SOLVERS
 
-SOLVERS = ("fast", "dense")
+log = logging.getLogger(__name__)
 
 
 @dataclass

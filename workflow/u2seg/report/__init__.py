@@ -22,8 +22,7 @@ Every page is a self-contained HTML file (inline CSS, images as data URIs) so th
 """
 from __future__ import annotations
 
-from u2seg.report.cli import add_arguments, config_out, run
 from u2seg.report.evaluation import markdown_to_html
 from u2seg.report.predictions import seeded_sample
 
-__all__ = ["add_arguments", "config_out", "markdown_to_html", "run", "seeded_sample"]
+__all__ = ["markdown_to_html", "seeded_sample"]

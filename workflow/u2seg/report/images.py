@@ -4,7 +4,7 @@ Gallery PNGs are copied into the report as JPEG (quality ``JPEG_QUALITY``; on th
 6-8x smaller than PNG, see docs/benchmarks.md) bounded in size (at most ``MAX_PIXELS`` pixels and a long
 side of at most ``MAX_SIDE``: a single 1024 x 1024 overlay, or a 320 px high multi-panel strip) and,
 where the stage's panoptic json says which clusters an image shows, a legend strip (cluster id
-and colour) appended below the panel. Colours follow ``u2seg.pseudo.gallery``: thing cluster c
+and colour) appended below the panel. Colours follow ``u2seg.gallery``: thing cluster c
 (category id 1..K) = ``palette(K)[c - 1]``, stuff cluster s (category id K + s) =
 ``palette(S, offset=0.31)[s - 1]``.
 """
@@ -25,7 +25,7 @@ MAX_PIXELS = 1024 * 1024
 MAX_SIDE = 2048
 JPEG_QUALITY = 88
 GALLERY_SUFFIX = ".jpg"  # the report rules' gallery patterns: "{image}.jpg"
-STUFF_PALETTE_OFFSET = 0.31  # u2seg.pseudo.gallery's stuff colours
+STUFF_PALETTE_OFFSET = 0.31  # u2seg.gallery's stuff colours
 
 
 def _jpeg_data_uri(png: Path, max_width: int = 560) -> str:
@@ -62,7 +62,7 @@ def bounded(image: np.ndarray, max_side: int = MAX_SIDE, max_pixels: int = MAX_P
 def cluster_legend(segments: Sequence[dict[str, Any]], num_things: int, num_stuff: int) -> list[tuple[str, np.ndarray]]:
     """(label, colour) of every cluster in ``segments`` (COCO panoptic segments_info): thing clusters
     as ``c<id>`` (the number drawn on the instances), stuff clusters as ``s<n>``; sorted, unique."""
-    from u2seg.pseudo.gallery import palette
+    from u2seg.gallery import palette
 
     thing_colors = palette(max(num_things, 1))
     stuff_colors = palette(max(num_stuff, 1), offset=STUFF_PALETTE_OFFSET)

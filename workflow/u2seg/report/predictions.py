@@ -39,7 +39,7 @@ def prediction_tile(image: np.ndarray, dets: list[dict[str, Any]], pan_ids: np.n
     """``image | predicted instances | predicted panoptic | ground truth`` (GT panel only with GT),
     bounded in size (``images.bounded``), with a legend of the clusters shown (ids and colours)."""
     from u2seg.coco_format import decode_mask
-    from u2seg.pseudo.gallery import blend, overlay_instances, palette, panel
+    from u2seg.gallery import blend, overlay_instances, palette, panel
 
     h, w = image.shape[:2]
     ranked = sorted(dets, key=lambda d: -float(d.get("score", 0)))

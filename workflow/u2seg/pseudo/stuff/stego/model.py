@@ -23,27 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from u2seg.pseudo.stuff import StuffModel
+from u2seg.pseudo.stuff.model import StuffModel
+from u2seg.pseudo.stuff.stego.params import StegoLossParams
 
 #: STEGO's normalisation epsilon (``F.normalize(t, dim=1, eps=1e-10)``, modules.py ``norm``).
 NORM_EPS = 1e-10
-
-
-@dataclass(frozen=True)
-class StegoLossParams:
-    """Correspondence-loss constants; defaults = STEGO's COCO-Stuff-27 ViT-B/8 values (cfg:83-91)."""
-
-    pos_intra_weight: float = 0.1
-    pos_inter_weight: float = 1.0
-    neg_inter_weight: float = 0.1538476246415498
-    pos_intra_shift: float = 0.12
-    pos_inter_shift: float = 0.20
-    neg_inter_shift: float = 1.0
-    feature_samples: int = 11
-    neg_samples: int = 5
-    pointwise: bool = True
-    zero_clamp: bool = True
-    stabilize: bool = False  # STEGO's `stabalize`: also cap the code correlation at 0.8
 
 
 # ----------------------------------------------------------------------------------------- head
@@ -268,7 +252,7 @@ class StegoStuffModel(StuffModel):
         self.device = torch.device(device)
 
     def fit(self, patches: Any) -> "StegoStuffModel":
-        raise NotImplementedError("a STEGO head is trained by `u2seg stego-train`, not fitted on patches")
+        raise NotImplementedError("a STEGO head is trained by `u2seg stego train`, not fitted on patches")
 
     @torch.no_grad()
     def code(self, dense: np.ndarray) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""``u2seg cluster-instances``: streaming k-means over every shard's instance embeddings, then the
+"""Instance clustering (``u2seg cluster-instances``): streaming k-means over every shard's instance embeddings, then the
 class-aware COCO instance json (``category_id`` = cluster + 1, categories 1..K) and the centroids.
 
 The per-shard embeddings are first copied into one float32 ``.npy`` file (in a temporary folder next
@@ -9,7 +9,6 @@ The instance json is written streaming (one annotation at a time).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -22,12 +21,11 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from u2seg.atomic import atomic_path, write_json
-from u2seg.cliargs import add_device_arguments
 from u2seg.errors import UserError
-from u2seg.pseudo.embed_cli import load_embeddings
+from u2seg.pseudo.instances.embeddings import load_embeddings
 from u2seg.pseudo.io import load_json, read_manifest, set_threads, shard_annotations, shard_files, shard_iter
 from u2seg.pseudo.kmeans import NpyRowSource, NpyWriter, assign, cluster_sizes, kmeans
-from u2seg.pseudo.merge import thing_categories
+from u2seg.pseudo.panoptic.merge import thing_categories
 
 log = logging.getLogger(__name__)
 
@@ -120,48 +118,33 @@ def write_instances(path: Path, manifest: dict[str, Any], shard_size: int, embed
     return np.array([per_image[im["id"]] for im in images], dtype=np.int64)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (from `u2seg ingest`)")
-    parser.add_argument("--shard-size", type=int, required=True,
-                        help="images per feature shard (config features.shard_size)")
-    parser.add_argument("--embed-dir", type=Path, required=True, help="folder of shard_{i:05d}.npz")
-    parser.add_argument("--masks-dir", type=Path, required=True, help="folder of MaskCut shard_{i:05d}.json")
-    parser.add_argument("--k", type=int, required=True, help="clusters K (config clustering.k)")
-    parser.add_argument("--iterations", type=int, default=100, help="maximum k-means (Lloyd) iterations")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the k-means initialisation")
-    parser.add_argument("--chunk-size", type=int, default=65536, help="embedding rows streamed from disk per step")
-    add_device_arguments(parser)
-    parser.add_argument("--out-instances", type=Path, required=True,
-                        help="output COCO instances json (category = cluster + 1)")
-    parser.add_argument("--out-centroids", type=Path, required=True, help="output centroids .npy (K x D)")
-    parser.add_argument("--out-shards", type=Path, default=None,
-                        help="also write one instance json per shard (+ index.json) into this folder")
-    parser.add_argument("--summary", type=Path, required=True, help="output summary json (cluster sizes, iterations)")
+def cluster_instances(*, manifest_path: Path, shard_size: int, embed_dir: Path, masks_dir: Path, k: int,
+                      iterations: int, seed: int, chunk_size: int, device: str, threads: int | None,
+                      out_instances: Path, out_centroids: Path, out_shards: Path | None, summary_path: Path) -> int:
+    """``u2seg cluster-instances``: k-means over every shard's embeddings -> class-aware instances,
+    centroids, per-shard instance jsons (``out_shards``) and the summary."""
+    set_threads(threads)
+    from u2seg.device import resolve_device
 
-
-def run(args: argparse.Namespace) -> int:
-    set_threads(args.threads)
-    from u2seg.backbones import resolve_device
-
-    device = resolve_device(args.device)
-    if args.k < 1:
-        raise UserError(f"clustering.k must be >= 1, got {args.k}")
-    manifest = read_manifest(args.manifest)
-    embed_paths = shard_files(manifest, args.shard_size, args.embed_dir, ".npz")
-    mask_paths = shard_files(manifest, args.shard_size, args.masks_dir, ".json")
+    device = resolve_device(device)
+    if k < 1:
+        raise UserError(f"clustering.k must be >= 1, got {k}")
+    manifest = read_manifest(manifest_path)
+    embed_paths = shard_files(manifest, shard_size, embed_dir, ".npz")
+    mask_paths = shard_files(manifest, shard_size, masks_dir, ".json")
     timings: dict[str, float] = {}
-    args.out_instances.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".embeddings.", dir=args.out_instances.parent) as tmpdir:
+    out_instances.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".embeddings.", dir=out_instances.parent) as tmpdir:
         t0 = time.perf_counter()
-        source, info = consolidate(embed_paths, Path(tmpdir) / "embeddings.npy", args.chunk_size)
+        source, info = consolidate(embed_paths, Path(tmpdir) / "embeddings.npy", chunk_size)
         timings["consolidate"] = time.perf_counter() - t0
         n = info["instances"]
-        if n < args.k:
+        if n < k:
             raise UserError(
-                f"only {n} pseudo-instances for clustering.k={args.k} clusters: lower clustering.k (the "
+                f"only {n} pseudo-instances for clustering.k={k} clusters: lower clustering.k (the "
                 "detector's class count follows it) or add images / masks")
         t0 = time.perf_counter()
-        result = kmeans(source, args.k, args.iterations, args.seed, device=device, scratch_dir=tmpdir)
+        result = kmeans(source, k, iterations, seed, device=device, scratch_dir=tmpdir)
         timings["fit"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         labels = np.empty(n, dtype=np.int32)
@@ -172,16 +155,16 @@ def run(args: argparse.Namespace) -> int:
             inertia += float(dist.astype(np.float64).sum())
             pos += len(lab)
         timings["assign"] = time.perf_counter() - t0
-    sizes = cluster_sizes(labels, args.k)
+    sizes = cluster_sizes(labels, k)
     t0 = time.perf_counter()
-    per_image = write_instances(args.out_instances, manifest, args.shard_size, embed_paths, mask_paths, labels, args.k,
-                                args.out_shards)
+    per_image = write_instances(out_instances, manifest, shard_size, embed_paths, mask_paths, labels, k,
+                                out_shards)
     timings["write"] = time.perf_counter() - t0
-    with atomic_path(args.out_centroids) as tmp:
+    with atomic_path(out_centroids) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, result.centroids)
     summary = {
-        "k": args.k, "instances": n, "embedding": info, "iterations": result.iterations,
+        "k": k, "instances": n, "embedding": info, "iterations": result.iterations,
         "converged": result.converged, "inertia": inertia, "reseeded_empty_clusters": result.reseeded,
         "empty_clusters": int((sizes == 0).sum()), "cluster_sizes": sizes.tolist(),
         "cluster_size_stats": {"min": int(sizes.min()), "median": float(np.median(sizes)), "max": int(sizes.max())},
@@ -192,8 +175,8 @@ def run(args: argparse.Namespace) -> int:
         "history": [{k: round(v, 6) if isinstance(v, float) else v for k, v in h.items()} for h in result.history],
         "seconds": {k: round(v, 3) for k, v in timings.items()},
     }
-    write_json(args.summary, summary, indent=1)
+    write_json(summary_path, summary, indent=1)
     log.info("clustered %d instances into %d clusters in %d iterations (%s); %d empty, %d re-seeds",
-             n, args.k, result.iterations, "converged" if result.converged else "not converged",
+             n, k, result.iterations, "converged" if result.converged else "not converged",
              summary["empty_clusters"], result.reseeded)
     return 0

@@ -1,4 +1,4 @@
-"""``u2seg concat-panoptic``: the per-shard panoptic merges -> the dataset's COCO panoptic json, its
+"""Concatenation (``u2seg concat-panoptic``) of the per-shard panoptic merges -> the dataset's COCO panoptic json, its
 PNG folders, gallery and summary (the same paths and formats as ``u2seg merge-panoptic``).
 
 Streaming: one shard json in memory at a time (images written as read, annotations through a spill
@@ -9,7 +9,6 @@ image (the ids, checked for duplicates). Shards are found as ``--shards-dir/shar
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -22,8 +21,9 @@ from typing import Any
 from u2seg.atomic import atomic_path, write_json
 from u2seg.errors import UserError
 from u2seg.jsonio import load_json
+from u2seg.pseudo.panoptic.dataset import COUNTS, add_counts, add_source_summaries, summary_of
+from u2seg.pseudo.panoptic.outputs import PanopticOutputs
 from u2seg.streamjson import dump, finish, first_duplicate
-from u2seg.pseudo.merge_cli import COUNTS, add_counts, add_output_arguments, add_source_summaries, summary_of
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +36,13 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--shards-dir", type=Path, required=True,
-                        help="folder of shard_{i:05d}.json + shard_{i:05d}/ (u2seg merge-panoptic-shard)")
-    parser.add_argument("--num-shards", type=int, required=True, help="number of shards (shard_00000 .. shard_{n-1})")
-    parser.add_argument("--k", type=int, required=True, help="thing clusters K (config clustering.k)")
-    parser.add_argument("--num-stuff", type=int, required=True, help="stuff clusters S (config stuff.k)")
-    parser.add_argument("--max-thing-overlap", type=float, required=True, help="drop a stuff cluster's region when more than this fraction of it is covered by things")
-    add_output_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> int:
+def concat_shards(*, shards_dir: Path, num_shards: int, k: int, num_stuff: int, max_thing_overlap: float,
+                  out: PanopticOutputs) -> int:
+    """``u2seg concat-panoptic``: stream the per-shard merges into the dataset's outputs."""
     t_start = time.perf_counter()
-    if args.num_shards < 1:
-        raise UserError(f"--num-shards must be >= 1, got {args.num_shards}")
-    paths = [args.shards_dir / f"shard_{i:05d}.json" for i in range(args.num_shards)]
+    if num_shards < 1:
+        raise UserError(f"--num-shards must be >= 1, got {num_shards}")
+    paths = [shards_dir / f"shard_{i:05d}.json" for i in range(num_shards)]
     missing = [p for p in paths if not p.is_file() or not p.with_suffix("").is_dir()]
     if missing:
         raise UserError(f"{len(missing)} panoptic shard(s) missing, e.g. {missing[0]} (run merge_panoptic_shard)")
@@ -60,11 +52,11 @@ def run(args: argparse.Namespace) -> int:
     scopes: set[str] = set()
     seconds = 0.0
     categories = info = None
-    args.out_json.parent.mkdir(parents=True, exist_ok=True)
+    out.json.parent.mkdir(parents=True, exist_ok=True)
     # the json is renamed into place last (outermost): it only exists once the PNG folders do
-    with atomic_path(args.out_json) as tmp, atomic_path(args.out_panoptic, directory=True) as pano, \
-            atomic_path(args.out_semantic, directory=True) as sem, atomic_path(args.gallery, directory=True) as gal, \
-            tempfile.TemporaryFile("w+", dir=args.out_json.parent) as spill, open(tmp, "w") as fh:
+    with atomic_path(out.json) as tmp, atomic_path(out.panoptic, directory=True) as pano, \
+            atomic_path(out.semantic, directory=True) as sem, atomic_path(out.gallery, directory=True) as gal, \
+            tempfile.TemporaryFile("w+", dir=out.json.parent) as spill, open(tmp, "w") as fh:
         first = True
         for path in paths:
             shard = load_json(path)
@@ -94,12 +86,12 @@ def run(args: argparse.Namespace) -> int:
         dup = first_duplicate(ids)
         if dup is not None:
             raise UserError(f"image id {dup} is in more than one panoptic shard")
-    summary = summary_of(totals, args.k, args.num_stuff, args.max_thing_overlap, gallery,
+    summary = summary_of(totals, k, num_stuff, max_thing_overlap, gallery,
                          seconds + time.perf_counter() - t_start)
     summary["segment_ids"] = "unique in the dataset" if scopes == {"dataset"} else "unique within each shard"
-    add_source_summaries(summary, args.cluster_summary, args.stuff_summary)
-    write_json(args.summary, summary, indent=1)
-    log.info("panoptic: %d shards, %d images (%d without instances), %d/%d instances visible", args.num_shards,
+    add_source_summaries(summary, out.cluster_summary, out.stuff_summary)
+    write_json(out.summary, summary, indent=1)
+    log.info("panoptic: %d shards, %d images (%d without instances), %d/%d instances visible", num_shards,
              summary["images"], summary["images_without_instances"], summary["visible_instances"],
              summary["instances"])
     return 0

@@ -1,4 +1,4 @@
-"""``u2seg validate-panoptic``: consistency checks of COCO panoptic (+ semantic, + instance) labels.
+"""Consistency checks (``u2seg validate-panoptic``) of COCO panoptic (+ semantic, + instance) labels.
 
 Panoptic: every non-zero id of every PNG is listed in its ``segments_info`` and vice versa, ids are
 unique (segments are therefore disjoint), areas and boxes equal the pixels, categories exist, the
@@ -9,7 +9,6 @@ boxes equal the RLE's.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -204,39 +203,29 @@ def validate_instances(path: str | Path, num_categories: int | None = None,
     return list(errors), stats
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--panoptic-json", type=Path, required=True,
-                        help="COCO panoptic json to check")
-    parser.add_argument("--panoptic-dir", type=Path, required=True, help="folder of panoptic PNGs")
-    parser.add_argument("--semantic-dir", type=Path, default=None, help="folder of semantic PNGs (optional)")
-    parser.add_argument("--instances", type=Path, default=None, help="class-aware instance json (optional)")
-    parser.add_argument("--num-things", type=int, default=None,
-                        help="expected K: the instance json must have categories 1..K")
-    parser.add_argument("--report", type=Path, default=None, help="write the findings as json here")
-    parser.add_argument("--max-errors", type=int, default=100, help="stop listing after this many problems")
-
-
-def run(args: argparse.Namespace) -> int:
-    if not args.panoptic_json.is_file():
-        raise UserError(f"panoptic json not found: {args.panoptic_json}")
-    with open(args.panoptic_json) as fh:
+def validate_dataset(*, panoptic_json: Path, panoptic_dir: Path, semantic_dir: Path | None, instances: Path | None,
+                     num_things: int | None, report_path: Path | None, max_errors: int) -> int:
+    """``u2seg validate-panoptic``: check the labels, write the findings (``report_path``), fail on a problem."""
+    if not panoptic_json.is_file():
+        raise UserError(f"panoptic json not found: {panoptic_json}")
+    with open(panoptic_json) as fh:
         data = json.load(fh)
-    errors, stats = validate_panoptic(data, args.panoptic_dir, args.semantic_dir, args.max_errors)
+    errors, stats = validate_panoptic(data, panoptic_dir, semantic_dir, max_errors)
     report: dict[str, Any] = {"panoptic": dict(stats, messages=errors)}
     total = stats["errors"]
-    if args.instances is not None:
-        ierrors, istats = validate_instances(args.instances, args.num_things, args.max_errors)
+    if instances is not None:
+        ierrors, istats = validate_instances(instances, num_things, max_errors)
         report["instances"] = dict(istats, messages=ierrors)
         errors = errors + ierrors
         total += istats["errors"]
     report["ok"] = total == 0
-    if args.report is not None:
-        write_json(args.report, report, indent=1)
+    if report_path is not None:
+        write_json(report_path, report, indent=1)
     if total:
         shown = "\n  ".join(errors[:20])
         raise UserError(f"validate-panoptic: {total} problem(s); first ones:\n  {shown}")
     msg = (f"OK: {stats['images']} images, {stats['segments']} segments, {stats['categories']} categories"
-           + (f"; instances: {report['instances']['annotations']} annotations" if args.instances else ""))
+           + (f"; instances: {report['instances']['annotations']} annotations" if instances else ""))
     log.info("%s", msg)
     print(msg)
     return 0

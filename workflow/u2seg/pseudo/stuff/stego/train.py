@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -19,30 +19,11 @@ import numpy as np
 import torch
 
 from u2seg.detector import checkpoint as ckpt
-from u2seg.pseudo.stego import (ClusterProbe, StegoHead, StegoLossParams, StegoStuffModel,
-                                correspondence_loss, derangement, knn_partners, random_coords)
+from u2seg.pseudo.stuff.stego.model import (ClusterProbe, StegoHead, StegoStuffModel, correspondence_loss,
+                                            derangement, knn_partners, random_coords)
+from u2seg.pseudo.stuff.stego.params import StegoTrainParams
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StegoTrainParams:
-    """Schedule and head settings; defaults = STEGO's COCO-Stuff-27 ViT-B/8 values (docs/method.md §5.1)."""
-
-    dim: int = 90
-    k: int = 27
-    dropout: float = 0.1
-    dropout_target: bool = True
-    nonlinear: bool = True
-    lr: float = 5e-4
-    cluster_lr: float = 5e-3
-    batch_size: int = 32
-    max_steps: int = 7000
-    num_neighbors: int = 7
-    seed: int = 0
-    checkpoint_period: int = 400
-    log_period: int = 10
-    loss: StegoLossParams = field(default_factory=StegoLossParams)
 
 
 class CropStore:

@@ -16,7 +16,6 @@ stuff maps of this model are therefore computed from the checkpoint's own ViT on
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import pickle
@@ -29,77 +28,10 @@ import torch
 from torch import nn
 
 from u2seg.errors import UserError
-from u2seg.pseudo.stego import ClusterProbe, StegoHead, StegoStuffModel
+from u2seg.pseudo.stuff.stego.model import ClusterProbe, StegoHead, StegoStuffModel
+from u2seg.safe_load import Opaque, load_torch_zip_tensors
 
 log = logging.getLogger(__name__)
-
-_TENSOR_GLOBALS = {("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
-                   ("torch._utils", "_rebuild_tensor"), ("collections", "OrderedDict"),
-                   ("torch", "Size"), ("builtins", "set"), ("builtins", "frozenset")}
-
-_STORAGE_DTYPES = {"FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
-                   "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
-                   "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
-                   "BoolStorage": torch.bool}
-
-
-class Opaque:
-    """Placeholder for any non-tensor object in a checkpoint: keeps its class name, args and state."""
-
-    qualname = ""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> "Opaque":
-        obj = super().__new__(cls)  # pickle's NEWOBJ calls only __new__
-        obj.args, obj.kwargs, obj.state = args, kwargs, None
-        return obj
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-    def __repr__(self) -> str:
-        return f"<opaque {self.qualname}>"
-
-
-class _TensorsOnlyUnpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, zf: zipfile.ZipFile, prefix: str):
-        super().__init__(io.BytesIO(data))
-        self.zf, self.prefix = zf, prefix
-        self.storages: dict[str, Any] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _TENSOR_GLOBALS:
-            return super().find_class(module, name)
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _STORAGE_DTYPES[name]  # a storage type stands for its element dtype
-        if module == "torch" and name in ("float32", "float16", "bfloat16", "float64", "int64", "int32",
-                                          "uint8", "int8", "bool"):
-            return getattr(torch, name)
-        return type(name, (Opaque,), {"qualname": f"{module}.{name}"})
-
-    def persistent_load(self, pid: Any) -> Any:
-        kind, storage_type, key, _location, _numel = pid
-        if kind != "storage":
-            raise pickle.UnpicklingError(f"unsupported persistent id {kind!r}")
-        if key not in self.storages:
-            raw = self.zf.read(f"{self.prefix}/data/{key}")
-            if not isinstance(storage_type, torch.dtype):
-                raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r}")
-            dtype = storage_type
-            untyped = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw else torch.UntypedStorage(0)
-            self.storages[key] = torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
-        return self.storages[key]
-
-
-def _restricted_load(path: Path) -> Any:
-    with zipfile.ZipFile(path) as zf:
-        pkl = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-        if not pkl:
-            raise UserError(f"{path}: not a torch zip checkpoint (no data.pkl)")
-        prefix = pkl[0].rsplit("/", 1)[0] if "/" in pkl[0] else ""
-        return _TensorsOnlyUnpickler(zf.read(pkl[0]), zf, prefix).load()
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -112,7 +44,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # Lightning hyper_parameters (OmegaConf) are refused by weights_only
         log.info("weights_only load refused %s (%s); reading its tensors only", path.name, type(exc).__name__)
         try:
-            obj = _restricted_load(path)
+            obj = load_torch_zip_tensors(path)
         except (zipfile.BadZipFile, pickle.UnpicklingError, KeyError, EOFError, ValueError) as exc2:
             raise UserError(f"cannot read STEGO checkpoint {path}: {exc2}") from exc2
     if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):

@@ -1,5 +1,5 @@
-"""``u2seg concat-validation``: the per-shard ``validate-panoptic`` reports -> one report (the format of
-``validate-panoptic --report``); fails the run on any problem found in any shard.
+"""The per-shard ``validate-panoptic`` reports -> one report (the format of
+``validate-panoptic --report``) for ``u2seg concat-validation``; fails the run on any problem found in any shard.
 
 Shard reports are found as ``--reports-dir/shard_{i:05d}.validation.json`` for i < ``--num-shards``;
 one report is in memory at a time. (Dataset-wide uniqueness of image ids is checked by
@@ -7,7 +7,6 @@ one report is in memory at a time. (Dataset-wide uniqueness of image ids is chec
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from typing import Any
@@ -44,24 +43,18 @@ def combine(reports: list[dict[str, Any]] | Any, max_errors: int = 100) -> dict[
     return out
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reports-dir", type=Path, required=True, help="folder of the per-shard shard_{i:05d}.validation.json reports")
-    parser.add_argument("--num-shards", type=int, required=True, help="number of shards (shard_00000 .. shard_{n-1})")
-    parser.add_argument("--report", type=Path, required=True, help="output combined validation report (json)")
-    parser.add_argument("--max-errors", type=int, default=100, help="error messages kept in the report at most (the error counts stay complete)")
-
-
-def run(args: argparse.Namespace) -> int:
-    paths = [args.reports_dir / f"shard_{i:05d}.validation.json" for i in range(args.num_shards)]
+def concat_reports(*, reports_dir: Path, num_shards: int, report_path: Path, max_errors: int) -> int:
+    """``u2seg concat-validation``: one report of the shards' reports; fails on any problem."""
+    paths = [reports_dir / f"shard_{i:05d}.validation.json" for i in range(num_shards)]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise UserError(f"{len(missing)} shard validation report(s) missing, e.g. {missing[0]}")
-    report = combine((load_json(p) for p in paths), args.max_errors)
-    write_json(args.report, report, indent=1)
+    report = combine((load_json(p) for p in paths), max_errors)
+    write_json(report_path, report, indent=1)
     total = sum(part["errors"] for key, part in report.items() if key != "ok")
     if total:
         shown = "\n  ".join([m for key, part in report.items() if key != "ok" for m in part["messages"]][:20])
-        raise UserError(f"validation: {total} problem(s) in {args.num_shards} shards; first ones:\n  {shown}")
+        raise UserError(f"validation: {total} problem(s) in {num_shards} shards; first ones:\n  {shown}")
     pan = report.get("panoptic", {})
-    log.info("OK: %d shards, %d images, %d segments", args.num_shards, pan.get("images", 0), pan.get("segments", 0))
+    log.info("OK: %d shards, %d images, %d segments", num_shards, pan.get("images", 0), pan.get("segments", 0))
     return 0

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-import torch
 
 from u2seg.atomic import atomic_path
+from u2seg.crf import CRFParams, refine_scores
 from u2seg.pseudo.kmeans import ArraySource, RowSource, kmeans
 
 
@@ -45,9 +44,14 @@ class StuffModel(ABC):
         upsamples its code); None = score the grid, then upsample the labels (k-means)."""
         return None
 
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "StuffModel":
+        """The model saved as (meta, arrays) by :meth:`save`."""
+        raise NotImplementedError(f"{cls.__name__} cannot be loaded from a file")
+
     @abstractmethod
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """(json-able meta, arrays) that :func:`load_stuff_model` rebuilds the model from."""
+        """(json-able meta, arrays) that ``u2seg.pseudo.stuff.registry.load_stuff_model`` rebuilds the model from."""
 
     def save(self, path: str | Path) -> None:
         """Atomically save as ``.npz`` (arrays + ``meta`` json)."""
@@ -97,21 +101,11 @@ class KMeansStuffModel(StuffModel):
                 "fit": self.fit_info}
         return meta, {"centroids": self.centroids}
 
-
-def load_stuff_model(path: str | Path) -> StuffModel:
-    """Load a model saved with :meth:`StuffModel.save`."""
-    with np.load(path, allow_pickle=False) as data:
-        meta = json.loads(str(data["meta"]))
-        arrays = {k: data[k] for k in data.files if k != "meta"}
-    if meta.get("kind") == KMeansStuffModel.kind:
-        model = KMeansStuffModel(meta["k"], meta["iterations"], meta["seed"], centroids=arrays["centroids"])
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "KMeansStuffModel":
+        model = cls(meta["k"], meta["iterations"], meta["seed"], centroids=arrays["centroids"])
         model.fit_info = meta.get("fit", {})
         return model
-    if meta.get("kind") == "stego":
-        from u2seg.pseudo.stego import StegoStuffModel  # lazy: stego imports this module
-
-        return StegoStuffModel.from_state(meta, arrays)
-    raise ValueError(f"{path}: unknown stuff model kind {meta.get('kind')!r}")
 
 
 # ------------------------------------------------------------------------------- patch sampling
@@ -185,38 +179,6 @@ def upsample_nearest(labels: np.ndarray, height: int, width: int) -> np.ndarray:
     return labels[nearest_indices(height, labels.shape[0])][:, nearest_indices(width, labels.shape[1])]
 
 
-@dataclass(frozen=True)
-class CRFParams:
-    """Dense-CRF parameters (STEGO defaults)."""
-
-    gaussian_sxy: float = 1.0
-    gaussian_compat: float = 3.0
-    bilateral_sxy: float = 67.0
-    bilateral_srgb: float = 3.0
-    bilateral_compat: float = 4.0
-    iterations: int = 10
-    alpha: float = 2.0  # class probabilities = softmax(alpha * score), as STEGO's cluster probe
-
-
-def crf_refine(image: np.ndarray, scores: np.ndarray, params: CRFParams) -> np.ndarray:
-    """Dense CRF over the image: scores (S, h, w) -> label map (H, W) int64 at image size."""
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_softmax
-
-    height, width = image.shape[:2]
-    s = scores.shape[0]
-    logits = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))[None] * params.alpha
-    logits = torch.nn.functional.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-    probs = torch.softmax(logits[0], dim=0).numpy()
-    crf = dcrf.DenseCRF2D(width, height, s)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
-    crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
-    crf.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb,
-                             rgbim=np.ascontiguousarray(image, dtype=np.uint8), compat=params.bilateral_compat)
-    q = np.asarray(crf.inference(params.iterations)).reshape(s, height, width)
-    return q.argmax(axis=0).astype(np.int64)
-
-
 def stuff_map(model: StuffModel, dense: np.ndarray, height: int, width: int,
               image: np.ndarray | None = None, crf: CRFParams | None = None) -> np.ndarray:
     """Stuff label map (height, width) uint8 in 0..S-1 of one image (CRF needs ``image``)."""
@@ -224,7 +186,7 @@ def stuff_map(model: StuffModel, dense: np.ndarray, height: int, width: int,
     if crf is not None:
         if image is None or image.shape[:2] != (height, width):
             raise ValueError("the CRF needs the RGB image at (height, width)")
-        return crf_refine(image, model.scores(dense) if full is None else full, crf).astype(np.uint8)
+        return refine_scores(image, model.scores(dense) if full is None else full, crf).astype(np.uint8)
     if full is not None:
         return full.argmax(axis=0).astype(np.uint8)
     return upsample_nearest(model.predict(dense), height, width).astype(np.uint8)

@@ -1,4 +1,5 @@
-"""``u2seg merge-panoptic``: class-aware instances + stuff maps -> COCO panoptic json + PNGs, the
+"""Panoptic pseudo-labels of a dataset (``u2seg merge-panoptic``; the per-image merge of a shard for
+``u2seg merge-panoptic-shard``): class-aware instances + stuff maps -> COCO panoptic json + PNGs, the
 semantic-branch PNGs, a gallery and the pseudo-label summary.
 
 Images without any pseudo-instance are kept (stuff-only) and counted in the summary (the reference
@@ -7,7 +8,6 @@ images), starting at 1.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
@@ -19,40 +19,14 @@ from tqdm import tqdm
 from u2seg.atomic import atomic_path, write_json
 from u2seg.coco_format import decode_mask, id2rgb
 from u2seg.errors import UserError
+from u2seg.gallery import gallery_indices, pseudo_label_tile
 from u2seg.images import load_rgb
 from u2seg.manifest import image_path
-from u2seg.pseudo.gallery import gallery_indices, pseudo_label_tile
 from u2seg.pseudo.io import load_json, png_name, read_manifest, read_png, save_png_plain
-from u2seg.pseudo.merge import merge_panoptic, panoptic_categories
+from u2seg.pseudo.panoptic.merge import merge_panoptic, panoptic_categories
+from u2seg.pseudo.panoptic.outputs import PanopticOutputs
 
 log = logging.getLogger(__name__)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (from `u2seg ingest`)")
-    parser.add_argument("--instances", type=Path, required=True, help="class-aware instance json")
-    parser.add_argument("--stuff-dir", type=Path, required=True, help="folder of stuff PNGs (0..S-1)")
-    parser.add_argument("--k", type=int, required=True, help="thing clusters K (config clustering.k)")
-    parser.add_argument("--num-stuff", type=int, default=27, help="stuff clusters S (config stuff.k)")
-    parser.add_argument("--max-thing-overlap", type=float, default=0.7,
-                        help="drop a stuff cluster's region when more than this fraction of it is covered by things")
-    parser.add_argument("--gallery-size", type=int, default=8, help="images (fixed hash sample) that get overlay PNGs")
-    parser.add_argument("--max-merge-pixels", type=int, default=0,
-                        help="merge larger images on a grid of at most this many pixels, pasted back (0 = off)")
-    add_output_arguments(parser)
-
-
-def add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    """The dataset-level outputs (shared with ``u2seg concat-panoptic``) and the summaries attached."""
-    parser.add_argument("--cluster-summary", type=Path, default=None,
-                        help="summary json of `u2seg cluster-instances` (copied into the summary)")
-    parser.add_argument("--stuff-summary", type=Path, default=None,
-                        help="summary json of `u2seg cluster-stuff` (copied into the summary)")
-    parser.add_argument("--out-json", type=Path, required=True, help="COCO panoptic json")
-    parser.add_argument("--out-panoptic", type=Path, required=True, help="folder of panoptic PNGs")
-    parser.add_argument("--out-semantic", type=Path, required=True, help="folder of semantic PNGs")
-    parser.add_argument("--gallery", type=Path, required=True, help="folder of overlay PNGs")
-    parser.add_argument("--summary", type=Path, required=True, help="output summary json")
 
 
 def _stats_from_histogram(hist: list[int]) -> dict[str, Any]:
@@ -181,7 +155,7 @@ def merge_images(manifest: dict[str, Any], images: list[dict[str, Any]], by_imag
         stuff = read_png(stuff_dir / png_name(im))
         if stuff.shape != (h, w):
             raise UserError(f"stuff map {png_name(im)} is {stuff.shape[::-1]} (w, h), image is {w}x{h}: "
-                            "rerun cluster_stuff")
+                            "rerun stuff_maps")
         rows, cols = bounded_grid(h, w, max_pixels)  # identity below max_pixels
         masks = [decode_mask(a["segmentation"], h, w)[np.ix_(rows, cols)] if len(rows) < h or len(cols) < w
                  else decode_mask(a["segmentation"], h, w) for a in anns]
@@ -271,30 +245,32 @@ def add_source_summaries(summary: dict[str, Any], cluster_summary: Path | None,
             summary[key] = load_json(path)
 
 
-def run(args: argparse.Namespace) -> int:
+def merge_dataset(*, manifest_path: Path, instances_path: Path, stuff_dir: Path, k: int, num_stuff: int,
+                  max_thing_overlap: float, gallery_size: int, max_merge_pixels: int, out: PanopticOutputs) -> int:
+    """``u2seg merge-panoptic``: the whole dataset's panoptic pseudo-labels in one process."""
     t_start = time.perf_counter()
-    if not 0.0 <= args.max_thing_overlap <= 1.0:
-        raise UserError(f"panoptic.max_thing_overlap must be in [0, 1], got {args.max_thing_overlap}")
-    manifest = read_manifest(args.manifest)
-    instances = load_json(args.instances)
-    by_image = group_by_image(instances, args.instances, args.k, {im["id"] for im in manifest["images"]})
-    sample = set(gallery_indices(len(manifest["images"]), args.gallery_size))
-    with atomic_path(args.out_panoptic, directory=True) as pano_tmp, \
-            atomic_path(args.out_semantic, directory=True) as sem_tmp:
+    if not 0.0 <= max_thing_overlap <= 1.0:
+        raise UserError(f"panoptic.max_thing_overlap must be in [0, 1], got {max_thing_overlap}")
+    manifest = read_manifest(manifest_path)
+    instances = load_json(instances_path)
+    by_image = group_by_image(instances, instances_path, k, {im["id"] for im in manifest["images"]})
+    sample = set(gallery_indices(len(manifest["images"]), gallery_size))
+    with atomic_path(out.panoptic, directory=True) as pano_tmp, \
+            atomic_path(out.semantic, directory=True) as sem_tmp:
         images_out, annotations_out, tiles, stats, _ = merge_images(
-            manifest, manifest["images"], by_image, args.instances, args.stuff_dir, args.k, args.num_stuff,
-            args.max_thing_overlap, 1, pano_tmp, sem_tmp, sample, args.max_merge_pixels)
-        data = {"info": {"description": "u2seg panoptic pseudo-labels", "k": args.k, "num_stuff": args.num_stuff},
+            manifest, manifest["images"], by_image, instances_path, stuff_dir, k, num_stuff,
+            max_thing_overlap, 1, pano_tmp, sem_tmp, sample, max_merge_pixels)
+        data = {"info": {"description": "u2seg panoptic pseudo-labels", "k": k, "num_stuff": num_stuff},
                 "images": images_out, "annotations": annotations_out,
-                "categories": panoptic_categories(args.k, args.num_stuff)}
-    write_json(args.out_json, data)  # the index last: it only exists once the PNG folders do
-    with atomic_path(args.gallery, directory=True) as gal_tmp:
+                "categories": panoptic_categories(k, num_stuff)}
+    write_json(out.json, data)  # the index last: it only exists once the PNG folders do
+    with atomic_path(out.gallery, directory=True) as gal_tmp:
         for name, tile in tiles:
             save_png_plain(gal_tmp / name, tile)
-    summary = summary_of(stats, args.k, args.num_stuff, args.max_thing_overlap, [name for name, _ in tiles],
+    summary = summary_of(stats, k, num_stuff, max_thing_overlap, [name for name, _ in tiles],
                          time.perf_counter() - t_start)
-    add_source_summaries(summary, args.cluster_summary, args.stuff_summary)
-    write_json(args.summary, summary, indent=1)
+    add_source_summaries(summary, out.cluster_summary, out.stuff_summary)
+    write_json(out.summary, summary, indent=1)
     log.info("panoptic: %d images (%d without instances), %d/%d instances visible, %d stuff segments",
              summary["images"], summary["images_without_instances"], summary["visible_instances"],
              summary["instances"], summary["stuff_segments"])

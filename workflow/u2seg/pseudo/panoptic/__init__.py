@@ -1,0 +1,1 @@
+"""Panoptic pseudo-labels (docs/method.md §6): the thing/stuff merge, its sharded form, concatenation and validation."""

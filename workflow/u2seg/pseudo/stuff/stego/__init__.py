@@ -1,0 +1,1 @@
+"""The STEGO stuff model (docs/method.md §5): head + cluster probe, its loss, training, checkpoints and stage."""
