@@ -14,7 +14,7 @@ import torch
 
 from u2seg.detector.cliutil import add_dataclass_arguments, config_defaults, dataclass_from_args
 from u2seg.detector.model import ModelConfig
-from u2seg.detector.train import TrainConfig, file_digest, train
+from u2seg.detector.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,7 @@ def run(args: argparse.Namespace) -> int:
     train_cfg = dataclass_from_args(TrainConfig, args)
     dataset = PseudoLabelDataset(args.instances, args.manifest, args.semantic_dir, model_cfg.num_classes,
                                  model_cfg.num_stuff)
-    summary = train(dataset, model_cfg, train_cfg, args.out_dir, init=args.init,
-                    data_digest=file_digest(args.instances), progress=not args.no_progress)
+    summary = train(dataset, model_cfg, train_cfg, args.out_dir, init=args.init, progress=not args.no_progress)
     if summary:
         log.info("summary: %s", summary)
     return 0
