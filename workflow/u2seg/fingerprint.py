@@ -60,6 +60,16 @@ def folder_digest(folder: str | Path | None, pattern: str = "*") -> str:
     return files_digest((p.relative_to(root).as_posix(), p) for p in paths)
 
 
+def chunks_digest(chunks: Iterable[bytes]) -> str:
+    """Digest of a stream of byte blocks (e.g. arrays' ``tobytes()`` one at a time); each block's length
+    counts too, so the same bytes split differently digest differently."""
+    h = _hasher()
+    for chunk in chunks:
+        h.update(len(chunk).to_bytes(8, "little"))
+        h.update(chunk)
+    return h.hexdigest()
+
+
 def settings_digest(settings: Any) -> str:
     """Digest of a json-able value (dicts in canonical key order)."""
     blob = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
