@@ -323,7 +323,9 @@ def train(dataset: PseudoLabelDataset, model_cfg: ModelConfig, cfg: TrainConfig,
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    t_fp = time.perf_counter()
     inputs = input_fingerprint(dataset, model_cfg, cfg, init)
+    log.info("input fingerprint of %d images: %.1f s", len(dataset), time.perf_counter() - t_fp)
     start = _resume(work, inputs, cfg.max_iter, model, optimizer, scheduler, scaler)
 
     net: nn.Module = model
