@@ -275,11 +275,10 @@ def _read_metrics(path: Path, before: int) -> list[dict[str, Any]]:
 
 def _resume(work: Path, inputs: dict[str, str], max_iter: int, model: nn.Module, optimizer: torch.optim.Optimizer,
             scheduler: Any, scaler: torch.amp.GradScaler) -> int:
-    """Load the newest ``work/`` checkpoint when it was made from ``inputs`` and returns its iteration;
-    otherwise clear ``work/`` (checkpoints, pointer; metrics are rewritten) with one log line why, and 0."""
+    """Load the newest ``work/`` checkpoint when it was made from ``inputs`` and return its iteration;
+    otherwise 0, with one log line why (the caller then clears ``work/``)."""
     latest = ckpt.latest_training(work)
     if latest is None:
-        ckpt.clear_training(work)  # checkpoint files without a pointer are stale too
         return 0
     state = ckpt.load(latest, map_location="cpu")
     reason = fp.stale_reason(state.get("inputs"), inputs)
@@ -287,7 +286,6 @@ def _resume(work: Path, inputs: dict[str, str], max_iter: int, model: nn.Module,
         reason = f"its iteration {state['iteration']} is past max_iter {max_iter}"
     if reason is not None:
         log.warning("training from scratch, not resuming %s: %s", latest, reason)
-        ckpt.clear_training(work)
         return 0
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -327,6 +325,12 @@ def train(dataset: PseudoLabelDataset, model_cfg: ModelConfig, cfg: TrainConfig,
     inputs = input_fingerprint(dataset, model_cfg, cfg, init)
     log.info("input fingerprint of %d images: %.1f s", len(dataset), time.perf_counter() - t_fp)
     start = _resume(work, inputs, cfg.max_iter, model, optimizer, scheduler, scaler)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # every process has read work/ before it is cleared
+    if start == 0 and rank == 0:
+        ckpt.clear_training(work)  # a fresh start: stale checkpoints (also any left without a pointer) go
 
     net: nn.Module = model
     if world > 1:
