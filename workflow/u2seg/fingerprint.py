@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
-
-log = logging.getLogger(__name__)
+from typing import Any
 
 CHUNK = 1 << 20
 DIGEST_SIZE = 16  # bytes of blake2b: 32 hex characters
