@@ -15,6 +15,21 @@ back (an artefact of the network follows the flip, content does not).
   24:2:1   a centred grid with one cell of reflected context on every side
 
   python benchmarks/border_strip.py --images '../shared/data/coco-mini/val2017/*.jpg' --variants 0:0:0,24:2:1
+
+Results (coco-mini val2017, 80 images, 480 px, grid 30 x 30; top_label_share top / bottom / left / right,
+interior 0.06 throughout; mean_shift top / bottom / left / right):
+  0:0:0     0.54 / 0.15 / 0.98 / 0.09    8.3 / 3.9 / 8.0 / 4.0   (the strip: top and left)
+  0:0:0:v   0.33 / 0.97 / 0.99 / 0.21    4.1 / 8.3 / 8.1 / 4.0   (it follows the flip: the network, not content)
+  8:1:0     0.62 / 0.23 / 0.46 / 0.17    5.1 / 4.0 / 4.2 / 4.0   (centred: the feature shift is symmetric)
+  24:2:1    0.26 / 0.17 / 0.09 / 0.08    3.9 / 3.0 / 3.8 / 2.5
+  24:2:1:v  0.17 / 0.21 / 0.11 / 0.09    3.0 / 3.7 / 3.7 / 2.5
+  40:3:2    0.34 / 0.14 / 0.66 / 0.13    4.8 / 2.8 / 4.8 / 2.8
+  (32 px reflect pad, no centring, crop 2: 0.29 / 0.11 / 0.34 / 0.08; 64 px: 0.35 / 0.13 / 0.70 / 0.08)
+Reading: every border cell of the stride-16 map differs from the interior (mean shift 4, about twice as
+much on the top and left); the top / left excess comes from timm's symmetric padding of the stride-2
+convolutions, which centres cell i on pixel 16 i (half a stride up-left of its image cell), so the first
+row / column straddles the image edge. Reflect padding with a centred crop reduces the strip but no variant
+tried removes it reliably; not applied to `u2seg features` yet.
 """
 from __future__ import annotations
 
