@@ -1,7 +1,9 @@
 """STEGO loss, sampling, cluster probe, crops / kNN, training (resume) on hand-computed tensors."""
 from __future__ import annotations
 
+import logging
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -188,8 +190,39 @@ def test_training_resumes_exactly(tmp_path):
     assert torch.allclose(straight.probe.clusters, resumed.probe.clusters, atol=1e-6)
     assert [r["step"] for r in hist_b] == list(range(1, 7))
     other = StegoTrainParams(dim=6, k=3, batch_size=4, max_steps=6, checkpoint_period=3)
-    with pytest.raises(ValueError, match="other STEGO settings"):
-        train_stego(store, nns, 8, other, torch.device("cpu"), work)
+    _, hist_c = train_stego(store, nns, 8, other, torch.device("cpu"), work)  # other settings: from scratch
+    assert [r["step"] for r in hist_c] == [6]  # its own log_period (10): not the old history 1..6
+
+
+def _trained_head(model) -> list[torch.Tensor]:
+    return [v.clone() for v in model.head.state_dict().values()] + [model.probe.clusters.detach().clone()]
+
+
+def test_training_resumes_only_from_the_same_maps_knn_and_settings(tmp_path, caplog):
+    """A changed map, kNN table or setting starts fresh (one log line naming it); else it resumes."""
+    store, nns, maps = two_material_store()
+    work = tmp_path / "work"
+    base, _ = train_stego(store, nns, 8, small_params(3), torch.device("cpu"), work)
+    with caplog.at_level(logging.INFO, logger="u2seg.pseudo.stego_train"):
+        _, hist = train_stego(store, nns, 8, small_params(3), torch.device("cpu"), work)
+    assert "from scratch" not in caplog.text and "resuming at step 3" in caplog.text
+    maps2 = [m.copy() for m in maps]
+    maps2[4][0] += 1.0  # one image's features changed (another backbone / image)
+    store2 = CropStore(len(maps2), lambda i: maps2[i], store.boxes)
+    nns2 = nns.copy()
+    nns2[:, 1:] = nns2[:, 1:][:, ::-1]  # other neighbours for every crop
+    cases = {"features": (store2, nns, small_params(3)), "knn_table": (store, nns2, small_params(3)),
+             "settings": (store, nns, small_params(3, cluster_lr=0.01))}
+    for part, (s, n, params) in cases.items():
+        run = tmp_path / part
+        shutil.copytree(work, run)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="u2seg.pseudo.stego_train"):
+            model, hist = train_stego(s, n, 8, params, torch.device("cpu"), run)
+        fresh = [r.getMessage() for r in caplog.records if "from scratch" in r.getMessage()]
+        assert len(fresh) == 1 and f"{part} changed" in fresh[0], caplog.text
+        assert [r["step"] for r in hist] == [1, 2, 3]
+        assert any(not torch.equal(a, b) for a, b in zip(_trained_head(base), _trained_head(model))), part
 
 
 def test_stego_model_save_load_and_upsampled_maps(tmp_path):

