@@ -203,7 +203,7 @@ def test_training_resumes_only_from_the_same_maps_knn_and_settings(tmp_path, cap
     store, nns, maps = two_material_store()
     work = tmp_path / "work"
     base, _ = train_stego(store, nns, 8, small_params(3), torch.device("cpu"), work)
-    with caplog.at_level(logging.INFO, logger="u2seg.pseudo.stego_train"):
+    with caplog.at_level(logging.INFO, logger="u2seg.pseudo.stuff.stego.train"):
         _, hist = train_stego(store, nns, 8, small_params(3), torch.device("cpu"), work)
     assert "from scratch" not in caplog.text and "resuming at step 3" in caplog.text
     maps2 = [m.copy() for m in maps]
@@ -217,7 +217,7 @@ def test_training_resumes_only_from_the_same_maps_knn_and_settings(tmp_path, cap
         run = tmp_path / part
         shutil.copytree(work, run)
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="u2seg.pseudo.stego_train"):
+        with caplog.at_level(logging.INFO, logger="u2seg.pseudo.stuff.stego.train"):
             model, hist = train_stego(s, n, 8, params, torch.device("cpu"), run)
         fresh = [r.getMessage() for r in caplog.records if "from scratch" in r.getMessage()]
         assert len(fresh) == 1 and f"{part} changed" in fresh[0], caplog.text
