@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.detector.d2_env import detectron2  # noqa: F401 (fixture)
-from tests.detector.test_d2_import import _tensors, d2_panoptic_cascade, d2_resnet50
+from tests.detector.test_d2_import import _tensors, d2_panoptic_cascade, d2_resnet50  # noqa: F401 (fixture)
 from u2seg.cli import main as cli_main
 from u2seg.detector import checkpoint as ckpt
 from u2seg.detector.d2_export import export_model, export_state_dict

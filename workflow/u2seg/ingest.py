@@ -6,7 +6,6 @@ than ``--max-skipped-fraction`` of the images are unreadable. Nothing is dropped
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
