@@ -21,12 +21,20 @@ def require_shared(path: Path) -> Path:
     return path
 
 
+# Fixtures that make every test using them `slow`: `detectron2` builds detectron2 from source the first
+# time (minutes) and installs it into the running environment.
+SLOW_FIXTURES = frozenset({"detectron2"})
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark `snakemake` every test that starts Snakemake through tests/snakemake_runner.py."""
+    """Mark `snakemake` every test that starts Snakemake through tests/snakemake_runner.py, and `slow`
+    every test that uses one of SLOW_FIXTURES (directly or through another fixture)."""
     for item in items:
         if item.get_closest_marker("snakemake") is None and item_starts_snakemake(item):
             item.add_marker(pytest.mark.snakemake)
+        if item.get_closest_marker("slow") is None and SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def _guard(item: pytest.Item) -> contextlib.AbstractContextManager:

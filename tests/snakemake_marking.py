@@ -14,6 +14,7 @@ import contextlib
 import inspect
 import os
 import re
+import shlex
 import subprocess
 import textwrap
 import types
@@ -23,7 +24,8 @@ from tests import snakemake_runner
 
 RUNNERS: tuple[Callable, ...] = (snakemake_runner.run_snakemake, snakemake_runner.run_snakemake_and_kill,
                                  snakemake_runner.snakemake_cmd)
-_SHELL_SNAKEMAKE = re.compile(r"(^|[\s;&|(`])(\S*/)?snakemake(\s|$)|-m\s+snakemake(\s|$)")
+_SEPARATORS = frozenset({";", "&", "&&", "|", "||", "(", ")", ";;"})
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
 class UnmarkedSnakemakeRun(AssertionError):
@@ -90,20 +92,43 @@ def item_starts_snakemake(item: Any) -> bool:
     return any(f is not None and calls_snakemake(f) for f in funcs)
 
 
-def is_snakemake_command(args: Any) -> bool:
-    """True for a command line (argv list or shell string) that runs Snakemake."""
-    if isinstance(args, (str, bytes, os.PathLike)):
-        text = os.fsdecode(args)
-        return bool(_SHELL_SNAKEMAKE.search(text))
-    argv = [os.fsdecode(a) for a in args]
+def _argv_runs_snakemake(argv: list[str]) -> bool:
+    """``snakemake ...``, ``.../snakemake ...`` or ``<python> -m snakemake ...``."""
     if not argv:
         return False
     if os.path.basename(argv[0]) == "snakemake":
         return True
-    if any(a == "-m" and b == "snakemake" for a, b in zip(argv, argv[1:])):
+    return any(a == "-m" and b == "snakemake" for a, b in zip(argv, argv[1:]))
+
+
+def _shell_runs_snakemake(script: str) -> bool:
+    """Whether a command of a shell line (split at ; & | ( ) outside quotes) runs Snakemake."""
+    lexer = shlex.shlex(script.replace("\n", ";"), posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        tokens = list(lexer)
+    except ValueError:  # unbalanced quotes: the shell would refuse it too
+        return False
+    command: list[str] = []
+    for token in [*tokens, ";"]:
+        if token in _SEPARATORS:
+            if _argv_runs_snakemake([t for t in command if not _ASSIGNMENT.match(t)]):
+                return True
+            command = []
+        else:
+            command.append(token)
+    return False
+
+
+def is_snakemake_command(args: Any) -> bool:
+    """True for a command line (argv list, or shell string) that runs Snakemake."""
+    if isinstance(args, (str, bytes, os.PathLike)):
+        return _shell_runs_snakemake(os.fsdecode(args))
+    argv = [os.fsdecode(a) for a in args]
+    if _argv_runs_snakemake(argv):
         return True
-    if os.path.basename(argv[0]) in ("sh", "bash", "dash", "zsh") and "-c" in argv[1:-1]:
-        return bool(_SHELL_SNAKEMAKE.search(argv[argv.index("-c") + 1]))
+    if argv and os.path.basename(argv[0]) in ("sh", "bash", "dash", "zsh") and "-c" in argv[1:-1]:
+        return _shell_runs_snakemake(argv[argv.index("-c") + 1])
     return False
 
 

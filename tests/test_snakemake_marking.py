@@ -62,6 +62,10 @@ def test_collection_marked_the_tests_using_a_snakemake_fixture(request):
     ("python -m snakemake -s Snakefile", True),
     ([sys.executable, "-m", "u2seg", "features", "--out", "/w/.snakemake/x"], False),
     (["bash", "-c", "echo snakemake_report.html"], False),
+    (["bash", "-c", 'test -n "$J" || { echo "needs a job (snakemake --profile x)"; exit 1; }'], False),
+    ("cd /w && SNAKEMAKE_X=1 /venv/bin/snakemake -n | tee log", True),
+    ("true; (python3 -m snakemake --version)", True),
+    ("set -e\nsnakemake -n", True),
     ("ls .snakemake", False),
 ])
 def test_snakemake_command_lines_are_recognised(cmd, expected):

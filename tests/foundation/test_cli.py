@@ -16,6 +16,7 @@ def test_top_level_help(capsys):
         assert name in out
 
 
+@pytest.mark.slow  # one Python process per stage; while --help imports torch, ~5 s each on 2 cores
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_help(stage):
     proc = subprocess.run([sys.executable, "-m", "u2seg", stage, "--help"], capture_output=True, text=True)
