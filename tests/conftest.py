@@ -1,13 +1,14 @@
-"""Shared test fixtures: repository paths, shared data, and an isolated Snakemake runner."""
+"""Shared test fixtures and the test tiers: repository paths, shared data, `snakemake` marking."""
 from __future__ import annotations
 
-import subprocess
-import sys
+import contextlib
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.snakemake_marking import forbid_snakemake, item_starts_snakemake
+from tests.snakemake_runner import REPO, run_snakemake  # noqa: F401 - the tests import both from here
+
 SHARED_DATA = REPO.parent / "shared" / "data"
 COCO_MINI = SHARED_DATA / "coco-mini"
 COCO_PANOPTIC_SAMPLE = SHARED_DATA / "coco-panoptic-sample"
@@ -20,36 +21,45 @@ def require_shared(path: Path) -> Path:
     return path
 
 
-def _config_args(workdir: Path, config: dict) -> list[str]:
-    """Flat keys go to --config; nested sections to a --configfile (Snakemake merges it recursively)."""
-    import yaml
-
-    flat = {k: v for k, v in config.items() if not isinstance(v, dict)}
-    nested = {k: v for k, v in config.items() if isinstance(v, dict)}
-    args = []
-    if nested:
-        path = workdir / "test-overrides.yaml"
-        path.write_text(yaml.safe_dump(nested))
-        args += ["--configfile", str(path)]
-    return args + ["--config", *[f"{k}={v}" for k, v in flat.items()]]
+# Fixtures that make every test using them `slow`: `detectron2` builds detectron2 from source the first
+# time (minutes) and installs it into the running environment.
+SLOW_FIXTURES = frozenset({"detectron2"})
 
 
-def run_snakemake(workdir: Path, targets: list[str], config: dict | None = None,
-                  extra: list[str] | None = None, check: bool = True,
-                  timeout: float = 1800) -> subprocess.CompletedProcess:
-    """Run the repository's Snakefile with its own working directory (own .snakemake lock).
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark `snakemake` every test that starts Snakemake through tests/snakemake_runner.py, and `slow`
+    every test that uses one of SLOW_FIXTURES (directly or through another fixture)."""
+    for item in items:
+        if item.get_closest_marker("snakemake") is None and item_starts_snakemake(item):
+            item.add_marker(pytest.mark.snakemake)
+        if item.get_closest_marker("slow") is None and SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
-    ``results`` defaults to ``<workdir>/results``.
-    """
-    workdir.mkdir(parents=True, exist_ok=True)
-    cfg = {"results": str(workdir / "results")}
-    cfg.update(config or {})
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--cores", "2", *targets, *(extra or []), *_config_args(workdir, cfg)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    return proc
+
+def _guard(item: pytest.Item) -> contextlib.AbstractContextManager:
+    """No Snakemake process may start in a test not marked `snakemake` (tests/snakemake_marking.py)."""
+    if item.get_closest_marker("snakemake") is not None:
+        return contextlib.nullcontext()
+    return forbid_snakemake(item.nodeid)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    with _guard(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    with _guard(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    with _guard(item):
+        return (yield)
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -23,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, _config_args, run_snakemake
+from tests.conftest import REPO
+from tests.snakemake_runner import run_snakemake, snakemake_cmd
 from tests.slurm.cluster import SlurmCluster, ensure_installed, missing_commands
 
 pytestmark = pytest.mark.slow
@@ -87,12 +87,10 @@ def _train_job_dry_run(tmp_path: Path, gpus: int, nodes: int) -> tuple[_Resource
     from tests.detector.synth import stage_ingested
 
     stage_ingested(tmp_path)
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-           "--profile", str(REPO / "profiles" / "slurm"), "--workflow-profile", "none", "-n", "train",
-           "--config", f"results={tmp_path / 'results'}",
-           f"train={{gpus: {gpus}, nodes: {nodes}, device: cuda, threads: 3, batch_size: {2 * gpus * nodes}}}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_snakemake(tmp_path, ["-n", "train"], cores=None, timeout=600, extra=[
+        "--profile", str(REPO / "profiles" / "slurm"), "--workflow-profile", "none",
+        "--config", f"train={{gpus: {gpus}, nodes: {nodes}, device: cuda, threads: 3, "
+                    f"batch_size: {2 * gpus * nodes}}}"])
     block = proc.stdout[proc.stdout.index("rule train_round:"):]
     block = block[:block.index("\n\n")]
     line = re.search(r"^\s*resources: (.*)$", block, flags=re.M).group(1)
@@ -234,14 +232,12 @@ def test_pipeline_on_slurm_equals_local(tmp_path, cluster):
     thread.start()
 
     slurm_dir.mkdir()
-    # Same config plumbing as run_snakemake (nested sections through a --configfile).
-    cfg_args = _config_args(slurm_dir, {"results": str(slurm_dir / "results"), **CONFIG})
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(slurm_dir),
-           "--profile", str(REPO / "profiles" / "slurm"), "--workflow-profile", "none",
-           # No accounting on the test cluster: job states from squeue (MinJobAge=600 there), and
-           # a first status check after 1 s instead of 40 s.
-           "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
-           *GROUPS, TARGET, *cfg_args]
+    # The same config as the local run, through the same runner (--cores comes with GROUPS).
+    cmd = snakemake_cmd(slurm_dir, [TARGET], CONFIG, cores=None, extra=[
+        "--profile", str(REPO / "profiles" / "slurm"), "--workflow-profile", "none",
+        # No accounting on the test cluster: job states from squeue (MinJobAge=600 there), and
+        # a first status check after 1 s instead of 40 s.
+        "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1", *GROUPS])
     try:
         proc = subprocess.run(cmd, env=cluster.env(), capture_output=True, text=True, timeout=900)
     except subprocess.TimeoutExpired as e:  # e.g. a job pending forever: say why

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.detector.d2_env import detectron2  # noqa: F401 (fixture)
-from tests.detector.test_d2_import import _tensors, d2_panoptic_cascade, d2_resnet50
+from tests.detector.test_d2_import import _tensors, d2_panoptic_cascade, d2_resnet50  # noqa: F401 (fixture)
 from u2seg.cli import main as cli_main
 from u2seg.detector import checkpoint as ckpt
 from u2seg.detector.d2_export import export_model, export_state_dict
@@ -29,6 +29,7 @@ def _syncbn(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+@pytest.mark.slow  # detectron2-format round trips of the full model (~6 s each on 2 cores)
 @pytest.mark.parametrize("suffix,norm", [(".pth", "SyncBN"), (".pkl", "SyncBN"), (".pth", "FrozenBN")])
 def test_import_export_import_is_bit_identical(tmp_path, suffix, norm):
     d2 = _syncbn(_tensors(d2_panoptic_cascade(5, 27, fpn_norm=True)))

@@ -126,7 +126,8 @@ def test_stages_match_detectron2(pair, stage_inputs):
         boxes = [d2_boxes]
         for s in range(3):
             if s > 0:
-                stage_props = d2_model.roi_heads._create_proposals_from_boxes(prev, [images.image_sizes[0]])
+                stage_props = d2_model.roi_heads._create_proposals_from_boxes(
+                    prev, [images.image_sizes[0]])  # noqa: F821 (`prev`: the stage before)
                 boxes = [stage_props[0].proposal_boxes.tensor]
             d2_logits, d2_deltas = d2_model.roi_heads._run_stage(roi, stage_props, s)
             logits, deltas = model.roi_heads._run_stage(s, roi, boxes)

@@ -54,8 +54,8 @@ def test_droploss_switch_in_the_cascade():
         losses = model(images, targets)
         fractions[on] = [s["kept_fraction"] for s in model.roi_heads.stage_stats]
         if on:
-            assert losses["loss_cls_stage0"] < off_loss
+            assert losses["loss_cls_stage0"] < off_loss  # noqa: F821 (set by the first iteration)
         else:
-            off_loss = losses["loss_cls_stage0"]
+            off_loss = losses["loss_cls_stage0"]  # noqa: F841 (used by the second iteration)
     assert fractions[False] == [1.0, 1.0, 1.0]
     assert all(f < 1.0 for f in fractions[True])  # random proposals far from every GT box are dropped

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -111,6 +112,7 @@ def _predict_peak_mb(tmp: Path, model: Path, h: int, w: int) -> float:
     return usage.ru_maxrss / 1024  # KiB on Linux
 
 
+@pytest.mark.slow  # two `u2seg predict` processes, one on a 3000 x 2000 image (~45 s on 2 cores)
 def test_predict_memory_per_pixel_within_declared(tmp_path):
     """A 3000 x 2000 image costs at most PREDICT_B_PER_PIXEL more than a 200 x 150 one (the
     whole-image pasting held N x H x W masks: about 130 B/pixel with this model's 100 detections)."""

@@ -19,7 +19,7 @@ def test_rounds_dag_and_commands(tmp_path):
     (ds_dir / "skipped.json").write_text("[]")
     cfg = tmp_path / "rounds.yaml"
     cfg.write_text("train:\n  rounds: 2\nclustering:\n  k: 5\n")
-    proc = run_snakemake(tmp_path, ["predictions"], extra=["-n", "-p", "--configfile", str(cfg)])
+    proc = run_snakemake(tmp_path, ["predictions"], extra=["-n", "-p"], configfiles=[cfg])
     out = proc.stdout
     train_cmds = [line for line in out.splitlines() if " -m u2seg train " in line]
     assert len(train_cmds) == 2

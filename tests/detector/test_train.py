@@ -41,6 +41,7 @@ def _metrics(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow  # three short trainings
 def test_resume_continues_iterations_and_schedule_exactly(files, tmp_path):
     ds = PseudoLabelDataset(files["instances"], files["manifest"], files["semantic"], K, STUFF)
     mcfg = tiny_model_config()
@@ -78,6 +79,7 @@ def test_changed_settings_do_not_resume(files, tmp_path):
     assert sorted(p.name for p in (tmp_path / "work").glob("model_*.pth")) == ["model_0000002.pth"]
 
 
+@pytest.mark.slow  # `u2seg train` then `u2seg predict` as processes (~40 s on 2 cores)
 def test_cli_train_then_predict(files, tmp_path):
     out = tmp_path / "r1"
     model_flags = ["--num-classes", str(K), "--num-stuff", str(STUFF), "--backbone-weights", "none",

@@ -17,9 +17,6 @@ def test_top_level_help(capsys):
         assert name in out
 
 
-# Stages whose modules still import torch to build their parser: the pseudo-label / MaskCut CLIs, made
-# torch-free by the package restructuring on another branch. Empty this list once that is merged.
-TORCH_HELP_PENDING: set[str] = set()  # stages whose --help still imports torch (none)
 _HELP = """
 import contextlib, io, json, sys
 from u2seg.cli import main
@@ -34,9 +31,7 @@ print(json.dumps({"code": code, "help": out.getvalue(),
 """
 
 
-@pytest.mark.parametrize("stage", [pytest.param(s, marks=pytest.mark.xfail(
-    reason="imports torch to build its parser (TORCH_HELP_PENDING)", strict=True)) if s in TORCH_HELP_PENDING
-    else s for s in sorted(STAGES)])
+@pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_help_is_fast_without_torch(stage):
     """`u2seg <stage> --help` prints the stage's flags without importing torch / torchvision."""
     proc = subprocess.run([sys.executable, "-c", _HELP, stage], capture_output=True, text=True, timeout=300)

@@ -1,14 +1,12 @@
 """Every config key settable from the command line with its schema type, nested ones included."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import jsonschema
 import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.snakemake_runner import run_snakemake
 from tests.detector.synth import stage_ingested
 from u2seg.config_types import coerce
 
@@ -55,11 +53,8 @@ def test_strings_stay_where_the_schema_allows_them_and_bad_values_still_fail():
 def test_snakemake_config_nested_values_reach_the_commands(tmp_path):
     """`snakemake --config 'clustering={"k": 300}' 'train={...}'`: validated and passed on as numbers."""
     stage_ingested(tmp_path)
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-           "--cores", "2", "-n", "-p", "train", "--config", f"results={tmp_path / 'results'}",
-           'clustering={"k": 300}', "train={min_sizes: [480, 640], max_size: 1333, amp: false}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_snakemake(tmp_path, ["-n", "-p", "train"], timeout=600, extra=[
+        "--config", 'clustering={"k": 300}', "train={min_sizes: [480, 640], max_size: 1333, amp: false}"])
     cmds = [line for line in proc.stdout.splitlines() if " -m u2seg train " in line]
     assert len(cmds) == 1
     assert "--num-classes 300" in cmds[0] and "--min-sizes 480 640" in cmds[0] and "--no-amp" in cmds[0]

@@ -5,8 +5,6 @@ import copy
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import COCO_MINI, REPO, require_shared
+from tests.snakemake_runner import run_snakemake
 from u2seg.config_types import coerce
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -82,11 +81,9 @@ def _dry_run(tmp_path: Path, preset: str, *extra: str, config: tuple[str, ...] =
     require_shared(COCO_MINI)
     results = tmp_path / "results"
     _write_ingested(results, "train")
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-           "--cores", "16", "-n", "-p", "--configfile", str(REPO / "configs" / preset), *extra,
-           "--config", f"coco_root={COCO_MINI}", f"results={results}", *config]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_snakemake(tmp_path, ["-n", "-p"], {"coco_root": str(COCO_MINI), "results": str(results)},
+                         extra=[*extra, *(["--config", *config] if config else [])],
+                         configfiles=[REPO / "configs" / preset], cores=16, timeout=600)
     return proc.stdout
 
 

@@ -7,7 +7,9 @@ import subprocess
 
 import pytest
 
+from tests.configs import tiny_config
 from tests.reliability import helpers
+from tests.snakemake_runner import run_snakemake, run_snakemake_and_kill
 
 # Folder names that would run commands if a rule pasted a config value into its shell line unquoted.
 # Relative `touch` targets land in the Snakemake working directory (the jobs' cwd).
@@ -40,16 +42,16 @@ def odd_run(tmp_path_factory) -> Run:
     workdir = base / "work"
     results = base / INJECT_RESULTS
     target = "pseudo_labels"
-    cfg = dict(helpers.SMALL, dataset="images", images_dir=str(images_dir), results=str(results),
-               weights=INJECT_WEIGHTS, ingest={"max_skipped_fraction": 0.5},
-               features=dict(helpers.SMALL["features"], shard_size=16))
-    proc = helpers.run(workdir, [target], cfg)
+    cfg = tiny_config("small", dataset="images", images_dir=str(images_dir), results=str(results),
+                      weights=INJECT_WEIGHTS, ingest={"max_skipped_fraction": 0.5})
+    cfg["features"]["shard_size"] = 16
+    proc = run_snakemake(workdir, [target], cfg)
     return Run(workdir, results, "images", target, proc, images_dir)
 
 
 def _clean_run(tmp_path_factory, name: str, target: str) -> Run:
     workdir = tmp_path_factory.mktemp(name)
-    proc = helpers.run(workdir, [target], dict(helpers.SMALL, dataset="samples"))
+    proc = run_snakemake(workdir, [target], tiny_config("small", dataset="samples"))
     return Run(workdir, workdir / "results", "samples", target, proc)
 
 
@@ -59,7 +61,7 @@ MAIN_TARGET = "train"
 
 @pytest.fixture(scope="session")
 def clean_run_a(tmp_path_factory) -> Run:
-    """A clean run on the sample photos (SMALL config) up to training."""
+    """A clean run on the sample photos (tests/configs/small.yaml) up to training."""
     return _clean_run(tmp_path_factory, "clean_a", MAIN_TARGET)
 
 
@@ -85,7 +87,7 @@ def interrupted_run(tmp_path_factory) -> Interrupted:
     Recovery is what a user does after a kill: `snakemake --unlock`, then the same command again.
     """
     workdir = tmp_path_factory.mktemp("interrupted")
-    cfg = dict(helpers.SMALL, dataset="samples")
+    cfg = tiny_config("small", dataset="samples")
     target = MAIN_TARGET
     res = workdir / "results"
     feats = res / "samples" / "features"
@@ -100,7 +102,7 @@ def interrupted_run(tmp_path_factory) -> Interrupted:
         done = [i for i in (0, 1) if shard_done(i)]
         return len(done) == 1 and (flogs / f"shard_{1 - done[0]:05d}.log").is_file() and not shard_done(1 - done[0])
 
-    out1, _ = helpers.run_and_kill(workdir, [target], cfg, when=one_done_one_running)
+    out1, _ = run_snakemake_and_kill(workdir, [target], cfg, when=one_done_one_running)
     entries = sorted(p.name for p in feats.iterdir())
     killed = "shard_00001.zarr" if "shard_00000.zarr" in entries else "shard_00000.zarr"
     features_kill = {
@@ -110,18 +112,18 @@ def interrupted_run(tmp_path_factory) -> Interrupted:
         "incomplete_markers": len(list((workdir / ".snakemake" / "incomplete").iterdir())),
     }
 
-    locked = helpers.run(workdir, [target], cfg, check=False)
-    helpers.run(workdir, [target], cfg, extra=["--unlock"])
+    locked = run_snakemake(workdir, [target], cfg, check=False)
+    run_snakemake(workdir, [target], cfg, extra=["--unlock"])
 
     work = res / "samples" / "train" / "r1" / "work"
-    out2, _ = helpers.run_and_kill(workdir, [target], cfg, when=lambda: (work / "last_checkpoint").is_file())
+    out2, _ = run_snakemake_and_kill(workdir, [target], cfg, when=lambda: (work / "last_checkpoint").is_file())
     train_kill = {
         "output": out2,
         "work": sorted(p.name for p in work.iterdir()),
         "pointer": (work / "last_checkpoint").read_text().strip(),
         "final_exists": (res / "samples" / "train" / "r1" / "model_final.pth").exists(),
     }
-    helpers.run(workdir, [target], cfg, extra=["--unlock"])
+    run_snakemake(workdir, [target], cfg, extra=["--unlock"])
 
-    proc = helpers.run(workdir, [target], cfg)
+    proc = run_snakemake(workdir, [target], cfg)
     return Interrupted(Run(workdir, res, "samples", target, proc), features_kill, locked, train_kill)

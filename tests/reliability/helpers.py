@@ -1,109 +1,18 @@
-"""Helpers of the reliability tests: a Snakemake runner taking any config, odd image files, digests."""
+"""Helpers of the reliability tests: odd image files, digests, comparing the outputs of two runs.
+
+The runs themselves go through tests/snakemake_runner.py with tests/configs/small.yaml."""
 from __future__ import annotations
 
 import hashlib
 import io
-import os
-import signal
 import struct
-import subprocess
-import sys
-import time
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-import yaml
 from PIL import Image
-
-from tests.conftest import REPO
-
-# Small, fast settings shared by the pipeline runs of this folder (CPU, 2 cores).
-SMALL = {
-    "backbone": "efficientnet_lite2",
-    "features": {"input_size": 128, "shard_size": 4, "batch_size": 4, "device": "cpu"},
-    "maskcut": {"n_masks": 2, "gallery_size": 1},
-    "clustering": {"k": 3, "iterations": 20},
-    "stuff": {"k": 4, "sample_patches": 2000, "iterations": 20},
-    "panoptic": {"gallery_size": 1},
-    # a tiny detector and 6 iterations with a resumable checkpoint every 2 (the training kill test
-    # kills the run after the first one)
-    "model": {"fpn_channels": 16, "roi_batch_per_image": 8, "rpn_post_nms_topk_train": 32},
-    "train": {"max_iter": 6, "checkpoint_period": 2, "steps": [4], "warmup_iters": 1, "device": "cpu",
-              "threads": 2, "batch_size": 1, "min_sizes": [64], "max_size": 96, "amp": False},
-}
-
-
-def snakemake_cmd(workdir: Path, targets: list[str], config: dict[str, Any],
-                  extra: list[str] | None = None) -> list[str]:
-    """The command running the repo's Snakefile in ``workdir`` with ``config`` as one YAML config file.
-
-    Every value goes through a YAML file (not ``--config k=v``), so arbitrary strings (spaces,
-    quotes, ``$``, ``;``) arrive unchanged.
-    """
-    workdir.mkdir(parents=True, exist_ok=True)
-    cfg = {"results": str(workdir / "results")}
-    cfg.update(config)
-    cfg_path = workdir / "reliability-config.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
-    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-            "--cores", "2", *targets, *(extra or []), "--configfile", str(cfg_path)]
-
-
-def run(workdir: Path, targets: list[str], config: dict[str, Any], extra: list[str] | None = None,
-        check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run Snakemake to completion (cwd = ``workdir``); AssertionError with the output tail on failure."""
-    cmd = snakemake_cmd(workdir, targets, config, extra)
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def run_and_kill(workdir: Path, targets: list[str], config: dict[str, Any], when: Callable[[], bool],
-                 timeout: float = 600, poll: float = 0.05) -> tuple[str, float]:
-    """Start Snakemake in its own session, SIGKILL the whole process group once ``when()`` holds.
-
-    Returns (Snakemake's output so far, seconds until the kill). Fails if the run ends first.
-    """
-    cmd = snakemake_cmd(workdir, targets, config)
-    log_path = workdir / "killed-run.txt"
-    t0 = time.monotonic()
-    with open(log_path, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            while not when():
-                if proc.poll() is not None:
-                    raise AssertionError("the run finished before the kill point:\n" + log_path.read_text()[-4000:])
-                if time.monotonic() - t0 > timeout:
-                    raise AssertionError("kill point not reached in time:\n" + log_path.read_text()[-4000:])
-                time.sleep(poll)
-            elapsed = time.monotonic() - t0
-            os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and every job it started
-        finally:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    _wait_group_gone(proc.pid)
-    return log_path.read_text(), elapsed
-
-
-def _wait_group_gone(pgid: int, timeout: float = 10) -> None:
-    """Wait until no process of group ``pgid`` is left (killed jobs may take a moment to be reaped)."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"processes of group {pgid} survived SIGKILL")
 
 
 def digests(root: Path, suffixes: tuple[str, ...] = (".json", ".png"), exclude: tuple[str, ...] = ()) -> dict[str, str]:

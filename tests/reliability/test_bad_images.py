@@ -12,7 +12,8 @@ import json
 
 import numpy as np
 
-from tests.reliability import helpers
+from tests.configs import tiny_config
+from tests.snakemake_runner import run_snakemake
 from tests.reliability.helpers import ODD_IMAGES, expected_split
 from u2seg.features import open_shard
 from u2seg.manifest import image_stem
@@ -63,8 +64,8 @@ def test_pseudo_labels_cover_the_ingested_images(odd_run):
 
 def test_too_many_unreadable_images_fail_the_ingest_rule_clearly(odd_run, tmp_path):
     # same folder, default threshold 0.2 < 7/17 unreadable
-    proc = helpers.run(tmp_path, ["extract_features"],
-                       dict(helpers.SMALL, dataset="images", images_dir=str(odd_run.images_dir)), check=False)
+    proc = run_snakemake(tmp_path, ["extract_features"],
+                         tiny_config("small", dataset="images", images_dir=str(odd_run.images_dir)), check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "Error in rule ingest" in out

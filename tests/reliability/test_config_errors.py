@@ -10,15 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability import helpers
+from tests.configs import tiny_config
+from tests.snakemake_runner import run_snakemake
 from u2seg import preflight
 from u2seg.errors import UserError
 
-SMALL = dict(helpers.SMALL, dataset="samples")
+SMALL = tiny_config("small", dataset="samples")
 
 
 def _fails_before_any_job(workdir: Path, config: dict, *needles: str) -> str:
-    proc = helpers.run(workdir, ["extract_features"], dict(SMALL, **config), check=False)
+    proc = run_snakemake(workdir, ["extract_features"], dict(SMALL, **config), check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]
     for needle in needles:
@@ -30,7 +31,7 @@ def _fails_before_any_job(workdir: Path, config: dict, *needles: str) -> str:
 
 
 @pytest.mark.parametrize("config,needles", [
-    ({"features": dict(helpers.SMALL["features"], input_size=100)}, ["Error validating config", "input_size", "100"]),
+    ({"features": dict(SMALL["features"], input_size=100)}, ["Error validating config", "input_size", "100"]),
     ({"ingest": {"max_skiped_fraction": 0.1}}, ["Error validating config", "max_skiped_fraction"]),
     ({"split": "folder"}, ["Error validating config", "folder"]),
 ], ids=["invalid-value", "unknown-key", "invalid-enum"])

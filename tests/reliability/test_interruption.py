@@ -16,12 +16,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
 
 from tests.conftest import REPO
+from tests.snakemake_runner import run_snakemake, run_snakemake_and_kill
 from tests.reliability import helpers
 
 
@@ -175,20 +175,12 @@ def gap_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("gap")
     (d / "Snakefile").write_text(_GAP_SNAKEFILE)
     (d / "slow").touch()
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(d / "Snakefile"), "-d", str(d), "--cores", "2",
-           "--workflow-profile", "none", "--rerun-incomplete", "all.txt", "direct.txt"]
-    with open(d / "out.txt", "w") as out:
-        proc = subprocess.Popen(cmd, cwd=d, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while not ((d / "part_0.txt").exists() and (d / "direct.txt").exists()):
-            assert proc.poll() is None and time.monotonic() < deadline, (d / "out.txt").read_text()
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    targets, extra = ["all.txt", "direct.txt"], ["--workflow-profile", "none", "--rerun-incomplete"]
+    run_snakemake_and_kill(d, targets, None, extra=extra, snakefile=d / "Snakefile", timeout=120,
+                           when=lambda: (d / "part_0.txt").exists() and (d / "direct.txt").exists())
     (d / "slow").unlink()
-    subprocess.run(cmd + ["--unlock"], cwd=d, capture_output=True, check=True)
-    rerun = subprocess.run(cmd, cwd=d, capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    run_snakemake(d, targets, extra=[*extra, "--unlock"], snakefile=d / "Snakefile")
+    run_snakemake(d, targets, extra=extra, snakefile=d / "Snakefile")
     return d
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from tests.conftest import REPO
-from tests.reliability import helpers
+from tests.snakemake_runner import run_snakemake
 from tests.reliability.conftest import INJECT_IMAGES, INJECT_RESULTS, PWNED
 
 
@@ -45,8 +45,8 @@ def test_coco_root_with_shell_syntax(tmp_path):
     (root / "annotations" / "instances_val2017.json").write_text(
         json.dumps({"images": images, "annotations": [], "categories": []}))
     work = tmp_path / "work"
-    helpers.run(work, [str(work / "results" / "coco-val" / "manifest.json")],
-                {"dataset": "coco", "coco_root": str(root), "evaluate": {"download": False}})
+    run_snakemake(work, [str(work / "results" / "coco-val" / "manifest.json")],
+                  {"dataset": "coco", "coco_root": str(root), "evaluate": {"download": False}})
     manifest = json.loads((work / "results" / "coco-val" / "manifest.json").read_text())
     assert [im["id"] for im in manifest["images"]] == [3, 7]
     _no_pwned(tmp_path)

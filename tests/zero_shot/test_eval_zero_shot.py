@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from tests.conftest import COCO_MINI, COCO_PANOPTIC_SAMPLE, require_shared
-from tests.reliability import helpers
+from tests.configs import tiny_config
+from tests.snakemake_runner import run_snakemake
 from u2seg import atomic
 from u2seg.images import load_rgb
 
@@ -36,8 +37,8 @@ def _relay_coco_mini(coco: Path, out: Path) -> dict:
 def test_eval_zero_shot_writes_one_row_per_set(tmp_path):
     coco = require_shared(COCO_MINI)
     sample = require_shared(COCO_PANOPTIC_SAMPLE)
-    config = dict(
-        helpers.SMALL, dataset="samples", coco_root=str(coco), limit=N_VAL,
+    config = tiny_config(
+        "small", dataset="samples", coco_root=str(coco), limit=N_VAL,
         predict={"min_size": 96, "max_size": 128, "device": "cpu", "threads": 2},
         datasets={
             "mini-generic": _relay_coco_mini(coco, tmp_path / "relaid"),
@@ -48,7 +49,7 @@ def test_eval_zero_shot_writes_one_row_per_set(tmp_path):
         zero_shot={"eval": ["coco-val", "mini-generic", "pansample"]},
     )
     work = tmp_path / "work"
-    helpers.run(work, ["eval_zero_shot"], config, timeout=1200)
+    run_snakemake(work, ["eval_zero_shot"], config, timeout=1200)
     out = work / "results" / "zero_shot" / "samples-r1"
     table = json.loads((out / "table.json").read_text())
     rows = {r["dataset"]: r for r in table["rows"]}

@@ -7,7 +7,7 @@ import jsonschema
 import yaml
 
 from tests.conftest import COCO_MINI, REPO, require_shared
-from tests.reliability import helpers
+from tests.snakemake_runner import run_snakemake
 from u2seg import atomic, preflight
 
 import numpy as np
@@ -29,8 +29,8 @@ def test_imagenet_preset_validates_and_plans(tmp_path):
     # dry run of the target with a stand-in image folder: the DAG up to the ingest checkpoints
     coco = require_shared(COCO_MINI)
     atomic.save_png(tmp_path / "imgs" / "a.png", np.zeros((32, 32, 3), np.uint8))
-    proc = helpers.run(tmp_path / "work", ["eval_zero_shot", "-n"],
-                       _merge(preset, {"images_dir": str(tmp_path / "imgs"), "coco_root": str(coco)}))
+    proc = run_snakemake(tmp_path / "work", ["eval_zero_shot", "-n"],
+                         _merge(preset, {"images_dir": str(tmp_path / "imgs"), "coco_root": str(coco)}))
     out = proc.stdout + proc.stderr
     assert "checkpoint ingest" in out or "rule ingest" in out, out[-2000:]
     assert "coco_ready" in out

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from u2seg.errors import UserError
-from u2seg.jsonio import load_json
+from u2seg.jsonio import load_json  # noqa: F401 (the pseudo CLIs import it from here)
 from u2seg.manifest import image_stem, load_manifest, num_shards, shard_images
 
 
