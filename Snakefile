@@ -19,8 +19,11 @@ from u2seg.next_steps import report_config as _report_config
 
 _last_run = _report_config(sys.argv, str(config.get("results", "results")))
 if _last_run:
-    print(f"u2seg: the report of the last run (dataset {_last_run.get('dataset')!r}; config recorded in "
-          f"{config.get('results', 'results')}/last_run.yaml)", file=sys.stderr)
+    print(
+        f"u2seg: the report of the last run (dataset {_last_run.get('dataset')!r}; config recorded in "
+        f"{config.get('results', 'results')}/last_run.yaml)",
+        file=sys.stderr,
+    )
     config.update(_last_run)
 
 # Command-line values: `--config 'clustering={"k": 300}'` reaches the config as strings; convert them to
@@ -106,12 +109,15 @@ def _unknown_target(wildcards):
     """Input function of the catch-all rule below: raises (before any job) naming the targets."""
     import difflib
 
-    targets = sorted(r.name for r in workflow.rules
-                     if (r.docstring or "").lstrip().lower().startswith(("target", "default target")))
+    targets = sorted(
+        r.name for r in workflow.rules if (r.docstring or "").lstrip().lower().startswith(("target", "default target"))
+    )
     close = difflib.get_close_matches(wildcards.name, targets, n=1)
     hint = f" Did you mean `{close[0]}`?" if close else ""
-    raise WorkflowError(f"unknown target {wildcards.name!r}.{hint} Targets: {', '.join(targets)} "
-                        "(snakemake --list-rules explains every rule)")
+    raise WorkflowError(
+        f"unknown target {wildcards.name!r}.{hint} Targets: {', '.join(targets)} "
+        "(snakemake --list-rules explains every rule)"
+    )
 
 
 rule unknown_target:

@@ -32,8 +32,10 @@ COCO_TRAIN = dataset_key("coco", "train")
 COCO_VAL = dataset_key("coco", "val")
 
 # Every dataset key (longest first, so that no name is matched by a prefix of another).
-DS_PATTERN = "|".join(re.escape(k) for k in sorted(
-    {"samples", "images", COCO_TRAIN, COCO_VAL, *DATASETS}, key=lambda k: (-len(k), k)))
+DS_PATTERN = "|".join(
+    re.escape(k) for k in sorted({"samples", "images", COCO_TRAIN, COCO_VAL, *DATASETS}, key=lambda k: (-len(k), k))
+)
+
 
 wildcard_constraints:
     ds=DS_PATTERN,
@@ -108,7 +110,7 @@ def _manifest_facts(path, mtime_ns, shard_size):
     """(images, largest image's pixels per shard) of a manifest, read once per (path, mtime)."""
     with open(path) as fh:
         pixels = [im["width"] * im["height"] for im in json.load(fh)["images"]]
-    return len(pixels), tuple(max(pixels[i:i + shard_size]) for i in range(0, len(pixels), shard_size))
+    return len(pixels), tuple(max(pixels[i : i + shard_size]) for i in range(0, len(pixels), shard_size))
 
 
 def manifest_image_count(path):
@@ -134,21 +136,25 @@ def declared_mem(base_mb, per_image_kb=0.0, per_pixel_b=0.0, grid_pixel_b=0.0, g
     per image of the dataset + ``per_pixel_b`` per pixel of the shard's largest image + ``grid_pixel_b``
     per pixel of it up to ``grid_cap`` (work done on a bounded grid); ``pixels_unknown`` pixels are
     assumed before ingest. Grows by half per Snakemake retry attempt."""
+
     def _mem(wildcards, attempt):
         n, px = dataset_size(wildcards.ds, getattr(wildcards, "shard", None))
         px = pixels_unknown if px is None else px
         grid = min(px, grid_cap) if grid_cap else px
         mb = base_mb + per_image_kb * n / 1024 + (per_pixel_b * px + grid_pixel_b * grid) / 2**20
         return with_retries(mb, attempt)
+
     return _mem
 
 
 def declared_runtime(base_min, per_image_s=0.0, per_shard_image_s=0.0):
     """``runtime`` (minutes) from measured per-unit figures: ``base_min`` + ``per_image_s`` per image of
     the dataset + ``per_shard_image_s`` per image of one shard (``features.shard_size``)."""
+
     def _runtime(wildcards):
         n, _ = dataset_size(wildcards.ds)
         return int(base_min + (per_image_s * n + per_shard_image_s * int(config["features"]["shard_size"])) / 60)
+
     return _runtime
 
 
@@ -202,8 +208,10 @@ PREDICT_PIXELS_UNKNOWN = 24_000_000  # assumed before ingest has measured the im
 
 def per_shard(pattern):
     """Input function: ``pattern`` (with {ds} and {shard}) expanded over every shard of ``ds``."""
+
     def _inputs(wildcards):
         return [pattern.format(ds=wildcards.ds, shard=s) for s in shard_ids(wildcards.ds)]
+
     return _inputs
 
 

@@ -10,19 +10,25 @@ _EVAL_CFG = config["evaluate"]
 def _matching_flags(name):
     """`u2seg evaluate` flags of one cluster-matching protocol (evaluate.majority / evaluate.hungarian)."""
     cfg = _EVAL_CFG[name]
-    return {f"{name}_min_score": cfg["min_score"], f"{name}_min_iou": cfg["min_iou"],
-            f"{name}_iou_type": cfg["iou_type"], f"{name}_crowd": "include" if cfg["include_crowd"] else "exclude"}
+    return {
+        f"{name}_min_score": cfg["min_score"],
+        f"{name}_min_iou": cfg["min_iou"],
+        f"{name}_iou_type": cfg["iou_type"],
+        f"{name}_crowd": "include" if cfg["include_crowd"] else "exclude",
+    }
 
 
 # The protocol parameters of `u2seg evaluate` (evaluate.* and stuff.k) as flags.
-_PROTOCOL_FLAGS = config_flags({
-    **_matching_flags("majority"),
-    **_matching_flags("hungarian"),
-    "semantic_vote_iou": _EVAL_CFG["semantic_vote_iou"],
-    "max_dets": _EVAL_CFG["max_dets"],
-    "num_stuff": config["stuff"]["k"],
-    "pq_crowd_rule": _EVAL_CFG["pq_crowd_rule"],
-})
+_PROTOCOL_FLAGS = config_flags(
+    {
+        **_matching_flags("majority"),
+        **_matching_flags("hungarian"),
+        "semantic_vote_iou": _EVAL_CFG["semantic_vote_iou"],
+        "max_dets": _EVAL_CFG["max_dets"],
+        "num_stuff": config["stuff"]["k"],
+        "pq_crowd_rule": _EVAL_CFG["pq_crowd_rule"],
+    }
+)
 
 
 def coco_ready_input(wildcards):

@@ -4,7 +4,7 @@
 # Target `finetune` -> {RES}/finetune/{tag}/comparison.md (tag = frac{fraction}-seed{seed} or custom-seed{seed}).
 
 _FT = config["finetune"]
-_FT_TAG = (f"custom-seed{_FT['seed']}" if _FT["annotations"] else f"frac{config['fraction']}-seed{_FT['seed']}")
+_FT_TAG = f"custom-seed{_FT['seed']}" if _FT["annotations"] else f"frac{config['fraction']}-seed{_FT['seed']}"
 _FT_DIR = f"{RES}/finetune/{_FT_TAG}"
 # solver keys of `finetune` that override `train`
 _FT_SOLVER = {"base_lr", "max_iter", "steps", "gamma", "warmup_iters", "batch_size"}

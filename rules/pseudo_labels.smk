@@ -151,10 +151,14 @@ rule merge_panoptic_shard:
     threads: 1
     resources:
         # + the manifest; per pixel of the shard's largest image (full-size PNGs) and of its merge grid
-        mem_mb=declared_mem(MERGE_SHARD_BASE_MB, per_image_kb=MANIFEST_KB_PER_IMAGE,
-                            per_pixel_b=MERGE_B_PER_PIXEL, grid_pixel_b=MERGE_B_PER_GRID_PIXEL,
-                            grid_cap=config["panoptic"]["max_merge_pixels"],
-                            pixels_unknown=config["panoptic"]["max_merge_pixels"]),
+        mem_mb=declared_mem(
+            MERGE_SHARD_BASE_MB,
+            per_image_kb=MANIFEST_KB_PER_IMAGE,
+            per_pixel_b=MERGE_B_PER_PIXEL,
+            grid_pixel_b=MERGE_B_PER_GRID_PIXEL,
+            grid_cap=config["panoptic"]["max_merge_pixels"],
+            pixels_unknown=config["panoptic"]["max_merge_pixels"],
+        ),
         runtime=declared_runtime(10, per_shard_image_s=0.5),
     log:
         f"{RES}/logs/{{ds}}/pseudo/merge_panoptic_{{shard}}.log",
@@ -220,8 +224,9 @@ rule validate_pseudo_shard:
     threads: 1
     resources:
         # per pixel of the shard's largest image (docs/benchmarks.md "Scale")
-        mem_mb=declared_mem(VALIDATE_BASE_MB, per_pixel_b=VALIDATE_B_PER_PIXEL,
-                            pixels_unknown=config["panoptic"]["max_merge_pixels"]),
+        mem_mb=declared_mem(
+            VALIDATE_BASE_MB, per_pixel_b=VALIDATE_B_PER_PIXEL, pixels_unknown=config["panoptic"]["max_merge_pixels"]
+        ),
         runtime=declared_runtime(10, per_shard_image_s=0.5),
     log:
         f"{RES}/logs/{{ds}}/pseudo/validate_{{shard}}.log",

@@ -5,7 +5,9 @@
 # The stages' own rule files are not touched: the rules below take their galleries / summary.json
 # as inputs and write the report items under {RES}/report/{ds}/<stage>/ (`u2seg report <item>`).
 
+
 report: "../docs/report/workflow.rst"
+
 
 _REP = f"{RES}/report/{{ds}}"
 _REP_ROUNDS = int(config["train"]["rounds"])
@@ -233,13 +235,15 @@ rule report_predictions:
         model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     params:
         pred_dir=lambda wc: f"{RES}/{wc.ds}/predict/{wc.model}",
-        flags=config_flags({
-            "gallery_size": config["maskcut"]["gallery_size"],
-            "seed": config["maskcut"]["seed"],
-            "score_thresh": config["predict"]["instance_score_thresh"],
-            "k": config["clustering"]["k"],
-            "num_stuff": config["stuff"]["k"],
-        }),
+        flags=config_flags(
+            {
+                "gallery_size": config["maskcut"]["gallery_size"],
+                "seed": config["maskcut"]["seed"],
+                "score_thresh": config["predict"]["instance_score_thresh"],
+                "k": config["clustering"]["k"],
+                "num_stuff": config["stuff"]["k"],
+            }
+        ),
     threads: 1
     resources:
         mem_mb=mem_mb(2000),

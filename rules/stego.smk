@@ -8,8 +8,10 @@ _STEGO = f"{RES}/{{ds}}/pseudo/stego"
 _SG = config["stuff"]["stego"]
 
 if config["stuff"]["model"] == "stego_checkpoint" and not config["stuff"]["checkpoint"]:
-    raise WorkflowError("stuff.model: stego_checkpoint needs stuff.checkpoint (path or URL of an official STEGO "
-                        ".ckpt, e.g. cocostuff27_vit_base_5.ckpt)")
+    raise WorkflowError(
+        "stuff.model: stego_checkpoint needs stuff.checkpoint (path or URL of an official STEGO "
+        ".ckpt, e.g. cocostuff27_vit_base_5.ckpt)"
+    )
 
 
 def stego_stuff_inputs(wildcards):
@@ -26,8 +28,10 @@ def stego_stuff_flags(wildcards):
     if not STUFF_MODELS[model].per_shard_maps:
         return f"--model {model}"
     base = f"{RES}/{wildcards.ds}/pseudo/stego"
-    return (f"--model {model} --stego-maps-dir {shlex.quote(base + '/maps')}"
-            f" --stego-model {shlex.quote(base + '/model.npz')}")
+    return (
+        f"--model {model} --stego-maps-dir {shlex.quote(base + '/maps')}"
+        f" --stego-model {shlex.quote(base + '/model.npz')}"
+    )
 
 
 rule stego_knn:
@@ -60,10 +64,27 @@ rule stego_knn:
 
 _STEGO_TRAIN_FLAGS = " ".join(
     f"--{key.replace('_', '-')} {shlex.quote(str(_SG[key]))}"
-    for key in ("dim", "batch_size", "max_steps", "num_neighbors", "seed", "checkpoint_period", "log_period",
-                "dropout", "lr", "cluster_lr", "pos_intra_weight", "pos_inter_weight", "neg_inter_weight",
-                "pos_intra_shift", "pos_inter_shift", "neg_inter_shift", "feature_samples", "neg_samples",
-                "preload_mb")
+    for key in (
+        "dim",
+        "batch_size",
+        "max_steps",
+        "num_neighbors",
+        "seed",
+        "checkpoint_period",
+        "log_period",
+        "dropout",
+        "lr",
+        "cluster_lr",
+        "pos_intra_weight",
+        "pos_inter_weight",
+        "neg_inter_weight",
+        "pos_intra_shift",
+        "pos_inter_shift",
+        "neg_inter_shift",
+        "feature_samples",
+        "neg_samples",
+        "preload_mb",
+    )
 ) + "".join(
     f" --{'' if _SG[key] else 'no-'}{key.replace('_', '-')}"
     for key in ("pointwise", "zero_clamp", "stabilize", "dropout_target")
@@ -138,10 +159,15 @@ rule stego_infer:
         source=lambda wc, input: (
             f"--checkpoint {shlex.quote(config['stuff']['checkpoint'] or '')}"
             f" --input-size {config['features']['input_size']}"
-            if config["stuff"]["model"] == "stego_checkpoint" else f"--model {shlex.quote(str(input.model))}"),
+            if config["stuff"]["model"] == "stego_checkpoint"
+            else f"--model {shlex.quote(str(input.model))}"
+        ),
         crf="--crf" if config["stuff"]["crf"]["enabled"] else "",
-        crf_flags=" ".join(f"--crf-{k.replace('_', '-')} {shlex.quote(str(v))}"
-                           for k, v in config["stuff"]["crf"].items() if k != "enabled"),
+        crf_flags=" ".join(
+            f"--crf-{k.replace('_', '-')} {shlex.quote(str(v))}"
+            for k, v in config["stuff"]["crf"].items()
+            if k != "enabled"
+        ),
         device=config["features"]["device"],
     threads: 2
     resources:

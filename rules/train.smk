@@ -103,10 +103,10 @@ rule train_round:
     # CPU threads of every process x processes per node (one node's cores)
     threads: config["train"]["threads"] * _GPUS
     resources:
+        **_TRAIN_RESOURCES,
         mem_mb=mem_mb(8000 * _GPUS),
         runtime=24 * 60,
         # gpu (-> sbatch --gpus) / gres, cpus_per_gpu, nodes, tasks: u2seg.detector.launch.slurm_resources
-        **_TRAIN_RESOURCES,
     log:
         f"{RES}/logs/{{ds}}/train/r{{n}}.log",
     benchmark:
@@ -161,9 +161,12 @@ rule predict:
     threads: config["predict"]["threads"]
     resources:
         # + the manifest and the detections of every image; per pixel of the largest image (full-size outputs)
-        mem_mb=declared_mem(PREDICT_BASE_MB, per_image_kb=MANIFEST_KB_PER_IMAGE + PREDICT_KB_PER_IMAGE,
-                            per_pixel_b=PREDICT_B_PER_PIXEL,
-                            pixels_unknown=PREDICT_PIXELS_UNKNOWN),
+        mem_mb=declared_mem(
+            PREDICT_BASE_MB,
+            per_image_kb=MANIFEST_KB_PER_IMAGE + PREDICT_KB_PER_IMAGE,
+            per_pixel_b=PREDICT_B_PER_PIXEL,
+            pixels_unknown=PREDICT_PIXELS_UNKNOWN,
+        ),
         runtime=12 * 60,
         gpu=_gpu("predict"),
     log:

@@ -15,8 +15,10 @@ def zero_shot_sets():
     """The evaluation sets of the zero-shot table (a clear error when there are none)."""
     sets = list(_ZS.get("eval") or DATASETS)
     if not sets:
-        raise WorkflowError("eval_zero_shot needs evaluation sets: name them under `datasets` (COCO-format "
-                            "datasets) or list them in `zero_shot.eval` (e.g. [coco-val])")
+        raise WorkflowError(
+            "eval_zero_shot needs evaluation sets: name them under `datasets` (COCO-format "
+            "datasets) or list them in `zero_shot.eval` (e.g. [coco-val])"
+        )
     return sets
 
 

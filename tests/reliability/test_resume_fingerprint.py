@@ -7,18 +7,20 @@ import json
 
 import torch
 
+from tests.configs import tiny_config
 from tests.reliability import helpers
+from tests.snakemake_runner import run_snakemake
 
 
 def test_changed_stuff_seed_retrains_instead_of_resuming_the_old_model(tmp_path):
-    cfg = dict(helpers.SMALL, dataset="samples")
-    helpers.run(tmp_path, ["train"], cfg)
+    cfg = tiny_config("small", dataset="samples")
+    run_snakemake(tmp_path, ["train"], cfg)
     out = tmp_path / "results" / "samples"
     semantic_before = helpers.digests(out / "pseudo" / "semantic")
     weights_before = torch.load(out / "train" / "r1" / "model_final.pth", weights_only=True)["model"]
     assert sorted(p.name for p in (out / "train" / "r1" / "work").glob("model_*.pth"))  # state a rerun could reuse
 
-    helpers.run(tmp_path, ["train"], dict(cfg, stuff=dict(cfg["stuff"], seed=1)))
+    run_snakemake(tmp_path, ["train"], dict(cfg, stuff=dict(cfg["stuff"], seed=1)))
     assert helpers.digests(out / "pseudo" / "semantic") != semantic_before  # the premise: other labels
     log = (tmp_path / "results" / "logs" / "samples" / "train" / "r1.log").read_text()
     fresh = [line for line in log.splitlines() if "training from scratch" in line]
