@@ -8,8 +8,9 @@ data, digest both result folders and compare them.
 
 Every file under the folder is hashed (SHA-256) except what is expected to differ from run to run: the
 trained model files and training work folders (compared through the predictions and metrics they
-produce), logs, Snakemake benchmark tables, the resolved-config records and timing fields. JSON files are
-hashed after dropping keys that hold wall-clock times or absolute paths (listed in ``VOLATILE_KEYS``).
+produce), logs, Snakemake benchmark tables and reports. JSON / JSON-lines files and the arrays of ``.npz``
+files are hashed after dropping the keys that hold wall-clock times (``VOLATILE_KEYS``) and after writing
+the results folder's own path as ``<results>``, so two runs in different folders compare equal.
 """
 from __future__ import annotations
 
@@ -22,29 +23,61 @@ from typing import Any
 
 SKIP_SUFFIXES = (".pth", ".pkl", ".pt", ".log", ".tsv", ".html", ".lock")
 SKIP_PARTS = ("work", "logs", "benchmarks", ".snakemake", "report")
-SKIP_NAMES = ("config.json",)
-VOLATILE_KEYS = {"seconds", "elapsed", "elapsed_s", "time", "timestamp", "date_created", "wall_s",
-                 "duration_s", "images_per_s", "created", "u2seg_version", "host", "path", "root"}
+SKIP_NAMES = (".snakemake_timestamp", "last_run.yaml")
+VOLATILE_KEYS = {"seconds", "seconds_total", "seconds_per_image", "seconds_per_iter", "seconds_by_step",
+                 "time", "data_time", "elapsed", "timestamp", "date_created", "u2seg_version"}
 
 
-def _strip(value: Any) -> Any:
-    """``value`` without the volatile keys, recursively."""
+def _strip(value: Any, root: str) -> Any:
+    """``value`` without the volatile keys and with ``root`` written as ``<results>``, recursively."""
     if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if k not in VOLATILE_KEYS}
+        return {k: _strip(v, root) for k, v in value.items() if k not in VOLATILE_KEYS}
     if isinstance(value, list):
-        return [_strip(v) for v in value]
+        return [_strip(v, root) for v in value]
+    if isinstance(value, str):
+        return value.replace(root, "<results>")
     return value
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file (of its JSON content without volatile keys for ``.json``)."""
-    if path.suffix == ".json":
+def _json_digest(text: str, root: str) -> str | None:
+    """Digest of JSON (or JSON-lines) text without volatile keys; None when it is not JSON."""
+    try:
+        items = [json.loads(text)]
+    except ValueError:
         try:
-            data = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError):
-            pass
-        else:
-            return hashlib.sha256(json.dumps(_strip(data), sort_keys=True).encode()).hexdigest()
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except ValueError:
+            return None
+    return hashlib.sha256(json.dumps(_strip(items, root), sort_keys=True).encode()).hexdigest()
+
+
+def _npz_digest(path: Path, root: str) -> str:
+    """Digest of each array of an ``.npz`` (0-d string arrays, e.g. JSON metadata, as JSON)."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    with np.load(path, allow_pickle=False) as data:
+        for name in sorted(data.files):
+            arr = data[name]
+            h.update(name.encode())
+            if arr.dtype.kind == "U" and arr.ndim == 0:
+                h.update((_json_digest(str(arr), root) or str(arr).replace(root, "<results>")).encode())
+            else:
+                h.update(str((arr.dtype, arr.shape)).encode() + np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def file_digest(path: Path, root: str = "\0") -> str:
+    """SHA-256 of a file; of its content without volatile keys for JSON, JSON lines and ``.npz``."""
+    if path.suffix in (".json", ".jsonl"):
+        try:
+            digest = _json_digest(path.read_text(), root)
+        except UnicodeDecodeError:
+            digest = None
+        if digest is not None:
+            return digest
+    if path.suffix == ".npz":
+        return _npz_digest(path, root)
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -55,12 +88,13 @@ def file_digest(path: Path) -> str:
 def digest(root: Path) -> dict[str, str]:
     """``{relative path: digest}`` of every compared file under ``root``."""
     out = {}
+    prefix = str(root.resolve())
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
         if (not path.is_file() or path.suffix in SKIP_SUFFIXES or path.name in SKIP_NAMES
                 or any(part in SKIP_PARTS for part in rel.parts)):
             continue
-        out[str(rel)] = file_digest(path)
+        out[str(rel)] = file_digest(path, prefix)
     return out
 
 
