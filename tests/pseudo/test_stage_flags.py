@@ -1,12 +1,14 @@
 """Pseudo-label and MaskCut stages: shared flags defined once (u2seg.cliargs) and the resolved-config record."""
 from __future__ import annotations
 
+import argparse
 import ast
+import importlib
 import json
 from collections import Counter
 from pathlib import Path
 
-from u2seg.cli import main
+from u2seg.cli import STAGES, main
 from tests.pseudo.conftest import SHARD_SIZE, Synthetic
 
 PACKAGE = Path(__file__).resolve().parents[2] / "workflow" / "u2seg"
@@ -45,3 +47,21 @@ def test_stage_writes_its_resolved_config(synthetic: Synthetic, tmp_path: Path):
     assert (out / args["manifest"]).resolve() == synthetic.manifest.resolve()
     assert args["out_model"] == "m.npz" and args["out_maps"] == "maps"
     assert not (out / "maps" / "config.json").exists()  # the maps folder holds PNGs only
+
+
+def test_every_stage_names_its_config_record():
+    missing = [name for name, (module, _) in STAGES.items()
+               if not hasattr(importlib.import_module(module), "config_out")]
+    assert missing == []
+
+
+def test_records_of_one_shard_do_not_collide():
+    """The per-shard panoptic merge and its validation report sit in one folder: two different records."""
+    shard = importlib.import_module(STAGES["merge-panoptic-shard"][0])
+    validate = importlib.import_module(STAGES["validate-panoptic"][0])
+    folder = Path("pseudo/panoptic_shards")
+    merged = shard.config_out(argparse.Namespace(out_json=folder / "shard_00000.json"))
+    report = validate.config_out(argparse.Namespace(report=folder / "shard_00000.validation.json"))
+    assert merged == str(folder / "shard_00000.config.json")
+    assert report == str(folder / "shard_00000.validation.config.json")
+    assert validate.config_out(argparse.Namespace(report=None)) is None
