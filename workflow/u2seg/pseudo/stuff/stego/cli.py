@@ -36,7 +36,7 @@ def run_knn(args: argparse.Namespace) -> int:
 
 
 def _help_texts(cls: type, kind: str) -> dict[str, str]:
-    """``<kind> setting <name> (config stuff.stego.<name>)`` for each field (``k``: config stuff.k)."""
+    """``<kind> <name> (config stuff.stego.<name>)`` for each field (``k``: config stuff.k)."""
     return {f.name: f"{kind} {f.name} (config {'stuff.k' if f.name == 'k' else 'stuff.stego.' + f.name})"
             for f in fields(cls)}
 
