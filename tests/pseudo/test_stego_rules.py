@@ -27,8 +27,13 @@ def test_stego_rules_make_the_stuff_outputs(tmp_path):
     stego = res / "images" / "pseudo" / "stego"
     hist = json.loads((stego / "train_history.json").read_text())
     assert [r["step"] for r in hist["history"]] == [2, 4]
-    assert (stego / "loss.png").is_file() and sorted(p.name for p in (stego / "maps").iterdir()) == [
-        "shard_00000", "shard_00001", "shard_00002"]
+    shards = ["shard_00000", "shard_00001", "shard_00002"]
+    assert (stego / "loss.png").is_file() and sorted(p.name for p in (stego / "maps").iterdir() if p.is_dir()) == shards
+    # each `stego infer` run's resolved config sits beside its maps folder
+    assert sorted(p.name for p in (stego / "maps").glob("*.config.json")) == [f"{s}.config.json" for s in shards]
+    train_record = json.loads((stego / "trained.config.json").read_text())
+    assert train_record["stage"] == "stego" and train_record["args"]["action"] == "train"
+    assert train_record["args"]["k"] == 3 and train_record["args"]["out_model"] == "trained.npz"
     for im, (h, w) in zip(data.images, SIZES):
         png = np.asarray(Image.open(res / "images" / "pseudo" / "stuff" / im["file_name"]))
         assert png.shape == (h, w) and int(png.max()) < 3

@@ -29,7 +29,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "ingest": ("u2seg.ingest", "list a dataset's images into a manifest (robust image reading)"),
     "features": ("u2seg.features", "extract backbone features of one shard into a zarr v3 store"),
     "maskcut": ("u2seg.maskcut.cli", "MaskCut class-agnostic masks for one feature shard"),
-    "merge-masks": ("u2seg.maskcut.merge", "merge per-shard MaskCut jsons into one COCO json"),
+    "merge-masks": ("u2seg.maskcut.merge_cli", "merge per-shard MaskCut jsons into one COCO json"),
     "embed": ("u2seg.pseudo.instances.embed_cli", "per-instance embeddings of the MaskCut masks of one shard"),
     "cluster-instances": ("u2seg.pseudo.instances.cluster_cli", "k-means over instance embeddings -> class-aware json"),
     "cluster-stuff": ("u2seg.pseudo.stuff.cli", "k-means over dense patch features -> stuff label maps"),

@@ -7,25 +7,39 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 from u2seg.params import STUFF_CLUSTERS
 
 Parser = Union[argparse.ArgumentParser, argparse._ArgumentGroup]
 
 
-def add_manifest_argument(parser: Parser, help_text: str = "dataset manifest json (from `u2seg ingest`)",
-                          required: bool = True, **kwargs: Any) -> None:
-    """``--manifest``: the dataset manifest a stage reads (a Path)."""
-    parser.add_argument("--manifest", type=Path, required=required, help=help_text, **kwargs)
+MANIFEST_HELP = "dataset manifest json (from `u2seg ingest`)"
+SHARD_SIZE_HELP = "images per shard (shard i = manifest images [i*size, (i+1)*size))"
 
 
-def add_shard_arguments(parser: Parser, manifest_help: str = "dataset manifest json (from `u2seg ingest`)") -> None:
+def add_manifest_argument(parser: Parser, help_text: str = MANIFEST_HELP, required: bool = True,
+                          cast: Callable[[str], Any] | None = Path, **kwargs: Any) -> None:
+    """``--manifest``: the dataset manifest a stage reads or writes (a Path; ``cast=None``: a str)."""
+    parser.add_argument("--manifest", type=cast, required=required, help=help_text, **kwargs)
+
+
+def add_shard_size_argument(parser: Parser, help_text: str = SHARD_SIZE_HELP) -> None:
+    """``--shard-size``: images per feature shard (required; config features.shard_size)."""
+    parser.add_argument("--shard-size", type=int, required=True, help=help_text)
+
+
+def add_dataset_arguments(parser: Parser, manifest_help: str = MANIFEST_HELP) -> None:
+    """``--manifest`` and ``--shard-size``: a whole dataset read shard by shard."""
+    add_manifest_argument(parser, manifest_help)
+    add_shard_size_argument(parser)
+
+
+def add_shard_arguments(parser: Parser, manifest_help: str = MANIFEST_HELP, shard_help: str = "shard index") -> None:
     """``--manifest``, ``--shard`` and ``--shard-size``: one shard of a dataset's images."""
     add_manifest_argument(parser, manifest_help)
-    parser.add_argument("--shard", type=int, required=True, help="shard index")
-    parser.add_argument("--shard-size", type=int, required=True,
-                        help="images per shard (shard i = manifest images [i*size, (i+1)*size))")
+    parser.add_argument("--shard", type=int, required=True, help=shard_help)
+    add_shard_size_argument(parser)
 
 
 def add_threads_argument(parser: Parser, help_text: str = "torch CPU threads") -> None:
@@ -45,6 +59,10 @@ def add_progress_argument(parser: Parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def add_num_stuff_argument(parser: Parser, help_text: str = "stuff clusters S (config stuff.k)") -> None:
-    """``--num-stuff``: the stuff class count (default: COCO-Stuff-27's 27 clusters)."""
-    parser.add_argument("--num-stuff", type=int, default=STUFF_CLUSTERS, help=f"{help_text} (default: %(default)s)")
+def add_num_stuff_argument(parser: Parser, help_text: str = "stuff clusters S (config stuff.k)",
+                           required: bool = False) -> None:
+    """``--num-stuff``: the stuff class count (default: COCO-Stuff-27's 27 clusters; none when ``required``)."""
+    if required:
+        parser.add_argument("--num-stuff", type=int, required=True, help=help_text)
+    else:
+        parser.add_argument("--num-stuff", type=int, default=STUFF_CLUSTERS, help=f"{help_text} (default: %(default)s)")

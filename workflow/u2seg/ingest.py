@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from u2seg import atomic, registry
+from u2seg.cliargs import add_manifest_argument
 from u2seg.errors import UserError
 from u2seg.images import IMAGE_SUFFIXES, ImageReadError, probe_image
 from u2seg.jsonio import load_json
@@ -247,7 +248,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N COCO (coco-format) images by id")
     parser.add_argument("--samples-dir", type=Path, help="where the sample photos are written")
     add_dataclass_arguments(parser, IngestParams)
-    parser.add_argument("--manifest", type=Path, required=True, help="output manifest json")
+    add_manifest_argument(parser, "output manifest json")
     parser.add_argument("--skipped", type=Path, required=True, help="output skipped json")
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from u2seg.cliargs import add_progress_argument, add_threads_argument
+from u2seg.cliargs import add_manifest_argument, add_progress_argument, add_threads_argument
 from u2seg.detector.params import PredictConfig
 from u2seg.params import add_dataclass_arguments, dataclass_from_args, record_inside
 
@@ -11,7 +11,7 @@ from u2seg.params import add_dataclass_arguments, dataclass_from_args, record_in
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Model file, manifest, output folder and the inference settings (defaults: u2seg.detector.params)."""
     parser.add_argument("--weights", required=True, help="model file (model_final.pth or `u2seg import-d2` output)")
-    parser.add_argument("--manifest", required=True, help="manifest of the images to predict on")
+    add_manifest_argument(parser, "manifest of the images to predict on", cast=None)
     parser.add_argument("--out-dir", required=True,
                         help="folder for instances_results.json, panoptic.json, panoptic/, semantic/, summary.json")
     add_threads_argument(parser)

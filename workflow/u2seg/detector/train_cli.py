@@ -12,7 +12,7 @@ import argparse
 import logging
 import os
 
-from u2seg.cliargs import add_progress_argument, add_threads_argument
+from u2seg.cliargs import add_manifest_argument, add_progress_argument, add_threads_argument
 from u2seg.detector.params import ModelConfig, TrainConfig
 from u2seg.params import add_dataclass_arguments, dataclass_from_args, record_inside
 
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--instances", required=True, help="COCO instances json of the pseudo-labels (category 1..K)")
     io.add_argument("--semantic-dir", default=None,
                     help="folder of semantic PNGs <image stem>.png (0 = thing, 1..stuff, 255 = void)")
-    io.add_argument("--manifest", required=True, help="dataset manifest (image paths)")
+    add_manifest_argument(io, "dataset manifest (image paths)", cast=None)
     io.add_argument("--out-dir", required=True,
                     help="round folder: model_final.pth, metrics.jsonl, loss.png, summary.json, work/")
     io.add_argument("--init", default=None, help="start from this model file (previous round)")

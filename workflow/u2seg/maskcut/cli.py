@@ -4,16 +4,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from u2seg.cliargs import add_device_arguments
+from u2seg.cliargs import add_device_arguments, add_manifest_argument
 from u2seg.crf import MASKCUT_CRF, CRFParams
 from u2seg.maskcut.params import FOREGROUND_RULES, SOLVERS, MaskCutParams
+from u2seg.params import record_beside
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = MaskCutParams()
     c = MASKCUT_CRF
     io = parser.add_argument_group("inputs / outputs")
-    io.add_argument("--manifest", type=Path, required=True, help="manifest.json of the dataset")
+    add_manifest_argument(io, "manifest.json of the dataset")
     io.add_argument("--features", type=Path, required=True, help="feature shard (zarr v3 store)")
     io.add_argument("--out", type=Path, required=True, help="output COCO instances json of the shard")
     io.add_argument("--gallery", type=Path, required=True, help="output folder of overlay PNGs")
@@ -53,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_.add_argument("--batch-size", type=int, default=4, help="images per batched eigen solve")
     add_device_arguments(run_, default="auto")
     run_.add_argument("--seed", type=int, default=d.seed, help="seed of the eigensolver start and the gallery sample")
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_beside(args.out)
 
 
 def params_from_args(args: argparse.Namespace) -> MaskCutParams:

@@ -1,4 +1,5 @@
-"""``u2seg merge-masks``: per-shard MaskCut jsons -> one COCO instances json + summary + gallery.
+"""Merging per-shard MaskCut jsons into one COCO instances json + summary + gallery (``u2seg merge-masks``,
+:mod:`u2seg.maskcut.merge_cli`).
 
 Annotation ids are renumbered 1..M in shard order; the json is written streaming (one shard in
 memory at a time); the shards' ``stats`` go to ``summary.json`` (masks-per-image histogram, images
@@ -8,7 +9,6 @@ with the dataset.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -169,38 +169,22 @@ def shard_paths(folder: Path, num_shards: int) -> tuple[list[Path], list[Path]]:
     return jsons, [folder / f"shard_{i:05d}_gallery" for i in range(num_shards)]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--inputs", type=Path, nargs="+", help="shard jsons, in shard order")
-    src.add_argument("--shards-dir", type=Path,
-                     help="folder of shard_{i:05d}.json and shard_{i:05d}_gallery/ (with --num-shards; "
-                          "the command line does not grow with the dataset)")
-    parser.add_argument("--num-shards", type=int, default=None, help="shards 0..N-1 of --shards-dir")
-    parser.add_argument("--galleries", type=Path, nargs="*", default=[], help="shard gallery folders")
-    parser.add_argument("--out", type=Path, required=True, help="merged COCO instances json")
-    parser.add_argument("--summary", type=Path, required=True, help="summary json")
-    parser.add_argument("--gallery-out", type=Path, required=True, help="folder collecting the overlay PNGs")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.shards_dir is not None:
-        if args.num_shards is None:
-            raise UserError("--shards-dir needs --num-shards")
-        inputs, galleries = shard_paths(args.shards_dir, args.num_shards)
-    else:
-        inputs, galleries = list(args.inputs), list(args.galleries)
+def merge_masks(inputs: list[Path], galleries: list[Path], out: Path, summary_path: Path,
+                gallery_out: Path) -> int:
+    """Merge the shard jsons ``inputs`` into ``out`` (+ ``summary_path``) and collect the overlay PNGs of the
+    ``galleries`` folders into ``gallery_out`` (all written atomically); returns 0."""
     for folder in galleries:
         if not folder.is_dir():
             raise UserError(f"gallery folder not found: {folder}")
-    with atomic_path(args.gallery_out, directory=True) as tmp:
+    with atomic_path(gallery_out, directory=True) as tmp:
         for folder in galleries:
             for png in sorted(folder.glob("*.png")):
                 if (tmp / png.name).exists():
                     raise UserError(f"two shards wrote the gallery image {png.name}")
                 shutil.copyfile(png, tmp / png.name)
-        summary = write_merged(inputs, args.out)
-        write_json(args.summary, summary, indent=2)
+        summary = write_merged(inputs, out)
+        write_json(summary_path, summary, indent=2)
     log.info("merged %d shards: %d images, %d masks (%.2f / image, %d without a mask) -> %s", len(inputs),
              summary["n_images"], summary["n_masks"], summary["masks_per_image_mean"],
-             summary["images_without_masks"], args.out)
+             summary["images_without_masks"], out)
     return 0

@@ -5,19 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from u2seg.cliargs import add_device_arguments
+from u2seg.cliargs import add_dataset_arguments, add_device_arguments
+from u2seg.params import add_dataclass_arguments, record_beside
+from u2seg.pseudo.kmeans_params import KMeansParams
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (from `u2seg ingest`)")
-    parser.add_argument("--shard-size", type=int, required=True,
-                        help="images per feature shard (config features.shard_size)")
+    add_dataset_arguments(parser)
     parser.add_argument("--embed-dir", type=Path, required=True, help="folder of shard_{i:05d}.npz")
     parser.add_argument("--masks-dir", type=Path, required=True, help="folder of MaskCut shard_{i:05d}.json")
     parser.add_argument("--k", type=int, required=True, help="clusters K (config clustering.k)")
-    parser.add_argument("--iterations", type=int, default=100, help="maximum k-means (Lloyd) iterations")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the k-means initialisation")
-    parser.add_argument("--chunk-size", type=int, default=65536, help="embedding rows streamed from disk per step")
+    add_dataclass_arguments(parser, KMeansParams)
     add_device_arguments(parser)
     parser.add_argument("--out-instances", type=Path, required=True,
                         help="output COCO instances json (category = cluster + 1)")
@@ -25,6 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-shards", type=Path, default=None,
                         help="also write one instance json per shard (+ index.json) into this folder")
     parser.add_argument("--summary", type=Path, required=True, help="output summary json (cluster sizes, iterations)")
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_beside(args.out_instances)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from u2seg.cliargs import add_device_arguments
+from u2seg.cliargs import add_device_arguments, add_shard_arguments
+from u2seg.params import record_beside
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (from `u2seg ingest`)")
-    parser.add_argument("--shard", type=int, required=True, help="shard index")
-    parser.add_argument("--shard-size", type=int, required=True,
-                        help="images per feature shard (config features.shard_size)")
+    add_shard_arguments(parser)
     parser.add_argument("--masks", type=Path, required=True, help="the shard's MaskCut json")
     parser.add_argument("--features", type=Path, required=True, help="the shard's feature store (.zarr)")
     parser.add_argument("--method", choices=["pooled", "crop_cls"], default="pooled",
@@ -27,6 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="crops per forward pass (crop_cls)")
     add_device_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="output .npz")
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_beside(args.out)
 
 
 def run(args: argparse.Namespace) -> int:

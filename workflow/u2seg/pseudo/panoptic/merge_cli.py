@@ -5,21 +5,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from u2seg.cliargs import add_manifest_argument, add_num_stuff_argument
+from u2seg.params import add_dataclass_arguments, record_beside
 from u2seg.pseudo.panoptic.outputs import add_output_arguments, outputs_of
+from u2seg.pseudo.panoptic.params import PanopticMergeParams
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (from `u2seg ingest`)")
+    add_manifest_argument(parser)
     parser.add_argument("--instances", type=Path, required=True, help="class-aware instance json")
     parser.add_argument("--stuff-dir", type=Path, required=True, help="folder of stuff PNGs (0..S-1)")
     parser.add_argument("--k", type=int, required=True, help="thing clusters K (config clustering.k)")
-    parser.add_argument("--num-stuff", type=int, default=27, help="stuff clusters S (config stuff.k)")
-    parser.add_argument("--max-thing-overlap", type=float, default=0.7,
-                        help="drop a stuff cluster's region when more than this fraction of it is covered by things")
-    parser.add_argument("--gallery-size", type=int, default=8, help="images (fixed hash sample) that get overlay PNGs")
-    parser.add_argument("--max-merge-pixels", type=int, default=0,
-                        help="merge larger images on a grid of at most this many pixels, pasted back (0 = off)")
+    add_num_stuff_argument(parser)
+    add_dataclass_arguments(parser, PanopticMergeParams)
     add_output_arguments(parser)
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_beside(args.out_json)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,22 +4,26 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from u2seg.cliargs import add_num_stuff_argument, add_shard_arguments
+from u2seg.params import add_dataclass_arguments, record_beside
+from u2seg.pseudo.panoptic.params import PanopticMergeParams
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (from `u2seg ingest`)")
+    add_shard_arguments(parser, shard_help="index of the shard to merge")
     parser.add_argument("--instances-dir", type=Path, required=True,
                         help="per-shard instance jsons + index.json (cluster-instances --out-shards)")
-    parser.add_argument("--shard", type=int, required=True, help="index of the shard to merge")
-    parser.add_argument("--shard-size", type=int, required=True, help="images per feature shard (config features.shard_size)")
     parser.add_argument("--stuff-dir", type=Path, required=True, help="folder of stuff PNGs (0..S-1)")
     parser.add_argument("--k", type=int, required=True, help="thing clusters K (config clustering.k)")
-    parser.add_argument("--num-stuff", type=int, default=27, help="stuff clusters S (config stuff.k)")
-    parser.add_argument("--max-thing-overlap", type=float, default=0.7, help="drop a stuff cluster's region when more than this fraction of it is covered by things")
-    parser.add_argument("--gallery-size", type=int, default=8, help="gallery images of the whole dataset")
-    parser.add_argument("--max-merge-pixels", type=int, default=0,
-                        help="merge larger images on a grid of at most this many pixels, pasted back (0 = off)")
+    add_num_stuff_argument(parser)
+    add_dataclass_arguments(parser, PanopticMergeParams)
     parser.add_argument("--out-json", type=Path, required=True, help="the shard's COCO panoptic json")
     parser.add_argument("--out-dir", type=Path, required=True, help="folder: panoptic/, semantic/, gallery/")
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_beside(args.out_json)
 
 
 def run(args: argparse.Namespace) -> int:

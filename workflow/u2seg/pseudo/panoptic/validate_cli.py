@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -15,6 +16,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="expected K: the instance json must have categories 1..K")
     parser.add_argument("--report", type=Path, default=None, help="write the findings as json here")
     parser.add_argument("--max-errors", type=int, default=100, help="stop listing after this many problems")
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record beside the report (``<report minus .json>.config.json``: per-shard reports sit
+    beside the shard's panoptic json, whose record is ``shard_XXXXX.config.json``); None without a report."""
+    return os.path.splitext(os.fspath(args.report))[0] + ".config.json" if args.report else None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,12 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from u2seg.params import record_beside
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reports-dir", type=Path, required=True, help="folder of the per-shard shard_{i:05d}.validation.json reports")
     parser.add_argument("--num-shards", type=int, required=True, help="number of shards (shard_00000 .. shard_{n-1})")
     parser.add_argument("--report", type=Path, required=True, help="output combined validation report (json)")
     parser.add_argument("--max-errors", type=int, default=100, help="error messages kept in the report at most (the error counts stay complete)")
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_beside(args.report)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,22 +4,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from u2seg.cliargs import add_device_arguments
+from u2seg.cliargs import add_dataset_arguments, add_device_arguments
+from u2seg.params import STUFF_CLUSTERS, add_dataclass_arguments, record_beside
+from u2seg.pseudo.kmeans_params import KMeansParams
 from u2seg.pseudo.stuff.options import add_crf_arguments, crf_params
 from u2seg.pseudo.stuff.registry import STUFF_MODELS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (from `u2seg ingest`)")
-    parser.add_argument("--shard-size", type=int, required=True,
-                        help="images per feature shard (config features.shard_size)")
+    add_dataset_arguments(parser)
     parser.add_argument("--features-dir", type=Path, required=True, help="folder of shard_{i:05d}.zarr")
-    parser.add_argument("--k", type=int, default=27, help="stuff clusters (config stuff.k)")
+    parser.add_argument("--k", type=int, default=STUFF_CLUSTERS, help="stuff clusters (config stuff.k)")
     parser.add_argument("--sample-patches", type=int, default=200000,
                         help="patch features sampled (seeded) to fit the stuff k-means")
-    parser.add_argument("--iterations", type=int, default=100, help="maximum k-means iterations")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the patch sample and the k-means initialisation")
-    parser.add_argument("--chunk-size", type=int, default=65536, help="rows per streamed k-means chunk")
+    add_dataclass_arguments(parser, KMeansParams,
+                            help_texts={"seed": "seed of the patch sample and the k-means initialisation"})
     add_crf_arguments(parser)
     parser.add_argument("--model", default="kmeans", choices=list(STUFF_MODELS),
                         help="stuff model (config stuff.model); stego*: gather the maps of `u2seg stego infer`")
@@ -29,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-model", type=Path, required=True, help="stuff model (.npz)")
     parser.add_argument("--out-maps", type=Path, required=True, help="folder of stuff PNGs")
     parser.add_argument("--summary", type=Path, required=True, help="stuff summary json")
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run (written by u2seg.cli after a successful run)."""
+    return record_beside(args.out_model)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 
 from u2seg.atomic import atomic_path
 from u2seg.crf import CRFParams, refine_scores
+from u2seg.params import STUFF_CLUSTERS
 from u2seg.pseudo.kmeans import ArraySource, RowSource, kmeans
 
 
@@ -66,7 +67,7 @@ class KMeansStuffModel(StuffModel):
 
     kind = "kmeans"
 
-    def __init__(self, k: int = 27, iterations: int = 100, seed: int = 0, device: str = "cpu",
+    def __init__(self, k: int = STUFF_CLUSTERS, iterations: int = 100, seed: int = 0, device: str = "cpu",
                  centroids: np.ndarray | None = None):
         self.num_classes = int(k)
         self.iterations = int(iterations)

@@ -7,21 +7,17 @@ also for ``stego_checkpoint``), ``import`` (an official checkpoint as a stuff mo
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
 
-from u2seg.cliargs import add_device_arguments
+from u2seg.cliargs import add_dataset_arguments, add_device_arguments, add_shard_arguments
+from u2seg.params import add_dataclass_arguments, dataclass_from_args, record_beside
 from u2seg.pseudo.stuff.options import add_crf_arguments, crf_params
 from u2seg.pseudo.stuff.stego.params import StegoLossParams, StegoTrainParams
 
 
-def _add_shards(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (from `u2seg ingest`)")
-    parser.add_argument("--shard-size", type=int, required=True,
-                        help="images per feature shard (config features.shard_size)")
-
-
 def add_knn_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_shards(parser)
+    add_dataset_arguments(parser)
     parser.add_argument("--features-dir", type=Path, required=True, help="folder of shard_{i:05d}.zarr")
     parser.add_argument("--crop-type", default="five", choices=["five", "none"],
                         help="five: STEGO's five crops of each feature map; none: the whole map")
@@ -39,29 +35,19 @@ def run_knn(args: argparse.Namespace) -> int:
                    threads=args.threads, out=args.out)
 
 
+def _help_texts(cls: type, kind: str) -> dict[str, str]:
+    """``<kind> <name> (config stuff.stego.<name>)`` for each field (``k``: config stuff.k)."""
+    return {f.name: f"{kind} {f.name} (config {'stuff.k' if f.name == 'k' else 'stuff.stego.' + f.name})"
+            for f in fields(cls)}
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    t, lp = StegoTrainParams(), StegoLossParams()
-    _add_shards(parser)
+    add_dataset_arguments(parser)
     parser.add_argument("--features-dir", type=Path, required=True, help="folder of shard_{i:05d}.zarr")
     parser.add_argument("--knn-table", type=Path, required=True, help="kNN table (.npz) from `u2seg stego knn`")
-    for name in ("dim", "k", "batch_size", "max_steps", "num_neighbors", "seed", "checkpoint_period",
-                 "log_period"):
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(t, name),
-                            help=f"training setting {name} (config {'stuff.k' if name == 'k' else 'stuff.stego.' + name})")
-    for name in ("dropout", "lr", "cluster_lr"):
-        parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(t, name),
-                            help=f"training setting {name} (config {'stuff.k' if name == 'k' else 'stuff.stego.' + name})")
-    for name in ("pos_intra_weight", "pos_inter_weight", "neg_inter_weight", "pos_intra_shift",
-                 "pos_inter_shift", "neg_inter_shift"):
-        parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(lp, name),
-                            help=f"loss setting {name} (config stuff.stego.{name})")
-    for name in ("feature_samples", "neg_samples"):
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(lp, name),
-                            help=f"loss setting {name} (config stuff.stego.{name})")
-    for name, default in (("pointwise", lp.pointwise), ("zero_clamp", lp.zero_clamp),
-                          ("stabilize", lp.stabilize), ("dropout_target", t.dropout_target)):
-        parser.add_argument("--" + name.replace("_", "-"), default=default, action=argparse.BooleanOptionalAction,
-                            help=f"STEGO switch {name} (config stuff.stego.{name})")
+    add_dataclass_arguments(parser, StegoTrainParams, exclude=("nonlinear", "loss"),
+                            help_texts=_help_texts(StegoTrainParams, "training setting"))
+    add_dataclass_arguments(parser, StegoLossParams, help_texts=_help_texts(StegoLossParams, "loss setting"))
     parser.add_argument("--preload-mb", type=float, default=4096.0,
                         help="keep the dense maps in memory (float16) when they fit in this many MB")
     add_device_arguments(parser)
@@ -73,12 +59,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def train_params(args: argparse.Namespace) -> StegoTrainParams:
     """The training settings of the ``stego train`` flags."""
-    loss = StegoLossParams(args.pos_intra_weight, args.pos_inter_weight, args.neg_inter_weight,
-                           args.pos_intra_shift, args.pos_inter_shift, args.neg_inter_shift,
-                           args.feature_samples, args.neg_samples, args.pointwise, args.zero_clamp, args.stabilize)
-    return StegoTrainParams(args.dim, args.k, args.dropout, args.dropout_target, True, args.lr, args.cluster_lr,
-                            args.batch_size, args.max_steps, args.num_neighbors, args.seed,
-                            args.checkpoint_period, args.log_period, loss)
+    return dataclass_from_args(StegoTrainParams, args, loss=dataclass_from_args(StegoLossParams, args))
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -91,10 +72,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", type=Path, required=True, help="dataset manifest json (from `u2seg ingest`)")
-    parser.add_argument("--shard", type=int, required=True, help="index of the shard to label")
-    parser.add_argument("--shard-size", type=int, required=True,
-                        help="images per feature shard (config features.shard_size)")
+    add_shard_arguments(parser, shard_help="index of the shard to label")
     parser.add_argument("--features", type=Path, required=True, help="the shard's zarr store")
     parser.add_argument("--model", type=Path, default=None, help="trained stuff model (.npz) from `u2seg stego train`")
     parser.add_argument("--checkpoint", default=None, help="official STEGO .ckpt (path or URL) instead of --model")
@@ -124,6 +102,9 @@ def run_import(args: argparse.Namespace) -> int:
     return import_job(checkpoint=args.checkpoint, out=args.out)
 
 
+# action -> the output its resolved-config record sits beside
+RECORD_BESIDE = {"knn": "out", "train": "out_model", "infer": "out_maps", "import": "out"}
+
 ACTIONS = {"knn": (add_knn_arguments, run_knn, "kNN table of the dense-map crops"),
            "train": (add_train_arguments, run_train, "train the STEGO head + cluster probe (resumable)"),
            "infer": (add_infer_arguments, run_infer, "stuff maps of one shard"),
@@ -138,3 +119,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     return ACTIONS[args.action][1](args)
+
+
+def config_out(args: argparse.Namespace) -> str | None:
+    """Resolved-config record of this run, beside the action's main output (written by u2seg.cli)."""
+    return record_beside(getattr(args, RECORD_BESIDE[args.action]))

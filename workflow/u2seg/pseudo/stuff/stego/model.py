@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from u2seg.params import STUFF_CLUSTERS
 from u2seg.pseudo.stuff.model import StuffModel
 from u2seg.pseudo.stuff.stego.params import StegoLossParams
 
@@ -168,7 +169,7 @@ def correspondence_loss(feats: torch.Tensor, feats_pos: torch.Tensor, code: torc
 class ClusterProbe(nn.Module):
     """K centroids (randn init) compared by cosine with the code (STEGO ``ClusterLookup``)."""
 
-    def __init__(self, dim: int, k: int = 27):
+    def __init__(self, dim: int, k: int = STUFF_CLUSTERS):
         super().__init__()
         self.clusters = nn.Parameter(torch.randn(k, dim))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from u2seg.params import STUFF_CLUSTERS
+
 
 @dataclass(frozen=True)
 class StegoLossParams:
@@ -27,7 +29,7 @@ class StegoTrainParams:
     """Schedule and head settings; defaults = STEGO's COCO-Stuff-27 ViT-B/8 values (docs/method.md §5.1)."""
 
     dim: int = 90
-    k: int = 27
+    k: int = STUFF_CLUSTERS
     dropout: float = 0.1
     dropout_target: bool = True
     nonlinear: bool = True
