@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
-import subprocess
-import sys
 from dataclasses import fields
 
 import yaml
 
 from tests.conftest import REPO
+from tests.snakemake_runner import run_snakemake
 from u2seg.detector import predict_cli, train_cli
 from u2seg.detector.params import ModelConfig, PredictConfig, TrainConfig
 from u2seg.params import field_default, to_flags
@@ -96,10 +95,8 @@ def test_to_flags_formats_each_type():
 
 def test_dry_run_commands_carry_the_config_values(tmp_path):
     """The default config's train / predict commands pass every model / train / predict key as a flag."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-           "--cores", "2", "-n", "-p", "predictions", "--config", f"results={tmp_path / 'results'}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_snakemake(tmp_path, ["predictions"], {"results": str(tmp_path / "results")}, extra=["-n", "-p"],
+                         timeout=600)
     train = next(line for line in proc.stdout.splitlines() if re.search(r"-m u2seg train ", line))
     predict = next(line for line in proc.stdout.splitlines() if re.search(r"-m u2seg predict ", line))
     model = dict(CONFIG["model"], num_classes=CONFIG["clustering"]["k"], num_stuff=CONFIG["stuff"]["k"])
