@@ -12,7 +12,8 @@ from u2seg.cli import STAGES, main
 from tests.pseudo.conftest import SHARD_SIZE, Synthetic
 
 PACKAGE = Path(__file__).resolve().parents[2] / "workflow" / "u2seg"
-SHARED_FLAGS = ("--manifest", "--shard", "--shard-size", "--device", "--threads", "--no-progress")
+SHARED_FLAGS = ("--manifest", "--shard", "--shard-size", "--device", "--threads", "--no-progress", "--crf",
+                "--crf-gaussian-sxy", "--crf-bilateral-srgb", "--crf-iterations")
 
 
 def flag_definitions(flag: str) -> Counter[str]:

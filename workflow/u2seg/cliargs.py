@@ -1,7 +1,7 @@
 """Command-line flags that many ``u2seg`` stages share (one definition per flag group).
 
 Groups: dataset / shard input (``--manifest``, ``--shard``, ``--shard-size``), device and threads,
-progress bar, stuff class count. Stage modules call these instead of writing the flags out.
+progress bar, stuff class count, dense CRF. Stage modules call these instead of writing the flags out.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Callable, Union
 
+from u2seg.crf import CRFParams
 from u2seg.params import STUFF_CLUSTERS
 
 Parser = Union[argparse.ArgumentParser, argparse._ArgumentGroup]
@@ -66,3 +67,33 @@ def add_num_stuff_argument(parser: Parser, help_text: str = "stuff clusters S (c
         parser.add_argument("--num-stuff", type=int, required=True, help=help_text)
     else:
         parser.add_argument("--num-stuff", type=int, default=STUFF_CLUSTERS, help=f"{help_text} (default: %(default)s)")
+
+
+def add_crf_arguments(parser: Parser, preset: CRFParams, switch_help: str, alpha: bool = False) -> None:
+    """The dense-CRF flags (``--crf`` / ``--no-crf`` and one flag per kernel setting), defaults = ``preset``.
+
+    ``alpha`` adds ``--crf-alpha`` (stuff maps: class probabilities = softmax(alpha * score)).
+    """
+    parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=preset.enabled, help=switch_help)
+    parser.add_argument("--crf-gaussian-sxy", type=float, default=preset.gaussian_sxy,
+                        help="CRF Gaussian (smoothness) kernel: spatial std in pixels")
+    parser.add_argument("--crf-gaussian-compat", type=float, default=preset.gaussian_compat,
+                        help="CRF Gaussian kernel: Potts weight")
+    parser.add_argument("--crf-bilateral-sxy", type=float, default=preset.bilateral_sxy,
+                        help="CRF bilateral (appearance) kernel: spatial std in pixels")
+    parser.add_argument("--crf-bilateral-srgb", type=float, default=preset.bilateral_srgb,
+                        help="CRF bilateral kernel: colour std")
+    parser.add_argument("--crf-bilateral-compat", type=float, default=preset.bilateral_compat,
+                        help="CRF bilateral kernel: Potts weight")
+    parser.add_argument("--crf-iterations", type=int, default=preset.iterations, help="CRF mean-field iterations")
+    if alpha:
+        parser.add_argument("--crf-alpha", type=float, default=preset.alpha,
+                            help="probabilities = softmax(alpha * cosine)")
+
+
+def crf_from_args(args: argparse.Namespace) -> CRFParams:
+    """The :class:`CRFParams` of the flags :func:`add_crf_arguments` added."""
+    extra = {"alpha": args.crf_alpha} if hasattr(args, "crf_alpha") else {}
+    return CRFParams(enabled=args.crf, gaussian_sxy=args.crf_gaussian_sxy, gaussian_compat=args.crf_gaussian_compat,
+                     bilateral_sxy=args.crf_bilateral_sxy, bilateral_srgb=args.crf_bilateral_srgb,
+                     bilateral_compat=args.crf_bilateral_compat, iterations=args.crf_iterations, **extra)

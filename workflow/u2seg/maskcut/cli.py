@@ -4,15 +4,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from u2seg.cliargs import add_device_arguments, add_manifest_argument
-from u2seg.crf import MASKCUT_CRF, CRFParams
+from u2seg.cliargs import add_crf_arguments, add_device_arguments, add_manifest_argument, crf_from_args
+from u2seg.crf import MASKCUT_CRF
 from u2seg.maskcut.params import FOREGROUND_RULES, SOLVERS, MaskCutParams
 from u2seg.params import record_beside
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = MaskCutParams()
-    c = MASKCUT_CRF
     io = parser.add_argument_group("inputs / outputs")
     add_manifest_argument(io, "manifest.json of the dataset")
     io.add_argument("--features", type=Path, required=True, help="feature shard (zarr v3 store)")
@@ -37,19 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     alg.add_argument("--min-crf-iou", type=float, default=d.min_crf_iou,
                      help="discard a mask whose IoU with its pre-CRF mask is below this")
     crf = parser.add_argument_group("dense CRF")
-    crf.add_argument("--crf", action=argparse.BooleanOptionalAction, default=c.enabled,
-                     help="dense CRF refinement of each mask (--no-crf: skip it; hole filling still applies)")
-    crf.add_argument("--crf-gaussian-sxy", type=float, default=c.gaussian_sxy,
-                     help="CRF Gaussian (smoothness) kernel: spatial std in pixels")
-    crf.add_argument("--crf-gaussian-compat", type=float, default=c.gaussian_compat,
-                     help="CRF Gaussian kernel: Potts weight")
-    crf.add_argument("--crf-bilateral-sxy", type=float, default=c.bilateral_sxy,
-                     help="CRF bilateral (appearance) kernel: spatial std in pixels")
-    crf.add_argument("--crf-bilateral-srgb", type=float, default=c.bilateral_srgb,
-                     help="CRF bilateral kernel: colour std")
-    crf.add_argument("--crf-bilateral-compat", type=float, default=c.bilateral_compat,
-                     help="CRF bilateral kernel: Potts weight")
-    crf.add_argument("--crf-iterations", type=int, default=c.iterations, help="CRF mean-field iterations")
+    add_crf_arguments(crf, MASKCUT_CRF,
+                      "dense CRF refinement of each mask (--no-crf: skip it; hole filling still applies)")
     run_ = parser.add_argument_group("execution")
     run_.add_argument("--batch-size", type=int, default=4, help="images per batched eigen solve")
     add_device_arguments(run_, default="auto")
@@ -63,9 +51,7 @@ def config_out(args: argparse.Namespace) -> str | None:
 
 def params_from_args(args: argparse.Namespace) -> MaskCutParams:
     """MaskCutParams from the parsed CLI flags (validated)."""
-    crf = CRFParams(enabled=args.crf, gaussian_sxy=args.crf_gaussian_sxy, gaussian_compat=args.crf_gaussian_compat,
-                    bilateral_sxy=args.crf_bilateral_sxy, bilateral_srgb=args.crf_bilateral_srgb,
-                    bilateral_compat=args.crf_bilateral_compat, iterations=args.crf_iterations)
+    crf = crf_from_args(args)
     return MaskCutParams(tau=args.tau, eps=args.eps, n_masks=args.n_masks, solver=args.solver,
                          foreground_rule=args.foreground_rule, max_iou_previous=args.max_iou_previous,
                          min_area_fraction=args.min_area_fraction, min_crf_iou=args.min_crf_iou, crf=crf,
