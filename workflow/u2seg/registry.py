@@ -210,7 +210,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("semantic/stego27", "mIoU", _COCO_SUPER, False,
              "STEGO COCO-Stuff-27 exactly as STEGO's UnsupervisedMetrics computes it: GT = COCO super-categories "
              "(12 thing + 15 stuff) from panoptic GT at full resolution; one-to-one Hungarian over the whole set; "
-             "pixels of labels >= 27 dropped, unmatched labels summed into one extra IoU entry, absent classes "
+             "every label scored (STEGO's preds < 27 mask would drop the last stuff cluster), unmatched labels summed into one extra IoU entry, absent classes "
              "get IoU 0 when their label predicts pixels"),
     Protocol("semantic/stego27_strict", "mIoU", _COCO_SUPER, False,
              "stricter 27-class variant: the same one-to-one Hungarian with every label counted (pixels of "
