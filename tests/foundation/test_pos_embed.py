@@ -132,3 +132,16 @@ def test_every_backbone_names_a_known_rule():
     assert registry.backbone("dinov2_vitb14").pos_embed == "dinov2"
     assert registry.backbone("dinov2_vitb14_reg").pos_embed == "dinov2_reg"
     assert registry.backbone("dinov3_vitb16").pos_embed == "rope"
+
+
+def test_stego_checkpoint_vit_uses_dinos_interpolation():
+    """STEGO's backbone is a copy of DINO's ViT: its tokens follow DINO's rule too."""
+    from u2seg.pseudo.stuff.stego.checkpoint import CheckpointTokens
+
+    sd = official_dino(5)
+    tokens = CheckpointTokens({f"net.model.{k}": v for k, v in sd.items()})
+    x = torch.randn(1, 3, 320, 480, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        ours = tokens(x)
+        ref, _ = official_forward(sd, tokens.vit, x, 16, "dino")
+    torch.testing.assert_close(ours, ref[:, 1:].transpose(1, 2).reshape(1, -1, 20, 30), rtol=1e-5, atol=1e-5)

@@ -27,7 +27,7 @@ from u2seg.device import resolve_device
 from u2seg.errors import UserError
 from u2seg.images import resize_square
 from u2seg.pos_embed import RULES as POS_EMBED_RULES
-from u2seg.pos_embed import resample_patch_pos_embed
+from u2seg.pos_embed import PosEmbedRule, resample_patch_pos_embed
 
 log = logging.getLogger(__name__)
 
@@ -102,30 +102,9 @@ class ViTKeys(Backbone):
     def _capture(self, module: nn.Module, args: Any) -> None:
         self._keys = qkv_projection(module, args[0])
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Prefix + patch tokens with position embeddings resampled by the official rule (timm's
-        ``_pos_embed`` order: DINOv2 register checkpoints hold the CLS embedding folded into the
-        CLS token, ``no_embed_class``)."""
-        vit, rule = self.vit, self.pos_rule
-        assert rule is not None
-        b, _, hgt, wid = x.shape
-        patches = vit.patch_embed(x)  # (B, h, w, D): dynamic_img_size keeps the grid
-        patches = patches.reshape(b, -1, patches.shape[-1])
-        prefix = [t.expand(b, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
-        pos = vit.pos_embed
-        n_cls_pos = 0 if vit.no_embed_class else vit.num_prefix_tokens
-        patch_pos = resample_patch_pos_embed(pos[:, n_cls_pos:], hgt, wid, self.stride, rule)
-        if vit.no_embed_class:
-            return torch.cat(prefix + [patches + patch_pos], dim=1)
-        return torch.cat(prefix + [patches], dim=1) + torch.cat((pos[:, :n_cls_pos], patch_pos), dim=1)
-
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, prefix + h*w, D) output tokens after the final norm."""
-        if self.pos_rule is None:
-            return self.vit.forward_features(x)
-        vit = self.vit
-        t = vit.norm_pre(vit.patch_drop(vit.pos_drop(self.embed(x))))
-        return vit.norm(vit.blocks(t))
+        return vit_tokens(self.vit, x, self.pos_rule)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, _, hgt, wid = x.shape
@@ -141,6 +120,31 @@ class ViTKeys(Backbone):
         keys = keys[:, n - h * w:]  # drop CLS (and any prefix tokens)
         dense = keys.transpose(1, 2).reshape(b, -1, h, w)
         return dense, tokens[:, 0]
+
+
+def embed_tokens(vit: nn.Module, x: torch.Tensor, rule: PosEmbedRule) -> torch.Tensor:
+    """Prefix + patch tokens of timm ViT ``vit`` with its position embeddings resampled by ``rule``
+    (timm's ``_pos_embed`` order: DINOv2 register checkpoints hold the CLS embedding folded into the
+    CLS token, ``no_embed_class``)."""
+    b, _, hgt, wid = x.shape
+    patches = vit.patch_embed(x)  # (B, h, w, D): dynamic_img_size keeps the grid
+    patches = patches.reshape(b, -1, patches.shape[-1])
+    prefix = [t.expand(b, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
+    pos = vit.pos_embed
+    n_cls_pos = 0 if vit.no_embed_class else vit.num_prefix_tokens
+    patch_pos = resample_patch_pos_embed(pos[:, n_cls_pos:], hgt, wid, int(vit.patch_embed.patch_size[0]), rule)
+    if vit.no_embed_class:
+        return torch.cat(prefix + [patches + patch_pos], dim=1)
+    return torch.cat(prefix + [patches], dim=1) + torch.cat((pos[:, :n_cls_pos], patch_pos), dim=1)
+
+
+def vit_tokens(vit: nn.Module, x: torch.Tensor, rule: PosEmbedRule | None) -> torch.Tensor:
+    """(B, prefix + h*w, D) tokens after the final norm of timm ViT ``vit``: its ``forward_features``
+    with the position embeddings resampled by ``rule`` (None: the model's own, e.g. DINOv3's RoPE)."""
+    if rule is None:
+        return vit.forward_features(x)
+    t = vit.norm_pre(vit.patch_drop(vit.pos_drop(embed_tokens(vit, x, rule))))
+    return vit.norm(vit.blocks(t))
 
 
 def _make_vit(arch: str, **arch_kwargs: Any) -> nn.Module:
