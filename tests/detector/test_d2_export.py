@@ -52,7 +52,7 @@ def test_import_export_import_is_bit_identical(tmp_path, suffix, norm):
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert a["model"][k].dtype == b["model"][k].dtype and torch.equal(a["model"][k], b["model"][k]), k
-    assert (tmp_path / "d2.yaml").is_file()
+    assert (tmp_path / f"d2{suffix}.yaml").is_file()
 
 
 def test_export_refuses_a_timm_backbone(tmp_path):
@@ -60,6 +60,23 @@ def test_export_refuses_a_timm_backbone(tmp_path):
     ckpt.save_model(tmp_path / "m.pth", build_model(cfg, load_pretrained=False).state_dict(), cfg.to_dict(), [])
     with pytest.raises(UserError, match="ResNet backbone"):
         export_model(tmp_path / "m.pth", tmp_path / "d2.pth")
+
+
+def test_exports_of_both_layouts_keep_their_own_config_with_an_absolute_weights_path(tmp_path, monkeypatch):
+    import yaml
+
+    cfg = ModelConfig(num_classes=2, num_stuff=0, backbone="resnet50", backbone_weights=None)
+    ckpt.save_model(tmp_path / "m.pth", build_model(cfg, load_pretrained=False).state_dict(), cfg.to_dict(), [])
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.chdir(out)  # outputs typed as relative paths
+    reports = [export_model(tmp_path / "m.pth", f"x{suffix}") for suffix in (".pth", ".pkl")]
+    assert [r["config"] for r in reports] == ["x.pth.yaml", "x.pkl.yaml"]
+    for suffix in (".pth", ".pkl"):
+        loaded = yaml.safe_load((out / f"x{suffix}.yaml").read_text())
+        assert loaded["MODEL"]["WEIGHTS"] == str(out.resolve() / f"x{suffix}")
+    with pytest.raises(UserError, match="is the checkpoint itself"):
+        export_model(tmp_path / "m.pth", "y.pth", config_out="y.pth")
 
 
 def test_trainable_bn_keeps_its_step_counter():
@@ -106,8 +123,9 @@ def test_dino_rn50_d2_pickle_layout(tmp_path):
 
 
 @pytest.mark.parametrize("norm,suffix", [("SyncBN", ".pth"), ("FrozenBN", ".pkl")])
-def test_exported_model_loads_in_detectron2(detectron2, tmp_path, norm, suffix):  # noqa: F811
-    """build_model(yaml) + DetectionCheckpointer: no missing / unexpected keys, same backbone output."""
+def test_exported_model_loads_in_detectron2(detectron2, tmp_path, monkeypatch, norm, suffix):  # noqa: F811
+    """build_model(yaml) + DetectionCheckpointer: no missing / unexpected keys, same backbone output;
+    exported to a relative path, loaded from another working directory."""
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model as d2_build_model
@@ -117,11 +135,15 @@ def test_exported_model_loads_in_detectron2(detectron2, tmp_path, norm, suffix):
     torch.manual_seed(1)
     model = build_model(cfg, load_pretrained=False).eval()
     ckpt.save_model(tmp_path / "m.pth", model.state_dict(), cfg.to_dict(), [])
-    report = export_model(tmp_path / "m.pth", tmp_path / f"d2{suffix}", norm=norm)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "out")
+    report = export_model(tmp_path / "m.pth", f"d2{suffix}", norm=norm)
+    monkeypatch.chdir(tmp_path / "elsewhere")
     d2_cfg = get_cfg()
-    d2_cfg.merge_from_file(report["config"])
+    d2_cfg.merge_from_file(str(tmp_path / "out" / report["config"]))
     d2_cfg.MODEL.DEVICE = "cpu"
-    assert d2_cfg.MODEL.WEIGHTS == str(tmp_path / f"d2{suffix}")
+    assert d2_cfg.MODEL.WEIGHTS == str((tmp_path / "out" / f"d2{suffix}").resolve())
     d2_model = d2_build_model(d2_cfg).eval()
     checkpointer = DetectionCheckpointer(d2_model)
     incompatible = []

@@ -7,6 +7,8 @@ cols 0-11 (96 px), 102 = road + parking (192 px).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -138,3 +140,62 @@ def test_gtfine_conversion_and_cityscapesscripts_relayout(tmp_path):
     assert [(im["id"], im["file_name"]) for im in out["images"]] == [
         (1, "aachen/aachen_000000_000019_leftImg8bit.png"), (2, "ulm/ulm_000001_000002_leftImg8bit.png")]
     assert [a["image_id"] for a in out["annotations"]] == [2, 1]
+
+
+# Recorded output of cityscapesScripts 2.3.0 (PyPI ``cityscapesscripts==2.3.0``, installed outside the
+# project with ``pip install --target /tmp/cstool cityscapesscripts==2.3.0 pyquaternion``): the gtFine
+# tree written by ``_cityscapesscripts_gtfine`` below, then
+# ``PYTHONPATH=/tmp/cstool python -c "from cityscapesscripts.preparation.createPanopticImgs import main; main()"
+# --dataset-folder <tmp>/gtFine --output-folder <out> --set-names val`` (the ``csCreatePanopticImgs``
+# entry point); its json and panoptic PNGs copied unchanged into tests/evaluation/data/cityscapesscripts.
+CS_SCRIPTS_OUTPUT = Path(__file__).parent / "data" / "cityscapesscripts"
+CS_FRAMES = [("frankfurt", "000000_000294", 0), ("lindau", "000001_000019", 1)]
+
+
+def _cityscapesscripts_gtfine(root: Path) -> None:
+    """The synthetic gtFine/val tree the recorded cityscapesScripts output was made from (12 x 16)."""
+    from PIL import Image
+
+    for city, frame, seed in CS_FRAMES:
+        v = np.full((12, 16), 7, np.uint16)   # road
+        v[:4] = 23                            # sky
+        v[4:6, :5] = 11                       # building
+        v[6:10, 2:6] = 26000 + seed           # car instance
+        v[6:10, 9:12] = 26002                 # car instance
+        v[10:, 12:] = 24                      # person crowd (label id, no instance)
+        v[0, :3] = 0                          # unlabeled
+        v[11, :2] = 4                         # static (ignoreInEval)
+        d = root / "gtFine" / "val" / city
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(v).save(d / f"{city}_{frame}_gtFine_instanceIds.png")
+
+
+def test_cityscapesscripts_output_relaid_and_ingested(tmp_path):
+    from u2seg.cityscapes_panoptic import from_gtfine
+    from u2seg.cli import main as cli_main
+    from u2seg.jsonio import load_json
+
+    raw = load_json(CS_SCRIPTS_OUTPUT / "cityscapes_panoptic_val.json")
+    # the tool's own image names, which name no file
+    assert raw["images"][0]["file_name"] == "frankfurt_000000_000294_gtFine_leftImg8bit.png"
+    for city, frame, _ in CS_FRAMES:  # the real leftImg8bit layout
+        atomic.save_png(tmp_path / "leftImg8bit" / "val" / city / f"{city}_{frame}_leftImg8bit.png",
+                        np.zeros((12, 16, 3), np.uint8))
+    assert cli_main(["cityscapes-panoptic", "--from-cityscapesscripts",
+                     str(CS_SCRIPTS_OUTPUT / "cityscapes_panoptic_val.json"),
+                     "--out-json", str(tmp_path / "gt.json")]) == 0
+    gt = load_json(tmp_path / "gt.json")
+    assert [(im["id"], im["file_name"]) for im in gt["images"]] == [
+        (1, "frankfurt/frankfurt_000000_000294_leftImg8bit.png"), (2, "lindau/lindau_000001_000019_leftImg8bit.png")]
+    assert all((tmp_path / "leftImg8bit" / "val" / im["file_name"]).is_file() for im in gt["images"])
+    man, skipped = build_manifest("coco-format", tmp_path / "leftImg8bit" / "val", panoptic_json=tmp_path / "gt.json",
+                                  panoptic_dir=CS_SCRIPTS_OUTPUT / "cityscapes_panoptic_val", name="cs")
+    assert not skipped and len(man["images"]) == 2
+    # the project's own gtFine converter gives the tool's segments on the 19 classes the tool keeps
+    _cityscapesscripts_gtfine(tmp_path)
+    ours = from_gtfine(tmp_path / "gtFine" / "val", tmp_path / "pan")
+    kept = {c["id"] for c in raw["categories"]}
+    for mine, theirs in zip(ours["annotations"], raw["annotations"]):
+        assert sorted((s["id"], s["category_id"], s["area"], s["bbox"], s["iscrowd"])
+                      for s in mine["segments_info"] if s["category_id"] in kept) == sorted(
+            (s["id"], s["category_id"], s["area"], s["bbox"], s["iscrowd"]) for s in theirs["segments_info"])

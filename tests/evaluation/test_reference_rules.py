@@ -4,8 +4,9 @@
   (``crowd_labels_dict[category] = id`` overwritten while iterating segments_info); the summed
   variant is the named option ``crowd_rule="sum"``.
 * An unknown predicted category id raises (panopticapi raises KeyError).
-* ``stego27`` follows STEGO's ``UnsupervisedMetrics`` (labels >= 27 dropped, one zero-IoU entry for
-  the unmatched clusters, IoU 0 for absent classes whose assigned label predicts pixels).
+* ``stego27`` follows STEGO's ``UnsupervisedMetrics`` (one zero-IoU entry for the unmatched clusters,
+  IoU 0 for absent classes whose assigned label predicts pixels); STEGO's mask of labels >= 27 is
+  checked as the ``stego_mask`` option, the pipeline's maps (0 = thing, 1..27 = stuff) score label 27.
 """
 from __future__ import annotations
 
@@ -140,7 +141,7 @@ def test_stego27_is_stegos_unsupervised_metrics_with_28_labels_and_absent_classe
     gt = np.array([[SKY] * 8 + [WALL] * 6 + [PERSON] * 4 + [255] * 2])
     pred = np.array([[1] * 5 + [3] * 3 + [2] * 4 + [27] * 2 + [0] * 3 + [odd_label] + [1, 27]])
     conf = semantic.confusion(pred, gt, 28, 27)
-    res = semantic.stego_unsupervised_metrics(conf)
+    res = semantic.stego_unsupervised_metrics(conf, stego_mask=True)
     # STEGO drops the 2 GT pixels of label 27: 16 counted; matched diagonal 5 + 4 + 3
     assert res["dropped_pixels"] == 2 and res["pixels"] == 16 and res["extra_clusters"] == 1
     assert res["pixel_acc"] == pytest.approx(100 * 12 / 16)
@@ -156,6 +157,21 @@ def test_stego27_is_stegos_unsupervised_metrics_with_28_labels_and_absent_classe
     strict = semantic.stego27_metrics(conf)
     assert strict["pixels"] == 18 and strict["pixel_acc"] == pytest.approx(100 * 12 / 18)
     assert strict["miou"] == pytest.approx((62.5 + 100 * 4 / 6 + 75) / 3)
+
+
+def test_stego27_scores_the_last_stuff_cluster_of_the_pipelines_maps():
+    # 0 = thing, 1..27 = stuff clusters: label 27 is a real cluster; its pixels are counted and it can
+    # be matched (here it is the only label on wall, so the Hungarian gives it wall)
+    gt = np.array([[SKY] * 6 + [WALL] * 4 + [PERSON] * 3 + [255]])
+    pred = np.array([[1] * 5 + [2] + [27] * 4 + [0] * 3 + [27]])
+    conf = semantic.confusion(pred, gt, 28, 27)
+    res = semantic.stego_unsupervised_metrics(conf)
+    assert res["dropped_pixels"] == 0 and res["pixels"] == 13 and res["extra_clusters"] == 1
+    assert res["assignment"][27] == WALL and res["per_class_iou"]["wall"] == 100.0
+    assert res["pixel_acc"] == pytest.approx(100 * 12 / 13)
+    # STEGO's literal mask loses the cluster: wall pixels count as unmatched, label 27 unassigned
+    literal = semantic.stego_unsupervised_metrics(conf, stego_mask=True)
+    assert literal["dropped_pixels"] == 4 and literal["pixels"] == 9 and literal["assignment"][27] != WALL
 
 
 def test_stego27_without_extra_clusters_keeps_every_label_below_27():

@@ -26,6 +26,8 @@ from u2seg import registry as specs
 from u2seg.device import resolve_device
 from u2seg.errors import UserError
 from u2seg.images import resize_square
+from u2seg.pos_embed import RULES as POS_EMBED_RULES
+from u2seg.pos_embed import PosEmbedRule, resample_patch_pos_embed
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +77,20 @@ def qkv_projection(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class ViTKeys(Backbone):
-    """A timm ViT returning last-block keys (dense) and the normed CLS (global)."""
+    """A timm ViT returning last-block keys (dense) and the normed CLS (global).
 
-    def __init__(self, name: str, vit: nn.Module, weights_id: str):
+    ``pos_embed`` (the backbone record's field, :mod:`u2seg.pos_embed`) says how the absolute position
+    embeddings follow the input size: an official repository's rule (``dino``, ``dinov2``,
+    ``dinov2_reg``) or the model's own (``rope``: DINOv3's rotary embeddings, ``timm``).
+    """
+
+    def __init__(self, name: str, vit: nn.Module, weights_id: str, pos_embed: str = "timm"):
         super().__init__()
         self.name = name
         self.vit = vit
+        self.pos_rule = POS_EMBED_RULES.get(pos_embed)
+        if self.pos_rule is not None and getattr(vit, "pos_embed", None) is None:
+            raise ValueError(f"{name}: pos_embed rule {pos_embed!r} needs absolute position embeddings")
         self.stride = int(vit.patch_embed.patch_size[0])
         self.feature_dim = int(vit.embed_dim)
         self.global_dim = int(vit.embed_dim)
@@ -92,10 +102,14 @@ class ViTKeys(Backbone):
     def _capture(self, module: nn.Module, args: Any) -> None:
         self._keys = qkv_projection(module, args[0])
 
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, prefix + h*w, D) output tokens after the final norm."""
+        return vit_tokens(self.vit, x, self.pos_rule)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, _, hgt, wid = x.shape
         h, w = hgt // self.stride, wid // self.stride
-        tokens = self.vit.forward_features(x)  # (B, 1 + h*w, D), after the final norm
+        tokens = self.tokens(x)  # (B, 1 + h*w, D), after the final norm
         qkv = self._keys
         self._keys = None
         assert qkv is not None
@@ -106,6 +120,31 @@ class ViTKeys(Backbone):
         keys = keys[:, n - h * w:]  # drop CLS (and any prefix tokens)
         dense = keys.transpose(1, 2).reshape(b, -1, h, w)
         return dense, tokens[:, 0]
+
+
+def embed_tokens(vit: nn.Module, x: torch.Tensor, rule: PosEmbedRule) -> torch.Tensor:
+    """Prefix + patch tokens of timm ViT ``vit`` with its position embeddings resampled by ``rule``
+    (timm's ``_pos_embed`` order: DINOv2 register checkpoints hold the CLS embedding folded into the
+    CLS token, ``no_embed_class``)."""
+    b, _, hgt, wid = x.shape
+    patches = vit.patch_embed(x)  # (B, h, w, D): dynamic_img_size keeps the grid
+    patches = patches.reshape(b, -1, patches.shape[-1])
+    prefix = [t.expand(b, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
+    pos = vit.pos_embed
+    n_cls_pos = 0 if vit.no_embed_class else vit.num_prefix_tokens
+    patch_pos = resample_patch_pos_embed(pos[:, n_cls_pos:], hgt, wid, int(vit.patch_embed.patch_size[0]), rule)
+    if vit.no_embed_class:
+        return torch.cat(prefix + [patches + patch_pos], dim=1)
+    return torch.cat(prefix + [patches], dim=1) + torch.cat((pos[:, :n_cls_pos], patch_pos), dim=1)
+
+
+def vit_tokens(vit: nn.Module, x: torch.Tensor, rule: PosEmbedRule | None) -> torch.Tensor:
+    """(B, prefix + h*w, D) tokens after the final norm of timm ViT ``vit``: its ``forward_features``
+    with the position embeddings resampled by ``rule`` (None: the model's own, e.g. DINOv3's RoPE)."""
+    if rule is None:
+        return vit.forward_features(x)
+    t = vit.norm_pre(vit.patch_drop(vit.pos_drop(embed_tokens(vit, x, rule))))
+    return vit.norm(vit.blocks(t))
 
 
 def _make_vit(arch: str, **arch_kwargs: Any) -> nn.Module:
@@ -210,7 +249,7 @@ def build_dino(name: str, weights: str | None, **arch_kwargs: Any) -> ViTKeys:
         raise UserError(
             f"weights {path} do not fit {name} ({arch}): missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}")
-    return ViTKeys(name, vit, file_sha256(path))
+    return ViTKeys(name, vit, file_sha256(path), specs.backbone(name).pos_embed)
 
 
 def build_random_vit_tiny(name: str, weights: str | None) -> ViTKeys:
@@ -218,7 +257,7 @@ def build_random_vit_tiny(name: str, weights: str | None) -> ViTKeys:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         vit = _make_vit(specs.backbone(name).architecture)
-    return ViTKeys(name, vit, "random-seed0")
+    return ViTKeys(name, vit, "random-seed0", specs.backbone(name).pos_embed)
 
 
 # ------------------------------------------------------------------------------ EfficientNet-Lite2

@@ -7,7 +7,9 @@ Two sources (docs/own-images.md, "Cityscapes"):
   ``cityscapes/cups27`` protocol) becomes a category; a pixel value < 1000 of an instance class is
   a crowd segment (as cityscapesScripts does); other labels are VOID.
 * ``--from-cityscapesscripts cityscapes_panoptic_val.json``: the json written by cityscapesScripts'
-  ``csCreatePanopticImgs`` (19 classes: it drops the ``ignoreInEval`` labels), re-laid for ingestion.
+  ``csCreatePanopticImgs`` (19 classes: it drops the ``ignoreInEval`` labels), re-laid for ingestion:
+  its image ``file_name`` ``<stem>_gtFine_leftImg8bit.png`` (the instanceIds name with
+  ``_instanceIds`` replaced) names no file; the image is ``<city>/<stem>_leftImg8bit.png``.
 
 Both write integer image ids (1.. in file order) and image ``file_name``s relative to
 ``leftImg8bit/<split>`` (``<city>/<name>_leftImg8bit.png``); the PNGs are referenced, not rewritten,
@@ -74,13 +76,25 @@ def from_gtfine(gtfine: Path, out_dir: Path) -> dict[str, Any]:
     return {"images": images, "annotations": annotations, "categories": categories()}
 
 
+CS_SCRIPTS_IMAGE_SUFFIX = "_gtFine_leftImg8bit.png"  # what csCreatePanopticImgs writes as file_name
+IMAGE_SUFFIX = "_leftImg8bit.png"  # the leftImg8bit image
+
+
+def image_file_name(image: dict[str, Any]) -> str:
+    """``<city>/<stem>_leftImg8bit.png`` of a csCreatePanopticImgs image entry (id = ``<stem>``,
+    ``<city>_<seq>_<frame>``)."""
+    name = str(image["file_name"])
+    if name.endswith(CS_SCRIPTS_IMAGE_SUFFIX):
+        name = name[:-len(CS_SCRIPTS_IMAGE_SUFFIX)] + IMAGE_SUFFIX
+    return f"{str(image['id']).split('_')[0]}/{name}"
+
+
 def relay(data: dict[str, Any]) -> dict[str, Any]:
-    """A csCreatePanopticImgs json with integer ids and ``<city>/`` image file names."""
+    """A csCreatePanopticImgs json with integer ids and ``<city>/<stem>_leftImg8bit.png`` image names."""
     if not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
         raise UserError("not a COCO panoptic json (images / annotations missing)")
     new_id = {str(im["id"]): i for i, im in enumerate(sorted(data["images"], key=lambda im: str(im["id"])), start=1)}
-    images = [dict(im, id=new_id[str(im["id"])], file_name=f"{str(im['id']).split('_')[0]}/{im['file_name']}")
-              for im in data["images"]]
+    images = [dict(im, id=new_id[str(im["id"])], file_name=image_file_name(im)) for im in data["images"]]
     annotations = [dict(a, image_id=new_id[str(a["image_id"])]) for a in data["annotations"]]
     return {"images": sorted(images, key=lambda im: im["id"]), "annotations": annotations,
             "categories": data["categories"]}

@@ -45,6 +45,9 @@ class Backbone:
     supervised: bool = False  # trained with labels: results made with it are not unsupervised
     tests_only: bool = False
     description: str = ""
+    # how absolute position embeddings follow the input size (u2seg.pos_embed): the official
+    # repository's rule (dino | dinov2 | dinov2_reg), rope (rotary, nothing to resample) or timm
+    pos_embed: str = "timm"
 
     @property
     def takes_weights_file(self) -> bool:
@@ -84,7 +87,7 @@ def _dino(size: str, patch: int) -> Backbone:
     name = f"dino_vit{size}{patch}"
     arch = f"vit_{word}_patch{patch}_224"
     return Backbone(name, "dino", arch, patch, dim, dim, APACHE, "dino", weights_url=DINO_URL.format(stem),
-                    description=f"DINO {arch} (self-supervised; official weights URL)")
+                    description=f"DINO {arch} (self-supervised; official weights URL)", pos_embed="dino")
 
 
 # DINOv2 (Oquab et al. 2024; code and weights Apache-2.0), official checkpoints of the torch hub models.
@@ -94,7 +97,8 @@ def _dinov2(size: str, registers: bool) -> Backbone:
     arch = f"vit_{word}_patch14{'_reg4' if registers else ''}_dinov2"
     return Backbone(base + ("_reg" if registers else ""), "dinov2", arch, 14, dim, dim, APACHE, "dinov2",
                     weights_url=DINOV2_URL.format(base, "_reg4" if registers else ""),
-                    description=f"DINOv2 {arch} (self-supervised; official weights URL)")
+                    description=f"DINOv2 {arch} (self-supervised; official weights URL)",
+                    pos_embed="dinov2_reg" if registers else "dinov2")
 
 
 # DINOv3 (Simeoni et al. 2025; weights under the DINOv3 License, ai.meta.com/resources/models-and-libraries/
@@ -106,7 +110,8 @@ def _dinov3(size: str) -> Backbone:
     arch = f"vit_{word}_patch16_dinov3_qkvb"
     return Backbone(f"dinov3_vit{size}16", "dinov3", arch, 16, dim, dim, DINOV3_LICENCE, "dinov3",
                     weights_hint=DINOV3_HINT,
-                    description=f"DINOv3 {arch} (self-supervised; `weights` required, DINOv3 License)")
+                    description=f"DINOv3 {arch} (self-supervised; `weights` required, DINOv3 License)",
+                    pos_embed="rope")
 
 
 BACKBONES: dict[str, Backbone] = {b.name: b for b in (
@@ -205,7 +210,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("semantic/stego27", "mIoU", _COCO_SUPER, False,
              "STEGO COCO-Stuff-27 exactly as STEGO's UnsupervisedMetrics computes it: GT = COCO super-categories "
              "(12 thing + 15 stuff) from panoptic GT at full resolution; one-to-one Hungarian over the whole set; "
-             "pixels of labels >= 27 dropped, unmatched labels summed into one extra IoU entry, absent classes "
+             "every label scored (STEGO's preds < 27 mask would drop the last stuff cluster), unmatched labels summed into one extra IoU entry, absent classes "
              "get IoU 0 when their label predicts pixels"),
     Protocol("semantic/stego27_strict", "mIoU", _COCO_SUPER, False,
              "stricter 27-class variant: the same one-to-one Hungarian with every label counted (pixels of "

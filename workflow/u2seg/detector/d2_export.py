@@ -159,9 +159,20 @@ def save_d2_checkpoint(path: str | Path, state: dict[str, torch.Tensor]) -> None
         ckpt.save(path, {"model": state, "__author__": "u2seg export-d2"})
 
 
+def default_config_path(dest: Path) -> Path:
+    """The config written beside checkpoint ``dest``: its whole file name + ``.yaml``
+    (``x.pth`` -> ``x.pth.yaml``, ``x.pkl`` -> ``x.pkl.yaml``), so exports of one name in both layouts
+    never overwrite each other's config."""
+    return dest.with_name(dest.name + ".yaml")
+
+
 def export_model(source: str | Path, dest: str | Path, config_out: str | Path | None = None,
                  norm: str = "SyncBN") -> dict[str, Any]:
-    """Write the detectron2 checkpoint ``dest`` and its config (``dest`` with ``.yaml`` by default)."""
+    """Write the detectron2 checkpoint ``dest`` and its config (:func:`default_config_path` by default).
+
+    The config's ``MODEL.WEIGHTS`` is ``dest`` as an absolute path: detectron2 neither resolves it
+    against the yaml's folder nor anywhere but the working directory, so a relative path would only
+    load from the folder the export ran in."""
     from u2seg.detector import checkpoint as ckpt
 
     obj = ckpt.load_model_file(source)
@@ -170,12 +181,14 @@ def export_model(source: str | Path, dest: str | Path, config_out: str | Path | 
     assert len(FPN_STRIDES) == len(cfg.anchor_sizes)
     state = export_state_dict(obj["model"], norm)
     dest = Path(dest)
-    config_out = Path(config_out) if config_out else dest.with_suffix(".yaml")
+    config_out = Path(config_out) if config_out else default_config_path(dest)
+    if config_out.resolve() == dest.resolve():
+        raise UserError(f"--config-out {config_out} is the checkpoint itself")
     save_d2_checkpoint(dest, state)
     header = (f"# detectron2 config written by `u2seg export-d2` from {source}\n"
               "# load: cfg = get_cfg(); cfg.merge_from_file(this); model = build_model(cfg);\n"
               "#       DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)\n")
-    write_text(config_out, header + yaml.safe_dump(d2_config(cfg, norm, str(dest)), sort_keys=False))
+    write_text(config_out, header + yaml.safe_dump(d2_config(cfg, norm, str(dest.resolve())), sort_keys=False))
     report = {"tensors": len(state), "norm": norm, "checkpoint": str(dest), "config": str(config_out),
               "meta_architecture": "PanopticFPN" if cfg.num_stuff else "GeneralizedRCNN"}
     log.info("exported %s -> %s + %s (%d tensors)", source, dest, config_out, len(state))
@@ -187,7 +200,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Source model file, destination checkpoint and config."""
     parser.add_argument("--input", required=True, help="u2seg model file (model_final.pth or import-d2 output)")
     parser.add_argument("--output", required=True, help="detectron2 checkpoint to write (.pth or .pkl)")
-    parser.add_argument("--config-out", default=None, help="detectron2 config yaml (default: --output with .yaml)")
+    parser.add_argument("--config-out", default=None, help="detectron2 config yaml (default: the --output file name + .yaml, "
+                                                        "e.g. d2.pth.yaml)")
     parser.add_argument("--norm", choices=D2_NORMS, default="SyncBN",
                         help="RESNETS.NORM and FPN.NORM of the exported config (U2Seg: SyncBN)")
 

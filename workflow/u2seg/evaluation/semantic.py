@@ -6,8 +6,11 @@ stuff super-categories, ``gt.COCOSTUFF27_SUPERCATEGORIES``); the U2Seg 16-class 
 1..15 stuff super-categories) is derived from it.
 
 * ``stego27``: STEGO's ``UnsupervisedMetrics`` (mhamilton723/STEGO src/utils.py) on the whole set,
-  with ``n_classes = 27`` and ``extra_clusters = max(0, labels - 27)``: pixels of labels >= 27 are
-  dropped (STEGO's mask tests ``preds < n_classes``); with extra clusters the (labels x 27) matrix
+  with ``n_classes = 27`` and ``extra_clusters = max(0, labels - 27)``, every predicted label scored:
+  STEGO's mask (``preds < n_classes``) drops labels >= 27, which in STEGO's own 0..26 label space
+  drops nothing, but here label 0 is "thing" and 1..27 the stuff clusters, so that mask would drop
+  the last stuff cluster; the literal rule stays available (``stego_mask=True``, used to check the
+  code against STEGO's own outputs). With extra clusters the (labels x 27) matrix
   is assigned by two Hungarian calls (on it, and on its transpose), the rows of the clusters left
   unmatched are summed into one extra row (an extra IoU entry, 0 when those clusters predict any
   pixel), and a class without GT pixels gets IoU 0 when its assigned label predicts any.
@@ -97,14 +100,19 @@ def _iou_stats(conf: np.ndarray, assignment: np.ndarray, n_gt: int) -> tuple[np.
     return tp, fp, fn
 
 
-def stego_unsupervised_metrics(conf27: np.ndarray, n_classes: int = N27) -> dict[str, Any]:
+def stego_unsupervised_metrics(conf27: np.ndarray, n_classes: int = N27,
+                               stego_mask: bool = False) -> dict[str, Any]:
     """STEGO's ``UnsupervisedMetrics(n_classes, extra_clusters, compute_hungarian=True)`` PixelAcc /
     mIoU (x100) of a (labels + 1) x (n_classes + 1) matrix (last row / column: ignored pixels),
-    computed the way STEGO's code does (see the module docstring); ``extra_clusters = labels - 27``."""
+    computed the way STEGO's code does (see the module docstring); ``extra_clusters = labels - 27``.
+
+    Every label is scored unless ``stego_mask`` applies STEGO's ``preds < n_classes`` mask (right for
+    maps in STEGO's own 0..n_classes-1 label space only: it drops this pipeline's last stuff cluster).
+    """
     n_labels = conf27.shape[0] - 1
     extra = max(0, n_labels - n_classes)
     stats = np.zeros((n_classes + extra, n_classes), np.int64)
-    kept = min(n_labels, n_classes)  # STEGO keeps preds < n_classes only
+    kept = min(n_labels, n_classes) if stego_mask else n_labels
     stats[:kept] = conf27[:kept, :n_classes]
     dropped = int(conf27[kept:n_labels, :n_classes].sum())
     rows, cols = linear_sum_assignment(stats, maximize=True)

@@ -151,7 +151,10 @@ class CheckpointTokens(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, hgt, wid = x.shape
         h, w = hgt // self.patch, wid // self.patch
-        tokens = self.vit.forward_features(x)
+        from u2seg.backbones import vit_tokens
+        from u2seg.pos_embed import RULES
+
+        tokens = vit_tokens(self.vit, x, RULES["dino"])  # STEGO's DINO copy: DINO's interpolation
         return tokens[:, tokens.shape[1] - h * w:].transpose(1, 2).reshape(b, -1, h, w)
 
 
