@@ -14,6 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the description as JSON")
 
 
+def config_out(args: argparse.Namespace) -> str | None:
+    """None: ``info`` writes no files, so it keeps no resolved-config record."""
+    return None
+
+
 def describe(obj: dict[str, Any]) -> dict[str, Any]:
     """The description of a loaded model file (plain JSON types)."""
     from u2seg.detector.checkpoint import model_test_size
