@@ -65,10 +65,13 @@ def test_named_model_file_url_download_cache_import_segment(d2_checkpoint, tiny,
     assert [dict(r, image_id=1) for r in result.results] == [r for r in seg_results if r["image_id"] == 1]
     assert set(result.instances.names) <= {"cat", "dog", "car"}
 
-    # a detectron2 checkpoint given by path is converted once into the cache the same way
-    by_path = resolve_model(d2, progress=False)
-    assert by_path.parent == hub and torch.equal(ckpt.load_model_file(by_path)["model"]["backbone.body.conv1.weight"],
-                                                 original["model"]["backbone.body.conv1.weight"])
+    # a detectron2 checkpoint given by path (.pth or .pkl) is converted once into the cache the same way
+    assert cli_main(["export-d2", "--input", str(source), "--output", str(tmp_path / "d2.pkl")]) == 0
+    for given in (d2, tmp_path / "d2.pkl"):
+        by_path = resolve_model(given, progress=False)
+        assert by_path.parent == hub and by_path.name.startswith(given.stem + "-")
+        assert torch.equal(ckpt.load_model_file(by_path)["model"]["backbone.body.conv1.weight"],
+                           original["model"]["backbone.body.conv1.weight"])
 
 
 def test_offline_and_corrupt_downloads_say_what_to_do(hub, tmp_path, monkeypatch):

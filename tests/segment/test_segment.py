@@ -118,3 +118,21 @@ def test_import_u2seg_stays_light():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+def test_wide_and_too_large_images(tiny, tmp_path):
+    """A very wide image is segmented at its size with a bounded overlay; one over --max-side is skipped."""
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 3000, 3), dtype=np.uint8)).save(folder / "strip.png")
+    Image.fromarray(rng.integers(0, 255, (40, 4000, 3), dtype=np.uint8)).save(folder / "toolong.png")
+    out = tmp_path / "out"
+    summary = segment([str(folder)], str(tiny["model"]), out, device="cpu", progress=False, max_side=3500,
+                      min_size=32, max_size=2000)
+    assert summary["images"] == 1 and summary["skipped"] == 1
+    reason = json.loads((out / "skipped.json").read_text())["skipped"][0]
+    assert reason["file_name"] == "toolong.png" and "max_side=3500" in reason["reason"]
+    assert np.asarray(Image.open(out / "panoptic" / "strip.png")).shape == (40, 3000, 3)
+    overlay = np.asarray(Image.open(out / "overlays" / "strip.png"))
+    assert max(overlay.shape[:2]) <= 2048

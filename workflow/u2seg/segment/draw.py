@@ -2,7 +2,7 @@
 
 Colours and legend are the report's (:mod:`u2seg.gallery`, :mod:`u2seg.report.images`): thing cluster c
 is ``c<c>`` in the thing palette, stuff class s is ``s<s>`` in the stuff palette. Large images are drawn
-at a bounded size (long side at most ``max_side``).
+at a bounded size (each panel's long side at most ``max_side``; the whole overlay as the report's images).
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ def draw(image: np.ndarray, result: Any, score_thresh: float | None = None,
 
     from u2seg.coco_format import decode_mask
     from u2seg.gallery import blend, color_labels, overlay_instances, palette, panel
-    from u2seg.report.images import STUFF_PALETTE_OFFSET, cluster_legend, with_legend
+    from u2seg.report.images import MAX_SIDE as MAX_OVERLAY_SIDE, STUFF_PALETTE_OFFSET, bounded, cluster_legend, \
+        with_legend
 
     h, w = image.shape[:2]
     scale = min(1.0, max_side / max(h, w))
@@ -69,4 +70,5 @@ def draw(image: np.ndarray, result: Any, score_thresh: float | None = None,
         tiles.append(sem_img)
         titles.append("semantic")
         shown += [{"category_id": k + int(c)} for c in np.unique(sem) if c > 0]
-    return with_legend(panel(tiles, titles, height), cluster_legend(shown, k, s))
+    out = bounded(panel(tiles, titles, height), MAX_OVERLAY_SIDE)
+    return bounded(with_legend(out, cluster_legend(shown, k, s)), MAX_OVERLAY_SIDE)

@@ -109,9 +109,13 @@ def _check_sha(model: NamedModel, path: Path) -> None:
 
 
 def _is_u2seg_file(path: Path) -> bool:
+    """Whether ``path`` is a u2seg model file (False for anything else, e.g. a detectron2 .pkl)."""
     from u2seg.detector import checkpoint as ckpt
 
-    obj = ckpt.load(path)
+    try:
+        obj = ckpt.load(path)
+    except UserError:
+        return False
     return "model" in obj and "model_config" in obj
 
 
