@@ -350,10 +350,11 @@ def predict_images(model: PanopticCascadeRCNN, sources: list[Any], cfg: PredictC
 
 
 def predict_manifest(model: PanopticCascadeRCNN, manifest: dict[str, Any], cfg: PredictConfig,
-                     device: torch.device, progress: bool = True) -> Iterator[tuple[dict[str, Any], Prediction]]:
+                     device: torch.device, progress: bool = True,
+                     what: str = "predict") -> Iterator[tuple[dict[str, Any], Prediction]]:
     """Yield (manifest image, post-processed prediction) for every image, in manifest order."""
     images = manifest["images"]
-    for i, pred in predict_images(model, [image_path(manifest, im) for im in images], cfg, device, progress):
+    for i, pred in predict_images(model, [image_path(manifest, im) for im in images], cfg, device, progress, what):
         yield images[i], pred
 
 
@@ -391,10 +392,11 @@ def image_outputs(pred: Prediction, image_id: int, num_classes: int, cfg: Predic
 def write_predictions(model: PanopticCascadeRCNN, obj: dict[str, Any], manifest: dict[str, Any],
                       out_dir: str | Path, cfg: PredictConfig, device: torch.device, weights: str | Path,
                       progress: bool = True,
-                      on_image: Callable[[dict[str, Any], Prediction, ImageOutputs], None] | None = None
-                      ) -> dict[str, Any]:
+                      on_image: Callable[[dict[str, Any], Prediction, ImageOutputs], None] | None = None,
+                      what: str = "predict") -> dict[str, Any]:
     """Predict every manifest image and write ``instances_results.json``, ``panoptic.json`` + ``panoptic/``,
-    ``semantic/``, ``summary.json``; ``on_image(image, prediction, outputs)`` is called once per image."""
+    ``semantic/``, ``summary.json``; ``on_image(image, prediction, outputs)`` is called once per image;
+    ``what`` names the progress lines."""
     k = int(obj["model_config"]["num_classes"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -404,7 +406,7 @@ def write_predictions(model: PanopticCascadeRCNN, obj: dict[str, Any], manifest:
     has_sem = model.sem_head is not None
     with atomic_path(out / "panoptic", directory=True) as pan_dir, \
             atomic_path(out / "semantic", directory=True) as sem_dir:
-        for im, pred in predict_manifest(model, manifest, cfg, device, progress):
+        for im, pred in predict_manifest(model, manifest, cfg, device, progress, what):
             outputs = image_outputs(pred, int(im["id"]), k, cfg)
             results.extend(outputs.results)
             stem = image_stem(im)

@@ -117,7 +117,7 @@ def segment(inputs: list[str], model: str, out_dir: str | Path, device: str = "a
                 Image.fromarray(seg.result(pred, outputs, source).draw()).save(ov_dir / f"{image_stem(im)}.png")
 
         summary = write_predictions(seg.model, seg.obj, manifest, out, seg.config, seg.device, seg.path,
-                                    progress, on_image)
+                                    progress, on_image, what="segment")
     summary["skipped"] = len(skipped)
     log.info("segmented %d images (%d skipped) -> %s", summary["images"], len(skipped), out)
     return summary
