@@ -136,3 +136,18 @@ def test_wide_and_too_large_images(tiny, tmp_path):
     assert np.asarray(Image.open(out / "panoptic" / "strip.png")).shape == (40, 3000, 3)
     overlay = np.asarray(Image.open(out / "overlays" / "strip.png"))
     assert max(overlay.shape[:2]) <= 2048
+
+
+def test_class_agnostic_model_without_semantic_head(tiny, tmp_path):
+    """A CutLER-like model (one class, no stuff): no semantic map, things-only panoptic, a 3-panel overlay."""
+    from tests.segment.conftest import save_tiny_model
+
+    path = save_tiny_model(tmp_path / "agnostic.pth", num_classes=1, num_stuff=0)
+    model = u2seg.load_model(path, device="cpu", min_size=64, max_size=128, score_thresh=0.0,
+                             instance_score_thresh=0.0)
+    result = model(tiny["images"] / "img_00.png")
+    assert result.semantic is None and len(result.instances) > 0
+    assert set(result.instances.category_ids.tolist()) == {1} and {s["isthing"] for s in result.segments} == {1}
+    with_sem = u2seg.load_model(tiny["model"], device="cpu", min_size=64, max_size=128, score_thresh=0.0,
+                                instance_score_thresh=0.0)(tiny["images"] / "img_00.png")
+    assert result.draw().shape[1] < with_sem.draw().shape[1]  # one panel fewer
