@@ -121,3 +121,11 @@ def test_cli_train_then_predict(files, tmp_path):
             assert (s["category_id"] <= K) == bool(s["isthing"])
         sem = np.asarray(Image.open(pred / "semantic" / ann["file_name"]))
         assert sem.shape == (64, 96) and sem.max() <= STUFF
+
+    # the trained model segments the image folder given on the command line: the same files as predict
+    seg = tmp_path / "seg"
+    rc = cli_main(["segment", str(files["images"]), "--model", str(out / "model_final.pth"), "--out-dir", str(seg),
+                   "--min-size", "64", "--max-size", "96", "--score-thresh", "0.0", "--instance-score-thresh", "0.0",
+                   "--stuff-area-thresh", "10", "--batch-size", "2", "--device", "cpu", "--no-progress"])
+    assert rc == 0 and json.loads((seg / "instances_results.json").read_text()) == results
+    assert len(list((seg / "overlays").glob("*.png"))) == 3

@@ -20,7 +20,7 @@ import sys
 # Set before any stage imports torch; an explicit OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from u2seg import __version__
+from u2seg.version import __version__
 from u2seg.errors import UserError
 from u2seg.params import write_resolved_config
 
@@ -49,6 +49,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "zero-shot-table": ("u2seg.evaluation.zero_shot", "one table of a model's metrics across evaluation sets"),
     "finetune": ("u2seg.finetune.cli", "few-shot fine-tuning on a labelled COCO subset"),
     "report": ("u2seg.report.cli", "stage summaries and galleries for the HTML report"),
+    "segment": ("u2seg.segment.cli", "segment image files / folders with a model (name or path): overlays + COCO files"),
+    "info": ("u2seg.segment.info", "what a model file carries (categories, test size, training config, metrics)"),
 }
 
 

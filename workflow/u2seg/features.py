@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from u2seg import __version__
+from u2seg.version import __version__
 from u2seg.atomic import atomic_path
 from u2seg.cliargs import add_device_arguments, add_shard_arguments
 from u2seg.errors import UserError

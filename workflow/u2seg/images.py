@@ -118,3 +118,23 @@ def resize_square(img: np.ndarray, size: int) -> np.ndarray:
     if img.shape[0] == size and img.shape[1] == size:
         return img
     return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.LANCZOS))
+
+
+def as_rgb(image: Image.Image | np.ndarray) -> np.ndarray:
+    """uint8 RGB (H, W, 3) of a PIL image (EXIF orientation applied, any mode, as :func:`load_rgb`) or of
+    a numpy image ((H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA; uint8, or uint16 / float as PIL reads them)."""
+    if isinstance(image, Image.Image):
+        return np.array(_to_rgb(ImageOps.exif_transpose(image)), dtype=np.uint8)
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.ndim == 2 and arr.dtype in (np.uint8, np.uint16, np.int32, np.float32, np.float64):
+        # PIL modes L, I;16, I, F: converted as a decoded file of that mode
+        return np.array(_to_rgb(Image.fromarray(arr.astype(np.float32) if arr.dtype.kind == "f" else arr)),
+                        dtype=np.uint8)
+    if arr.ndim == 3 and arr.shape[2] == 4 and arr.dtype == np.uint8:
+        return np.array(_to_rgb(Image.fromarray(arr, mode="RGBA")), dtype=np.uint8)
+    raise UserError(f"an image array must be (H, W), (H, W, 3) uint8 or (H, W, 4) uint8, got "
+                    f"{arr.shape} {arr.dtype}")

@@ -119,7 +119,7 @@ def _portable(value: Any, base: str) -> Any:
 def resolved_config(stage: str, args: argparse.Namespace, base: str | os.PathLike) -> dict[str, Any]:
     """The record of one stage run: stage, u2seg version and every parsed flag (absolute paths made
     relative to ``base``, the folder of the record)."""
-    from u2seg import __version__
+    from u2seg.version import __version__
 
     base = os.path.abspath(os.fspath(base))
     return {"stage": stage, "u2seg_version": __version__,

@@ -4,7 +4,9 @@ Two kinds of files:
   * training checkpoints ``work/model_{iter:07d}.pth`` (model, optimizer, scheduler, grad scaler,
     iteration, RNG states, config fingerprint) with a ``work/last_checkpoint`` pointer;
   * model files (``model_final.pth``, imported detectron2 weights): ``{"model": state_dict,
-    "model_config": dict, "categories": list, "meta": dict}``.
+    "model_config": dict, "categories": list, "meta": dict}``; ``meta`` says how the model was made
+    (``train_config``, ``source``, ...), its ``test_size`` (``{"min_size", "max_size"}``, written since
+    u2seg 0.1; older files get the inference defaults) and its evaluation ``metrics`` when known.
 """
 from __future__ import annotations
 
@@ -109,9 +111,21 @@ def latest_training(work_dir: str | Path) -> Path | None:
 
 def save_model(path: str | Path, state_dict: dict[str, torch.Tensor], model_config: dict[str, Any],
                categories: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> None:
-    """Write a model file (weights + the config needed to rebuild it + category names)."""
+    """Write a model file (weights + the config needed to rebuild it + category names + ``meta``, which
+    gets the inference defaults' ``test_size`` unless it names one)."""
+    meta = dict(meta or {})
+    meta.setdefault("test_size", model_test_size({}))
     save(path, {"model": {k: v.detach().cpu() for k, v in state_dict.items()}, "model_config": model_config,
-                "categories": categories, "meta": meta or {}})
+                "categories": categories, "meta": meta})
+
+
+def model_test_size(obj: dict[str, Any]) -> dict[str, int]:
+    """``{"min_size", "max_size"}`` a model file was made for (the inference defaults when it names none)."""
+    from u2seg.detector.params import PredictConfig
+
+    stored = (obj.get("meta") or {}).get("test_size") or {}
+    return {"min_size": int(stored.get("min_size", PredictConfig.min_size)),
+            "max_size": int(stored.get("max_size", PredictConfig.max_size))}
 
 
 def load_model_file(path: str | Path) -> dict[str, Any]:

@@ -302,55 +302,102 @@ def panoptic_fusion(masks: np.ndarray, scores: np.ndarray, labels: np.ndarray, s
 
 
 # ------------------------------------------------------------------------------------ running
-class _ImageSet(torch.utils.data.Dataset):
-    """Manifest images loaded and resized for the test scale."""
+def _rgb(source: Any) -> np.ndarray:
+    """The RGB uint8 array of an image source (a file through :func:`u2seg.images.load_rgb`)."""
+    if isinstance(source, np.ndarray):
+        return source if source.flags.writeable else source.copy()
+    return load_rgb(source)
 
-    def __init__(self, manifest: dict[str, Any], cfg: PredictConfig):
-        self.manifest = manifest
-        self.images = manifest["images"]
+
+class _ImageSet(torch.utils.data.Dataset):
+    """Images (files or arrays) loaded and resized for the test scale."""
+
+    def __init__(self, sources: list[Any], cfg: PredictConfig):
+        self.sources = sources
         self.cfg = cfg
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.sources)
 
-    def __getitem__(self, i: int) -> tuple[dict[str, Any], torch.Tensor, tuple[int, int]]:
-        im = self.images[i]
-        rgb = load_rgb(image_path(self.manifest, im))
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, tuple[int, int]]:
+        rgb = _rgb(self.sources[i])
         h, w = rgb.shape[:2]
         resized = resize_image(rgb, output_size(h, w, self.cfg.min_size, self.cfg.max_size))
-        return im, torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1), (h, w)
+        return i, torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1), (h, w)
 
 
 def _collate(items: list[Any]) -> list[Any]:
     return items
 
 
-def predict_manifest(model: PanopticCascadeRCNN, manifest: dict[str, Any], cfg: PredictConfig,
-                     device: torch.device, progress: bool = True) -> Iterator[tuple[dict[str, Any], Prediction]]:
-    """Yield (manifest image, post-processed prediction) for every image, in manifest order."""
+def predict_images(model: PanopticCascadeRCNN, sources: list[Any], cfg: PredictConfig, device: torch.device,
+                   progress: bool = True, what: str = "predict") -> Iterator[tuple[int, Prediction]]:
+    """Yield (index, post-processed prediction) for every image source (file or RGB array), in order."""
     model.set_test_params(cfg.score_thresh, cfg.nms_thresh, cfg.detections_per_image)
-    loader = torch.utils.data.DataLoader(_ImageSet(manifest, cfg), batch_size=cfg.batch_size, shuffle=False,
+    loader = torch.utils.data.DataLoader(_ImageSet(sources, cfg), batch_size=cfg.batch_size, shuffle=False,
                                          num_workers=cfg.workers, collate_fn=_collate)
     use_amp = device.type == "cuda"
-    prog = ProgressLog(log, "predict", len(manifest["images"]), "img", period=30.0)
-    with tqdm(total=len(manifest["images"]), desc="predict", disable=not progress, mininterval=5.0) as bar:
+    prog = ProgressLog(log, what, len(sources), "img", period=30.0)
+    with tqdm(total=len(sources), desc=what, disable=not progress, mininterval=5.0) as bar:
         for batch in loader:
             images = [t.to(device).float() for _, t, _ in batch]
             with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 results = model(images)
-            for (im, t, orig), res in zip(batch, results):
-                yield im, postprocess_image(res, tuple(t.shape[-2:]), orig, cfg.mask_threshold)
+            for (i, t, orig), res in zip(batch, results):
+                yield i, postprocess_image(res, tuple(t.shape[-2:]), orig, cfg.mask_threshold)
             bar.update(len(batch))
             prog.update(len(batch))
 
 
-def run_predict(weights: str | Path, manifest_path: str | Path, out_dir: str | Path, cfg: PredictConfig,
-                progress: bool = True) -> dict[str, Any]:
-    """Write ``instances_results.json``, ``panoptic.json`` + ``panoptic/``, ``semantic/``, ``summary.json``."""
-    device = resolve_device(cfg.device, local_rank=0)
-    model, obj = load_model(weights, device)
+def predict_manifest(model: PanopticCascadeRCNN, manifest: dict[str, Any], cfg: PredictConfig,
+                     device: torch.device, progress: bool = True,
+                     what: str = "predict") -> Iterator[tuple[dict[str, Any], Prediction]]:
+    """Yield (manifest image, post-processed prediction) for every image, in manifest order."""
+    images = manifest["images"]
+    for i, pred in predict_images(model, [image_path(manifest, im) for im in images], cfg, device, progress, what):
+        yield images[i], pred
+
+
+@dataclass
+class ImageOutputs:
+    """One image's outputs in the written formats: COCO results (bbox + RLE segm), panoptic id map + segments."""
+
+    results: list[dict[str, Any]]  # COCO instance results, one per detection (detection order)
+    panoptic: np.ndarray  # int32 (H, W) segment ids, 0 = void
+    segments: list[dict[str, Any]]  # COCO panoptic segments_info
+    semantic: np.ndarray | None  # uint8 (H, W) or None
+
+
+def image_outputs(pred: Prediction, image_id: int, num_classes: int, cfg: PredictConfig) -> ImageOutputs:
+    """Panoptic fusion + COCO results of one prediction; each mask is pasted once (RLE-encoded, then fused)."""
+    rles: list[dict[str, Any] | None] = [None] * len(pred.scores)
+
+    def mask_of(i: int) -> MaskCrop:
+        crop = pred.mask(i)
+        rles[i] = crop_rle(crop)
+        return crop
+
+    pan, segments = fuse_panoptic(mask_of, pred.scores, pred.labels, pred.semantic, pred.image_hw, num_classes,
+                                  cfg.instance_score_thresh, cfg.overlap_thresh, cfg.stuff_area_thresh)
+    results = []
+    for i, (box, score, label) in enumerate(zip(pred.boxes, pred.scores, pred.labels)):
+        x0, y0, x1, y1 = (float(v) for v in box)
+        results.append({"image_id": image_id, "category_id": int(label) + 1,
+                        "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                        "score": round(float(score), 5),
+                        "segmentation": rles[i] if rles[i] is not None else crop_rle(pred.mask(i))})
+    return ImageOutputs(results, pan, segments, pred.semantic)
+
+
+def write_predictions(model: PanopticCascadeRCNN, obj: dict[str, Any], manifest: dict[str, Any],
+                      out_dir: str | Path, cfg: PredictConfig, device: torch.device, weights: str | Path,
+                      progress: bool = True,
+                      on_image: Callable[[dict[str, Any], Prediction, ImageOutputs], None] | None = None,
+                      what: str = "predict") -> dict[str, Any]:
+    """Predict every manifest image and write ``instances_results.json``, ``panoptic.json`` + ``panoptic/``,
+    ``semantic/``, ``summary.json``; ``on_image(image, prediction, outputs)`` is called once per image;
+    ``what`` names the progress lines."""
     k = int(obj["model_config"]["num_classes"])
-    manifest = load_manifest(manifest_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
@@ -359,29 +406,18 @@ def run_predict(weights: str | Path, manifest_path: str | Path, out_dir: str | P
     has_sem = model.sem_head is not None
     with atomic_path(out / "panoptic", directory=True) as pan_dir, \
             atomic_path(out / "semantic", directory=True) as sem_dir:
-        for im, pred in predict_manifest(model, manifest, cfg, device, progress):
-            image_id = int(im["id"])
-            rles: list[dict[str, Any] | None] = [None] * len(pred.scores)
-
-            def mask_of(i: int, pred: Prediction = pred, rles: list = rles) -> MaskCrop:
-                crop = pred.mask(i)  # each mask pasted once: RLE-encoded here, then fused
-                rles[i] = crop_rle(crop)
-                return crop
-
-            pan, segments = fuse_panoptic(mask_of, pred.scores, pred.labels, pred.semantic, pred.image_hw, k,
-                                          cfg.instance_score_thresh, cfg.overlap_thresh, cfg.stuff_area_thresh)
-            for i, (box, score, label) in enumerate(zip(pred.boxes, pred.scores, pred.labels)):
-                x0, y0, x1, y1 = (float(v) for v in box)
-                results.append({"image_id": image_id, "category_id": int(label) + 1,
-                                "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-                                "score": round(float(score), 5),
-                                "segmentation": rles[i] if rles[i] is not None else crop_rle(pred.mask(i))})
+        for im, pred in predict_manifest(model, manifest, cfg, device, progress, what):
+            outputs = image_outputs(pred, int(im["id"]), k, cfg)
+            results.extend(outputs.results)
             stem = image_stem(im)
-            _save_png(pan_dir / f"{stem}.png", _pan_rgb(pan))
-            del pan
+            _save_png(pan_dir / f"{stem}.png", _pan_rgb(outputs.panoptic))
             if pred.semantic is not None:
                 _save_png(sem_dir / f"{stem}.png", pred.semantic)
-            annotations.append({"image_id": image_id, "file_name": f"{stem}.png", "segments_info": segments})
+            annotations.append({"image_id": int(im["id"]), "file_name": f"{stem}.png",
+                                "segments_info": outputs.segments})
+            if on_image is not None:
+                on_image(im, pred, outputs)
+            del outputs
     seconds = time.perf_counter() - t0
     write_json(out / "instances_results.json", results)
     images = [{k2: im[k2] for k2 in ("id", "file_name", "width", "height")} for im in manifest["images"]]
@@ -395,6 +431,14 @@ def run_predict(weights: str | Path, manifest_path: str | Path, out_dir: str | P
     log.info("predicted %d images: %d detections (%.2f s/image)", len(images), len(results),
              summary["seconds_per_image"])
     return summary
+
+
+def run_predict(weights: str | Path, manifest_path: str | Path, out_dir: str | Path, cfg: PredictConfig,
+                progress: bool = True) -> dict[str, Any]:
+    """Write ``instances_results.json``, ``panoptic.json`` + ``panoptic/``, ``semantic/``, ``summary.json``."""
+    device = resolve_device(cfg.device, local_rank=0)
+    model, obj = load_model(weights, device)
+    return write_predictions(model, obj, load_manifest(manifest_path), out_dir, cfg, device, weights, progress)
 
 
 def _pan_rgb(pan: np.ndarray) -> np.ndarray:
