@@ -250,7 +250,14 @@ def train(dataset: PseudoLabelDataset, model_cfg: ModelConfig, cfg: TrainConfig,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     t_fp = time.perf_counter()
-    inputs = input_fingerprint(dataset, model_cfg, cfg, init)
+    # rank 0 reads every input once and sends the digests to the other processes (not once per process)
+    inputs = input_fingerprint(dataset, model_cfg, cfg, init) if rank == 0 else None
+    if world > 1:
+        import torch.distributed as dist
+
+        shared = [inputs]
+        dist.broadcast_object_list(shared, src=0)
+        inputs = shared[0]
     log.info("input fingerprint of %d images: %.1f s", len(dataset), time.perf_counter() - t_fp)
     start = _resume(work, inputs, cfg.max_iter, model, optimizer, scheduler, scaler)
     if world > 1:
