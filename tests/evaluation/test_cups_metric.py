@@ -83,9 +83,25 @@ def test_each_case_exercises_its_rule(tmp_path):
 
 
 def test_matching_rules():
-    cost = np.array([[5, 0, 0], [0, 4, 1], [0, 3, 0], [0, 0, 0]])
-    # Hungarian: 0->0, 1->2?  no: maximise 5 + 4 + 0 vs 5 + 1 + 3: rows 1->2, 2->1 (total 9 = 5 + 1 + 3)
-    a = cups_metric.assign(cost)
-    assert a[0] == 0 and sorted(a[:3].tolist()) == [0, 1, 2] and a[3] == 0  # leftover without overlap -> column 0
-    sep = cups_metric.assign_separated(cost, np.array([True, False, False, False]), np.array([True, False, False]))
-    assert sep.tolist() == [0, 1, 2, 1]  # stuff rows 1..3 only onto columns 1, 2; leftover 3 -> argmax (first)
+    """Hungarian over the set, leftover labels -> most-overlapping class (first class without overlap);
+    separated: thing labels only onto thing classes, stuff labels only onto stuff classes."""
+    cost = np.array([[5, 0, 0], [0, 4, 1], [0, 3, 2], [0, 0, 0], [2, 0, 1]])
+    assert cups_metric.assign(cost).tolist() == [0, 1, 2, 0, 0]
+    sep = cups_metric.assign_separated(cost, np.array([True, False, False, False, False]), np.array([True, False, False]))
+    assert sep.tolist() == [0, 1, 2, 1, 2]
+    assert cups_metric.assign(np.zeros((2, 0))).tolist() == [-1, -1]
+
+
+def test_workers_and_broken_predictions(tmp_path):
+    name = "mixed_1"
+    pgt, preds, cats = _write(name, tmp_path)
+    one = cityscapes.PROTOCOLS["cityscapes/cups27"](pgt, preds, cats, {})
+    two = cityscapes.PROTOCOLS["cityscapes/cups27"](pgt, preds, cats, {}, workers=2)
+    assert one == two
+    from u2seg.errors import UserError
+
+    png, segs = preds[1]
+    with pytest.raises(UserError, match="not in segments_info"):
+        cityscapes.PROTOCOLS["cityscapes/cups27"](pgt, {**preds, 1: (png, segs[1:])}, cats, {})
+    with pytest.raises(UserError, match="category_id"):
+        cityscapes.PROTOCOLS["cityscapes/cups27"](pgt, preds, cats[1:], {})

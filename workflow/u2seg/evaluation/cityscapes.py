@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -148,53 +149,57 @@ def _pred_ids(pred_cats: list[dict[str, Any]]) -> tuple[list[int], set[int]]:
     return ids, {int(c["id"]) for c in pred_cats if c.get("isthing", 0)}
 
 
-def _cups_pq_image(task: tuple) -> panoptic.PQStats:
-    """torchmetrics' PQ statistics of one image (``cups_metric.image_stats``) under a label -> class map."""
-    gt_source, pred_png, pred_segments, gt_col, pred_col, pred_things, is_stuff = task
+@dataclass
+class _SegmentCounts:
+    """One image as segment tables + their pixel counts (the CUPS protocols need nothing else)."""
+
+    inter: np.ndarray  # (GT entries x predicted entries) pixel counts; the last entry of each is VOID
+    gt_cls: np.ndarray  # class index per GT entry (-1 VOID)
+    gt_inst: np.ndarray  # instance id per GT entry (segment id; 0 for crowd regions)
+    pred_cat: np.ndarray  # predicted category id per entry (-1 VOID)
+    pred_seg: np.ndarray  # predicted segment id per entry (0 VOID)
+
+
+def _cups_counts(task: tuple) -> _SegmentCounts:
+    """Segment tables and pixel counts of one (GT source, predicted PNG or None, segments, GT class lut)."""
+    gt_source, pred_png, pred_segments, gt_col = task
     gt_ids, gt_segments = gtmod.panoptic_image(gt_source)
-    seg_ids = [int(s["id"]) for s in gt_segments]
-    g_cls = _segment_values(gt_ids, seg_ids, [gt_col.get(int(s["category_id"]), -1) for s in gt_segments], -1)
+    n_g = len(gt_segments)
+    g_idx = _segment_values(gt_ids, [int(s["id"]) for s in gt_segments], np.arange(n_g), n_g)
+    gt_cls = np.array([gt_col.get(int(s["category_id"]), -1) for s in gt_segments] + [-1], np.int64)
     # crowd regions: instance 0 of their class, as CUPS reads Cityscapes' instanceIds (no crowd flag)
-    g_inst = _segment_values(gt_ids, seg_ids, [0 if s.get("iscrowd", 0) else int(s["id"]) for s in gt_segments], 0)
+    gt_inst = np.array([0 if s.get("iscrowd", 0) else int(s["id"]) for s in gt_segments] + [0], np.int64)
     if pred_png is None:
-        p_cls, p_inst = np.full(gt_ids.shape, -1, np.int64), np.zeros(gt_ids.shape, np.int64)
+        pred_ids, pred_segments = np.zeros(gt_ids.shape, np.int64), []
     else:
-        unknown = sorted({int(s["category_id"]) for s in pred_segments} - set(pred_col))
-        if unknown:
-            raise UserError(f"{pred_png}: predicted segment(s) with category_id {unknown} not listed in the "
-                            "prediction json's `categories`")
         pred_ids = gtmod.read_panoptic_png(pred_png)
-        p_seg = [int(s["id"]) for s in pred_segments]
-        p_cls = _segment_values(pred_ids, p_seg, [pred_col[int(s["category_id"])] for s in pred_segments], -1)
-        p_inst = _segment_values(pred_ids, p_seg, [int(s["id"]) if int(s["category_id"]) in pred_things else 0
-                                                   for s in pred_segments], 0)
-    return cups_metric.image_stats(g_cls, g_inst, p_cls, p_inst, is_stuff)
+    if pred_ids.shape != gt_ids.shape:
+        raise UserError(f"{pred_png}: prediction size {pred_ids.shape} != ground-truth size {gt_ids.shape}")
+    n_p = len(pred_segments)
+    p_seg = np.array([int(s["id"]) for s in pred_segments], np.int64)
+    p_idx = _segment_values(pred_ids, p_seg, np.arange(n_p), -1)
+    unlisted = (p_idx < 0) & (pred_ids != 0)
+    if unlisted.any():
+        raise UserError(f"{pred_png}: predicted segment id {int(pred_ids[unlisted][0])} is in the PNG but not in "
+                        "segments_info")
+    p_idx[p_idx < 0] = n_p
+    inter = np.bincount((g_idx * (n_p + 1) + p_idx).ravel(), minlength=(n_g + 1) * (n_p + 1))
+    pred_cat = np.array([int(s["category_id"]) for s in pred_segments] + [-1], np.int64)
+    return _SegmentCounts(inter.reshape(n_g + 1, n_p + 1), gt_cls, gt_inst, pred_cat,
+                          np.concatenate([p_seg, [0]]))
 
 
-def _cups_pq(pgt: gtmod.PanopticGT, pan_preds: dict, classes: list[gtmod.Category], gt_map: dict[int, int],
-             pred_col: dict[int, int], pred_things: set[int], workers: int) -> dict[str, Any]:
-    """CUPS's PQ over every GT image (images without a prediction: all VOID)."""
-    col = {c.id: j for j, c in enumerate(classes)}
-    gt_col = {g: col[k] for g, k in gt_map.items()}
-    is_stuff = [not c.isthing for c in classes]
-    tasks = [(src, *(pan_preds.get(i) or (None, [])), gt_col, pred_col, pred_things, is_stuff)
-             for i, src in pgt.sources.items()]
+def _cups_pass(pgt: gtmod.PanopticGT, pan_preds: dict, gt_col: dict[int, int], workers: int) -> list[_SegmentCounts]:
+    """``_cups_counts`` of every GT image (images without a prediction: all VOID), in ``workers`` processes."""
+    tasks = [(src, *(pan_preds.get(i) or (None, [])), gt_col) for i, src in pgt.sources.items()]
     missing = sum(1 for i in pgt.sources if i not in pan_preds)
     if missing:
         log.warning("%d of %d images have no panoptic prediction: evaluated as VOID", missing, len(tasks))
-    total = panoptic.PQStats.zeros(len(classes))
     workers = max(1, min(int(workers), len(tasks) or 1))
     if workers == 1:
-        for t in tasks:
-            total += _cups_pq_image(t)
-    else:
-        with ProcessPoolExecutor(workers, mp_context=panoptic.mp_context()) as pool:
-            for stats in pool.map(_cups_pq_image, tasks, chunksize=max(1, len(tasks) // (workers * 8))):
-                total += stats
-    out = panoptic.summarize(total, classes)
-    out["images"] = len(tasks)
-    out["images_without_prediction"] = missing
-    return out
+        return [_cups_counts(t) for t in tasks]
+    with ProcessPoolExecutor(workers, mp_context=panoptic.mp_context()) as pool:
+        return list(pool.map(_cups_counts, tasks, chunksize=max(1, len(tasks) // (workers * 8))))
 
 
 def cups(n: int, adhere_thing_stuff: bool = True) -> Callable[..., dict[str, Any]]:
@@ -203,23 +208,42 @@ def cups(n: int, adhere_thing_stuff: bool = True) -> Callable[..., dict[str, Any
     def run(pgt: gtmod.PanopticGT, pan_preds: dict, pred_cats: list[dict[str, Any]],
             thing_map: dict[int, int], workers: int = 1) -> dict[str, Any]:
         classes = class_set(n)
-        gt_map = gt_class_map(pgt.categories, classes)
+        col = {c.id: j for j, c in enumerate(classes)}
+        gt_col = {g: col[k] for g, k in gt_class_map(pgt.categories, classes).items()}
         ids, things = _pred_ids(pred_cats)
         # CUPS's label order: stuff pseudo-classes, then thing pseudo-classes (it breaks ties so)
         pred_ids = [k for k in ids if k not in things] + [k for k in ids if k in things]
-        conf, _ = _pixel_pass(pgt, pan_preds, pred_ids, gt_map, classes, 0.0)
-        cost = conf[:-1, :-1]
+        row = {k: r for r, k in enumerate(pred_ids)}
+        images = _cups_pass(pgt, pan_preds, gt_col, workers)
+        cost = np.zeros((len(pred_ids), len(classes)), np.int64)  # label x class, both known
+        rows = []
+        for im in images:
+            unknown = sorted(set(im.pred_cat[:-1].tolist()) - set(row))
+            if unknown:
+                raise UserError(f"predicted segment(s) with category_id {unknown} not listed in the prediction "
+                                "json's `categories`")
+            r = np.array([row.get(int(c), -1) for c in im.pred_cat], np.int64)
+            gi, pj = np.nonzero((im.gt_cls[:, None] >= 0) & (r[None, :] >= 0))
+            np.add.at(cost, (r[pj], im.gt_cls[gi]), im.inter[gi, pj])
+            rows.append(r)
         thing_rows = np.array([k in things for k in pred_ids], bool)
         thing_cols = np.array([c.isthing for c in classes], bool)
         pq_assign = (cups_metric.assign_separated(cost, thing_rows, thing_cols) if adhere_thing_stuff
                      else cups_metric.assign(cost))
-        pred_col = {k: int(pq_assign[r]) for r, k in enumerate(pred_ids)}
-        pq = _cups_pq(pgt, pan_preds, classes, gt_map, pred_col, things, workers)
+        is_stuff = [not c.isthing for c in classes]
+        stats = panoptic.PQStats.zeros(len(classes))
+        for im, r in zip(images, rows):
+            p_cls = np.where(r >= 0, pq_assign[np.maximum(r, 0)], -1)
+            p_inst = np.where(np.isin(im.pred_cat, list(things)), im.pred_seg, 0)
+            stats += cups_metric.segment_stats(im.inter, im.gt_cls, im.gt_inst, p_cls, p_inst, is_stuff)
+        pq = panoptic.summarize(stats, classes)
+        pq["images"] = len(images)
+        pq["images_without_prediction"] = sum(1 for i in pgt.sources if i not in pan_preds)
         sem_assign = cups_metric.assign(cost)
         names = [c.name for c in classes]
         return {"protocol": registry.PROTOCOLS[f"cityscapes/cups{n}"].describe(),
                 "panoptic": pq, "semantic": cups_metric.semantic_scores(cost, sem_assign, classes),
-                "mapping": {str(k): names[j] for k, j in pred_col.items() if j >= 0},
+                "mapping": {str(k): names[j] for k, j in zip(pred_ids, pq_assign.tolist()) if j >= 0},
                 "semantic_mapping": {str(k): names[j] for k, j in zip(pred_ids, sem_assign.tolist()) if j >= 0}}
     return run
 

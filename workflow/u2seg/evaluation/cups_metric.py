@@ -11,7 +11,7 @@ of the whole set (pixels with a GT class and a predicted label only):
 * PQ: thing labels are matched to thing classes and stuff labels to stuff classes separately
   (CUPS's default ``VALIDATION.ADHERE_THING_STUFF: True``); PixelAcc / mIoU: one joint matching.
 
-PQ per image (``image_stats``; torchmetrics' rules, not panopticapi's): a segment is a
+PQ per image (``segment_stats``; torchmetrics' rules, not panopticapi's): a segment is a
 (class, instance) pair; every pixel of a stuff class has instance 0 (all segments mapped to one
 stuff class form one segment per image, GT and prediction alike); the GT has no crowd: a crowd
 region is an ordinary segment (instance 0 of its thing class). A (GT, predicted) pair of one class
@@ -69,40 +69,39 @@ def assign_separated(cost: np.ndarray, thing_rows: np.ndarray, thing_cols: np.nd
     return out
 
 
-def _segments(cls: np.ndarray, inst: np.ndarray, is_stuff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(segment index per pixel, class per segment (-1 = VOID)); stuff and VOID pixels get instance 0."""
-    cls = cls.astype(np.int64).ravel()
-    inst = inst.astype(np.int64).ravel()
-    flat_stuff = np.concatenate([[True], is_stuff])[cls + 1]  # VOID (-1) counts as "instance 0"
-    inst = np.where(flat_stuff, 0, inst)
+def merge_segments(cls: np.ndarray, inst: np.ndarray, is_stuff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """torchmetrics' segments of a segment table: (merged index per entry, class per merged segment).
+    An entry is (class index or -1 for VOID, instance id); stuff and VOID entries get instance 0, so
+    entries of one stuff class (and all VOID) become one segment."""
+    cls, inst = np.asarray(cls, np.int64), np.asarray(inst, np.int64)
     if inst.size and inst.min() < 0:
         raise ValueError("instance ids must be >= 0")
+    inst = np.where(np.concatenate([[True], np.asarray(is_stuff, bool)])[cls + 1], 0, inst)
     span = int(inst.max()) + 1 if inst.size else 1
     keys, index = np.unique((cls + 1) * span + inst, return_inverse=True)
     return index.ravel(), keys // span - 1
 
 
-def image_stats(gt_cls: np.ndarray, gt_inst: np.ndarray, pred_cls: np.ndarray, pred_inst: np.ndarray,
-                is_stuff: Sequence[bool]) -> PQStats:
-    """torchmetrics' PQ statistics of one image: per-pixel class index (-1 VOID) and instance id
-    maps of the GT and the (mapped) prediction; ``is_stuff`` per class index."""
-    if gt_cls.shape != pred_cls.shape:
-        raise ValueError(f"prediction size {pred_cls.shape} != ground-truth size {gt_cls.shape}")
+def segment_stats(inter: np.ndarray, gt_cls: np.ndarray, gt_inst: np.ndarray, pred_cls: np.ndarray,
+                  pred_inst: np.ndarray, is_stuff: Sequence[bool]) -> PQStats:
+    """torchmetrics' PQ statistics of one image from the pixel counts ``inter`` (GT entries x predicted
+    entries) of its segment tables: class index (-1 VOID) and instance id per entry (``merge_segments``);
+    ``is_stuff`` per class index."""
     is_stuff = np.asarray(is_stuff, bool)
-    n = len(is_stuff)
-    stats = PQStats.zeros(n)
-    gi, g_cls = _segments(gt_cls, gt_inst, is_stuff)
-    pi, p_cls = _segments(pred_cls, pred_inst, is_stuff)
+    stats = PQStats.zeros(len(is_stuff))
+    gi, g_cls = merge_segments(gt_cls, gt_inst, is_stuff)
+    pi, p_cls = merge_segments(pred_cls, pred_inst, is_stuff)
     n_g, n_p = len(g_cls), len(p_cls)
-    inter = np.bincount(gi * n_p + pi, minlength=n_g * n_p).reshape(n_g, n_p)
-    g_area, p_area = inter.sum(axis=1), inter.sum(axis=0)
+    inter_m = np.zeros((n_g, n_p), np.int64)
+    np.add.at(inter_m, (gi[:, None], pi[None, :]), np.asarray(inter, np.int64))
+    g_area, p_area = inter_m.sum(axis=1), inter_m.sum(axis=0)
     g_void, p_void = g_cls < 0, p_cls < 0
-    on_gt_void = inter[g_void].sum(axis=0)  # per predicted segment: pixels on GT VOID
-    on_pred_void = inter[:, p_void].sum(axis=1)  # per GT segment: pixels predicted VOID
-    union = (p_area - on_gt_void)[None, :] + (g_area - on_pred_void)[:, None] - inter
-    pair = (g_cls[:, None] == p_cls[None, :]) & ~g_void[:, None] & ~p_void[None, :] & (inter > 0)
-    iou = np.zeros(inter.shape, np.float32)
-    iou[pair] = inter[pair].astype(np.float32) / union[pair].astype(np.float32)
+    on_gt_void = inter_m[g_void].sum(axis=0)  # per predicted segment: pixels on GT VOID
+    on_pred_void = inter_m[:, p_void].sum(axis=1)  # per GT segment: pixels predicted VOID
+    union = (p_area - on_gt_void)[None, :] + (g_area - on_pred_void)[:, None] - inter_m
+    pair = (g_cls[:, None] == p_cls[None, :]) & ~g_void[:, None] & ~p_void[None, :] & (inter_m > 0)
+    iou = np.zeros(inter_m.shape, np.float32)
+    iou[pair] = inter_m[pair].astype(np.float32) / union[pair].astype(np.float32)
     gs, ps = np.nonzero(pair & (iou > 0.5))
     np.add.at(stats.tp, g_cls[gs], 1)
     np.add.at(stats.iou, g_cls[gs], iou[gs, ps].astype(np.float64))
