@@ -10,7 +10,8 @@ pseudo-class index, stuff pseudo-classes first, instance 1..N for thing segments
 ``cups.metrics.PanopticQualitySemanticMatching`` (``ADHERE_THING_STUFF`` on = CUPS's default, and off)
 against the 27 and the 19 classes, and writes ``inputs.npz`` (segment-id maps) + ``reference.json``
 (the cases' segments and CUPS's outputs). ``tests/evaluation/test_cups_metric.py`` runs the project's
-protocols on the same inputs. With ``--compare`` it also prints the project's values next to CUPS's.
+protocols on the same inputs. With ``--compare`` it also prints the project's values next to CUPS's;
+``--sweep N`` only compares the two on N random cases (seeds 100..), writing nothing.
 """
 from __future__ import annotations
 
@@ -225,11 +226,49 @@ def write_case(case: dict[str, Any], folder: Path, atomic: Any, id2rgb: Any) -> 
     return gt_json
 
 
+def sweep(count: int) -> int:
+    """Compare the project's cups27 / cups19 with CUPS's code on ``count`` random cases (nothing written)."""
+    from u2seg.evaluation.cityscapes import class_set
+
+    worst_pq = worst_sem = 0.0
+    bad = runs = 0
+    for seed in range(100, 100 + count):
+        rng = np.random.default_rng(seed)
+        n_thing = int(rng.integers(4, 15))
+        params = dict(seed=seed, n_thing=n_thing, n_stuff=max(27 - n_thing, int(rng.integers(12, 24))),
+                      absent=tuple(int(x) for x in rng.choice(LABELS, int(rng.integers(0, 6)), replace=False)),
+                      noise=int(rng.integers(0, 16)), crowd=float(rng.random() * 0.5),
+                      void_pred=int(rng.integers(0, 5)), split_stuff=bool(rng.random() < 0.5),
+                      void_cells=int(rng.integers(0, 3)), images=int(rng.integers(1, 4)))
+        case = make_case(**params)
+        order = sorted(c for c, t in case["categories"] if not t) + sorted(c for c, t in case["categories"] if t)
+        for n in (27, 19):
+            names = [c.name for c in class_set(n)]
+            for adhere in (True, False):
+                runs += 1
+                ref, mine = run_cups(case, n, adhere), ours(case, n, adhere)
+                same_map = mine["mapping"] == {str(k): names[a] for k, a in zip(order, ref["assignments"])}
+                groups = (("all", ""), ("things", "_things"), ("stuff", "_stuff"))
+                d_pq = max(abs(mine["panoptic"][g][m] - ref[m + x]) for g, x in groups for m in ("pq", "sq"))
+                d_sem = max([abs(mine["semantic"][m] - ref[m]) for m in ("miou", "pixel_acc")]
+                            + [abs(mine["panoptic"][g]["rq"] - ref["rq" + x]) for g, x in groups])
+                worst_pq, worst_sem = max(worst_pq, d_pq), max(worst_sem, d_sem)
+                if not same_map or d_pq > 1e-6 or d_sem > 2e-5:
+                    bad += 1
+                    print("MISMATCH", params, n, adhere, same_map, d_pq, d_sem)
+    print(f"{runs} runs, {bad} mismatches; largest difference PQ / SQ {worst_pq:.1e}, "
+          f"RQ / mIoU / PixelAcc {worst_sem:.1e} points")
+    return int(bad > 0)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="fixture folder (inputs.npz, reference.json)")
     parser.add_argument("--compare", action="store_true", help="also print the project's values")
+    parser.add_argument("--sweep", type=int, default=0, help="only compare on this many random cases")
     args = parser.parse_args()
+    if args.sweep:
+        return sweep(args.sweep)
     args.out.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     record: dict[str, Any] = {"source": "visinf/cups 78fc273 cups/metrics/panoptic_quality.py, torchmetrics 1.3.1; "
