@@ -10,7 +10,7 @@ categories outside a protocol's class set are VOID. Class sets (cityscapesScript
 * 27 classes: label ids 7..33 (the 19 plus parking, rail track, guard rail, bridge, tunnel,
   polegroup as stuff and caravan, trailer as things), STEGO's / CUPS's Cityscapes-27.
 
-Protocols (predicted segments of unmapped labels are VOID):
+Protocols (predicted segments of labels without a class are VOID):
 
 ``cityscapes/u2seg``   U2Seg's Cityscapes panoptic (8 things + 11 stuff): thing clusters by the
                        ``instance/majority`` mapping (cluster -> GT thing class), stuff clusters by
