@@ -67,22 +67,41 @@ def test_cityscapes_protocols_hand_computed(tmp_path):
     p = m["protocols"]
     approx = pytest.approx
 
-    # CUPS 27: 101 -> sky, 102 -> road, 1 -> car, 103 unmatched (VOID); parking missed.
-    # PQ: sky 160/256, road 128/192 (parking pixels of 102 are not VOID here), parking 0, car 1.
+    # CUPS's metric, 27 classes: 101 -> sky, 102 -> road, 1 -> car; 103 (no overlap left) also gets a class,
+    # one without GT pixels, where its segment is a false positive (PQ 0, counted); parking missed.
     c27 = p["cityscapes/cups27"]
+    extra = c27["mapping"].pop("103")
     assert c27["mapping"] == {"1": "car", "101": "sky", "102": "road"}
-    assert c27["panoptic"]["all"]["pq"] == approx(100 * (0.625 + 2 / 3 + 0 + 1) / 4)
+    assert extra not in ("sky", "road", "car", "parking")
+    # PQ: sky 160/256, road 128/192 (parking pixels of 102 are not VOID here), parking 0, car 1, extra 0
+    assert c27["panoptic"]["all"]["pq"] == approx(100 * (0.625 + 2 / 3 + 0 + 1 + 0) / 5)
     assert c27["panoptic"]["things"]["pq"] == approx(100.0)
-    assert c27["panoptic"]["stuff"]["pq"] == approx(100 * (0.625 + 2 / 3) / 3)
-    # mIoU: sky 160/256, road 128/192, parking 0, car 1; PixelAcc = (160 + 128 + 64) / 512
-    assert c27["semantic"]["miou"] == approx(100 * (0.625 + 2 / 3 + 0 + 1) / 4)
+    assert c27["panoptic"]["stuff"]["pq"] == approx(100 * (0.625 + 2 / 3) / 4)
+    # mIoU (joint matching): sky 160/256, road 128/192, parking 0, car 1 and 0 for 103's class unless it is parking
+    n27 = 4 if c27["semantic_mapping"]["103"] == "parking" else 5
+    assert c27["semantic"]["miou"] == approx(100 * (0.625 + 2 / 3 + 0 + 1) / n27)
     assert c27["semantic"]["pixel_acc"] == approx(100 * 352 / 512)
 
-    # CUPS 19: parking is VOID, so 102 fits road exactly
+    # CUPS 19: parking is VOID, so 102 fits road exactly (its parking pixels lie on VOID); 103's class scores 0
     c19 = p["cityscapes/cups19"]
-    assert c19["panoptic"]["all"]["pq"] == approx(100 * (0.625 + 1 + 1) / 3)
-    assert c19["semantic"]["miou"] == approx(100 * (0.625 + 1 + 1) / 3)
+    assert c19["mapping"]["103"] not in ("sky", "road", "car")
+    assert c19["panoptic"]["all"]["pq"] == approx(100 * (0.625 + 1 + 1 + 0) / 4)
+    assert c19["semantic"]["miou"] == approx(100 * (0.625 + 1 + 1 + 0) / 4)
     assert c19["semantic"]["pixel_acc"] == approx(100 * 352 / 448)
+
+    # stricter variants: 103 unmatched (VOID), classes without TP + FP + FN left out
+    s27 = p["cityscapes/cups27_strict"]
+    assert s27["mapping"] == {"1": "car", "101": "sky", "102": "road"}
+    assert s27["panoptic"]["all"]["pq"] == approx(100 * (0.625 + 2 / 3 + 0 + 1) / 4)
+    assert s27["panoptic"]["things"]["pq"] == approx(100.0)
+    assert s27["panoptic"]["stuff"]["pq"] == approx(100 * (0.625 + 2 / 3) / 3)
+    # mIoU: sky 160/256, road 128/192, parking 0, car 1; PixelAcc = (160 + 128 + 64) / 512
+    assert s27["semantic"]["miou"] == approx(100 * (0.625 + 2 / 3 + 0 + 1) / 4)
+    assert s27["semantic"]["pixel_acc"] == approx(100 * 352 / 512)
+    s19 = p["cityscapes/cups19_strict"]
+    assert s19["panoptic"]["all"]["pq"] == approx(100 * (0.625 + 1 + 1) / 3)
+    assert s19["semantic"]["miou"] == approx(100 * (0.625 + 1 + 1) / 3)
+    assert s19["semantic"]["pixel_acc"] == approx(100 * 352 / 448)
 
     # U2Seg: 103 also votes sky (IoU 96/256 > 0.15) -> a second sky segment, a false positive:
     # PQ_sky = 0.625 / (1 + 0.5); road 1; car 1 (majority mapping).
@@ -94,7 +113,8 @@ def test_cityscapes_protocols_hand_computed(tmp_path):
     from u2seg.evaluation.tables import markdown
 
     md = markdown(m)
-    assert "| cityscapes/cups19 | 87.5 | 100.0 | 81.2 | 78.6 | 87.5 |" in md
+    assert "| cityscapes/cups19_strict | 87.5 | 100.0 | 81.2 | 78.6 | 87.5 |" in md
+    assert "| cityscapes/cups19 | 65.6 | 100.0 | 54.2 | 78.6 | 65.6 |" in md
 
 
 def test_class_sets_and_bad_categories():

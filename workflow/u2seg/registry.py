@@ -232,8 +232,16 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              "U2Seg Cityscapes: 8 things via instance/majority, 11 stuff via per-image IoU > {vote_iou} votes; "
              "unmapped labels VOID", ("coco-format",)),
     *(Protocol(f"cityscapes/cups{n}", "PQ", _CITYSCAPES, True,
-               f"CUPS: predicted labels -> {n} Cityscapes classes, one-to-one pixel Hungarian over the set; "
-               "unmatched labels VOID (PQ) / errors (mIoU)", ("coco-format",)) for n in (27, 19)),
+               f"CUPS's metric (visinf/cups PanopticQualitySemanticMatching, its defaults): predicted labels -> "
+               f"{n} Cityscapes classes by a pixel Hungarian over the set, leftover labels -> most-overlapping "
+               "class; PQ with thing / stuff labels matched separately, torchmetrics' rules (stuff merged per "
+               "class and image, crowd as ordinary segments, GT segments mostly predicted VOID not missed); "
+               "PixelAcc / mIoU with one joint matching, absent classes scored", ("coco-format",))
+      for n in (27, 19)),
+    *(Protocol(f"cityscapes/cups{n}_strict", "PQ", _CITYSCAPES, True,
+               f"stricter CUPS variant: predicted labels -> {n} Cityscapes classes, one joint one-to-one pixel "
+               "Hungarian over the set (no zero-overlap pairs); unmatched labels VOID (PQ) / errors (mIoU); "
+               "panopticapi PQ (crowd excused, segments as they are)", ("coco-format",)) for n in (27, 19)),
 )}
 OPT_IN_PROTOCOLS = tuple(n for n, p in PROTOCOLS.items() if p.opt_in)
 

@@ -10,22 +10,29 @@ categories outside a protocol's class set are VOID. Class sets (cityscapesScript
 * 27 classes: label ids 7..33 (the 19 plus parking, rail track, guard rail, bridge, tunnel,
   polegroup as stuff and caravan, trailer as things), STEGO's / CUPS's Cityscapes-27.
 
-Protocols (PQ with panopticapi's rules; predicted segments of unmapped labels are VOID):
+Protocols (predicted segments of labels without a class are VOID):
 
 ``cityscapes/u2seg``   U2Seg's Cityscapes panoptic (8 things + 11 stuff): thing clusters by the
                        ``instance/majority`` mapping (cluster -> GT thing class), stuff clusters by
                        per-image votes (IoU > 0.15 of whole-image masks, as ``semantic/u2seg16``),
-                       most-voted stuff class.
-``cityscapes/cups27``  CUPS: every predicted label (thing and stuff pseudo-classes) matched one-to-one
-``cityscapes/cups19``  to the 27 / 19 classes by a Hungarian assignment maximising the pixel overlap
-                       over the whole set; PQ, PixelAcc and mIoU under that assignment (unmatched
-                       labels VOID for PQ, their pixels errors for mIoU). Predicted segments are
-                       scored as they are (a thing pseudo-class matched to a stuff class keeps its
-                       instance segments).
+                       most-voted stuff class; panopticapi's PQ.
+``cityscapes/cups27``  CUPS's metric with CUPS's defaults (``cups_metric``): thing / stuff
+``cityscapes/cups19``  pseudo-classes (the prediction's ``isthing``) matched separately to the thing /
+                       stuff classes for PQ, jointly for PixelAcc / mIoU; Hungarian over the set plus
+                       the most-overlapping class for leftover labels; torchmetrics' PQ rules (stuff
+                       merged per class and image, crowd as ordinary segments, GT segments mostly
+                       predicted VOID not missed).
+``cityscapes/cups27_strict``  the stricter variant: every predicted label matched one-to-one to the
+``cityscapes/cups19_strict``  27 / 19 classes by one joint Hungarian (pairs without overlap are no
+                       match); unmatched labels VOID for PQ and errors for mIoU; panopticapi's PQ
+                       (crowd regions excuse false positives and are never missed; GT and predicted
+                       segments scored as they are); mIoU over classes with TP + FP + FN > 0.
 """
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -33,7 +40,7 @@ import numpy as np
 from u2seg import registry
 from u2seg.errors import UserError
 from u2seg.evaluation import gt as gtmod
-from u2seg.evaluation import matching, panoptic, semantic
+from u2seg.evaluation import cups_metric, matching, panoptic, semantic
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +78,22 @@ def gt_class_map(categories: list[gtmod.Category], classes: list[gtmod.Category]
     return out
 
 
-def _label_map(ids: np.ndarray, segments: list[dict[str, Any]], lut: dict[int, int]) -> np.ndarray:
-    """Per pixel: ``lut`` of its segment's category (int64; -1 for VOID, unknown ids and categories)."""
-    seg_ids = np.array([int(s["id"]) for s in segments], np.int64)
-    labels = np.array([lut.get(int(s["category_id"]), -1) for s in segments], np.int64)
+def _segment_values(ids: np.ndarray, seg_ids: np.ndarray, values: np.ndarray, default: int) -> np.ndarray:
+    """Per pixel: ``values`` of its segment id (int64; ``default`` for ids not in ``seg_ids``)."""
+    seg_ids, values = np.asarray(seg_ids, np.int64), np.asarray(values, np.int64)
     if len(seg_ids) == 0:
-        return np.full(ids.shape, -1, np.int64)
+        return np.full(ids.shape, default, np.int64)
     order = np.argsort(seg_ids)
-    seg_ids, labels = seg_ids[order], labels[order]
+    seg_ids, values = seg_ids[order], values[order]
     ids = ids.astype(np.int64)
     pos = np.clip(np.searchsorted(seg_ids, ids), 0, len(seg_ids) - 1)
-    return np.where(seg_ids[pos] == ids, labels[pos], -1)
+    return np.where(seg_ids[pos] == ids, values[pos], default)
+
+
+def _label_map(ids: np.ndarray, segments: list[dict[str, Any]], lut: dict[int, int]) -> np.ndarray:
+    """Per pixel: ``lut`` of its segment's category (int64; -1 for VOID, unknown ids and categories)."""
+    return _segment_values(ids, [int(s["id"]) for s in segments],
+                           [lut.get(int(s["category_id"]), -1) for s in segments], -1)
 
 
 def _pixel_pass(pgt: gtmod.PanopticGT, pan_preds: dict, pred_ids: list[int], gt_map: dict[int, int],
@@ -137,8 +149,107 @@ def _pred_ids(pred_cats: list[dict[str, Any]]) -> tuple[list[int], set[int]]:
     return ids, {int(c["id"]) for c in pred_cats if c.get("isthing", 0)}
 
 
-def cups(n: int) -> Callable[..., dict[str, Any]]:
-    """The CUPS protocol against the ``n``-class set."""
+@dataclass
+class _SegmentCounts:
+    """One image as segment tables + their pixel counts (the CUPS protocols need nothing else)."""
+
+    inter: np.ndarray  # (GT entries x predicted entries) pixel counts; the last entry of each is VOID
+    gt_cls: np.ndarray  # class index per GT entry (-1 VOID)
+    gt_inst: np.ndarray  # instance id per GT entry (segment id; 0 for crowd regions)
+    pred_cat: np.ndarray  # predicted category id per entry (-1 VOID)
+    pred_seg: np.ndarray  # predicted segment id per entry (0 VOID)
+
+
+def _cups_counts(task: tuple) -> _SegmentCounts:
+    """Segment tables and pixel counts of one (GT source, predicted PNG or None, segments, GT class lut)."""
+    gt_source, pred_png, pred_segments, gt_col = task
+    gt_ids, gt_segments = gtmod.panoptic_image(gt_source)
+    n_g = len(gt_segments)
+    g_idx = _segment_values(gt_ids, [int(s["id"]) for s in gt_segments], np.arange(n_g), n_g)
+    gt_cls = np.array([gt_col.get(int(s["category_id"]), -1) for s in gt_segments] + [-1], np.int64)
+    # crowd regions: instance 0 of their class, as CUPS reads Cityscapes' instanceIds (no crowd flag)
+    gt_inst = np.array([0 if s.get("iscrowd", 0) else int(s["id"]) for s in gt_segments] + [0], np.int64)
+    if pred_png is None:
+        pred_ids, pred_segments = np.zeros(gt_ids.shape, np.int64), []
+    else:
+        pred_ids = gtmod.read_panoptic_png(pred_png)
+    if pred_ids.shape != gt_ids.shape:
+        raise UserError(f"{pred_png}: prediction size {pred_ids.shape} != ground-truth size {gt_ids.shape}")
+    n_p = len(pred_segments)
+    p_seg = np.array([int(s["id"]) for s in pred_segments], np.int64)
+    p_idx = _segment_values(pred_ids, p_seg, np.arange(n_p), -1)
+    unlisted = (p_idx < 0) & (pred_ids != 0)
+    if unlisted.any():
+        raise UserError(f"{pred_png}: predicted segment id {int(pred_ids[unlisted][0])} is in the PNG but not in "
+                        "segments_info")
+    p_idx[p_idx < 0] = n_p
+    inter = np.bincount((g_idx * (n_p + 1) + p_idx).ravel(), minlength=(n_g + 1) * (n_p + 1))
+    pred_cat = np.array([int(s["category_id"]) for s in pred_segments] + [-1], np.int64)
+    return _SegmentCounts(inter.reshape(n_g + 1, n_p + 1), gt_cls, gt_inst, pred_cat,
+                          np.concatenate([p_seg, [0]]))
+
+
+def _cups_pass(pgt: gtmod.PanopticGT, pan_preds: dict, gt_col: dict[int, int], workers: int) -> list[_SegmentCounts]:
+    """``_cups_counts`` of every GT image (images without a prediction: all VOID), in ``workers`` processes."""
+    tasks = [(src, *(pan_preds.get(i) or (None, [])), gt_col) for i, src in pgt.sources.items()]
+    missing = sum(1 for i in pgt.sources if i not in pan_preds)
+    if missing:
+        log.warning("%d of %d images have no panoptic prediction: evaluated as VOID", missing, len(tasks))
+    workers = max(1, min(int(workers), len(tasks) or 1))
+    if workers == 1:
+        return [_cups_counts(t) for t in tasks]
+    with ProcessPoolExecutor(workers, mp_context=panoptic.mp_context()) as pool:
+        return list(pool.map(_cups_counts, tasks, chunksize=max(1, len(tasks) // (workers * 8))))
+
+
+def cups(n: int, adhere_thing_stuff: bool = True) -> Callable[..., dict[str, Any]]:
+    """CUPS's metric against the ``n``-class set (``cups_metric``; ``adhere_thing_stuff``: CUPS's
+    ``VALIDATION.ADHERE_THING_STUFF``, True by default there and here)."""
+    def run(pgt: gtmod.PanopticGT, pan_preds: dict, pred_cats: list[dict[str, Any]],
+            thing_map: dict[int, int], workers: int = 1) -> dict[str, Any]:
+        classes = class_set(n)
+        col = {c.id: j for j, c in enumerate(classes)}
+        gt_col = {g: col[k] for g, k in gt_class_map(pgt.categories, classes).items()}
+        ids, things = _pred_ids(pred_cats)
+        # CUPS's label order: stuff pseudo-classes, then thing pseudo-classes (it breaks ties so)
+        pred_ids = [k for k in ids if k not in things] + [k for k in ids if k in things]
+        row = {k: r for r, k in enumerate(pred_ids)}
+        images = _cups_pass(pgt, pan_preds, gt_col, workers)
+        cost = np.zeros((len(pred_ids), len(classes)), np.int64)  # label x class, both known
+        rows = []
+        for im in images:
+            unknown = sorted(set(im.pred_cat[:-1].tolist()) - set(row))
+            if unknown:
+                raise UserError(f"predicted segment(s) with category_id {unknown} not listed in the prediction "
+                                "json's `categories`")
+            r = np.array([row.get(int(c), -1) for c in im.pred_cat], np.int64)
+            gi, pj = np.nonzero((im.gt_cls[:, None] >= 0) & (r[None, :] >= 0))
+            np.add.at(cost, (r[pj], im.gt_cls[gi]), im.inter[gi, pj])
+            rows.append(r)
+        thing_rows = np.array([k in things for k in pred_ids], bool)
+        thing_cols = np.array([c.isthing for c in classes], bool)
+        pq_assign = (cups_metric.assign_separated(cost, thing_rows, thing_cols) if adhere_thing_stuff
+                     else cups_metric.assign(cost))
+        is_stuff = [not c.isthing for c in classes]
+        stats = panoptic.PQStats.zeros(len(classes))
+        for im, r in zip(images, rows):
+            p_cls = np.where(r >= 0, pq_assign[np.maximum(r, 0)], -1)
+            p_inst = np.where(np.isin(im.pred_cat, list(things)), im.pred_seg, 0)
+            stats += cups_metric.segment_stats(im.inter, im.gt_cls, im.gt_inst, p_cls, p_inst, is_stuff)
+        pq = panoptic.summarize(stats, classes)
+        pq["images"] = len(images)
+        pq["images_without_prediction"] = sum(1 for i in pgt.sources if i not in pan_preds)
+        sem_assign = cups_metric.assign(cost)
+        names = [c.name for c in classes]
+        return {"protocol": registry.PROTOCOLS[f"cityscapes/cups{n}"].describe(),
+                "panoptic": pq, "semantic": cups_metric.semantic_scores(cost, sem_assign, classes),
+                "mapping": {str(k): names[j] for k, j in zip(pred_ids, pq_assign.tolist()) if j >= 0},
+                "semantic_mapping": {str(k): names[j] for k, j in zip(pred_ids, sem_assign.tolist()) if j >= 0}}
+    return run
+
+
+def cups_strict(n: int) -> Callable[..., dict[str, Any]]:
+    """The stricter CUPS variant against the ``n``-class set (joint one-to-one Hungarian, panopticapi PQ)."""
     def run(pgt: gtmod.PanopticGT, pan_preds: dict, pred_cats: list[dict[str, Any]],
             thing_map: dict[int, int], workers: int = 1) -> dict[str, Any]:
         classes = class_set(n)
@@ -149,7 +260,7 @@ def cups(n: int) -> Callable[..., dict[str, Any]]:
         pred_map = {pred_ids[r]: classes[c].id for r, c in enumerate(assignment) if c >= 0}
         pq = panoptic.pq_compute(pgt.sources, pan_preds, classes, gt_map, pred_map, workers=workers,
                              pred_categories=pred_ids)
-        return {"protocol": registry.PROTOCOLS[f"cityscapes/cups{n}"].describe(),
+        return {"protocol": registry.PROTOCOLS[f"cityscapes/cups{n}_strict"].describe(),
                 "panoptic": pq, "semantic": _semantic_scores(conf, assignment, classes),
                 "mapping": {str(k): next(c.name for c in classes if c.id == v) for k, v in pred_map.items()}}
     return run
@@ -182,4 +293,6 @@ PROTOCOLS: dict[str, Callable[..., dict[str, Any]]] = {
     "cityscapes/u2seg": u2seg,
     "cityscapes/cups27": cups(27),
     "cityscapes/cups19": cups(19),
+    "cityscapes/cups27_strict": cups_strict(27),
+    "cityscapes/cups19_strict": cups_strict(19),
 }
