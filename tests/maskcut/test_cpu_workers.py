@@ -1,0 +1,46 @@
+"""`u2seg maskcut --cpu-workers N`: the same json and gallery PNGs as the in-process path, errors named."""
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+from PIL import Image
+
+from tests.maskcut.test_cli import _dataset, _maskcut, _shard
+
+TIMING_KEYS = ("seconds", "seconds_total", "cpu_workers")
+
+
+def _outputs(tmp, name):
+    data = json.loads((tmp / f"{name}.json").read_text())
+    stats = data.pop("stats")
+    assert stats["cpu_workers"] == int(name[-1])
+    pngs = {p.name: p.read_bytes() for p in sorted((tmp / f"{name}_gallery").iterdir())}
+    return data, {k: v for k, v in stats.items() if k not in TIMING_KEYS}, pngs
+
+
+def test_workers_give_the_same_json_and_gallery(tmp_path):
+    manifest, feats = _dataset(tmp_path)
+    shard = _shard(tmp_path, manifest, feats, 0, slice(0, 3))
+    # batch size 2: the second batch's N-cut runs while the workers refine the first batch
+    assert _maskcut(tmp_path, shard, "w0", "--batch-size", "2", "--gallery-size", "3") == 0
+    assert _maskcut(tmp_path, shard, "w2", "--batch-size", "2", "--gallery-size", "3", "--cpu-workers", "2") == 0
+    data0, stats0, png0 = _outputs(tmp_path, "w0")
+    data2, stats2, png2 = _outputs(tmp_path, "w2")
+    assert len(data0["annotations"]) == 4 and len(png0) == 3
+    assert json.dumps(data2) == json.dumps(data0)  # same masks, same ids, same order, same key order
+    assert stats2 == stats0
+    assert png2 == png0
+    w0 = json.loads((tmp_path / "w0.json").read_text())["stats"]["seconds"]
+    assert w0["crf"] > 0 and w0["eigen"] > 0 and "encode" in w0
+
+
+def test_worker_error_names_the_image(tmp_path, caplog):
+    manifest, feats = _dataset(tmp_path)
+    shard = _shard(tmp_path, manifest, feats, 0, slice(0, 3))
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "img_22.png")  # no longer 70 x 50
+    with caplog.at_level(logging.ERROR):
+        assert _maskcut(tmp_path, shard, "bad", "--cpu-workers", "2", "--batch-size", "1") == 1
+    assert "img_22.png: size changed since ingestion" in caplog.text
+    assert not (tmp_path / "bad.json").exists() and not (tmp_path / "bad_gallery").exists()
