@@ -14,7 +14,7 @@ rule features_shard:
         shard_size=config["features"]["shard_size"],
         backbone=config["backbone"],
         weights=config["weights"] or "",
-        flags=config_flags({k: config["features"][k] for k in ("input_size", "batch_size", "device")}),
+        flags=config_flags({k: config["features"][k] for k in ("input_size", "batch_size", "device", "loader_workers")}),
     threads: 2
     resources:
         mem_mb=declared_mem(4000, per_image_kb=MANIFEST_KB_PER_IMAGE),

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 from PIL import Image
 
+from tests.conftest import run_snakemake
 from tests.maskcut.test_cli import _dataset, _maskcut, _shard
 
 TIMING_KEYS = ("seconds", "seconds_total", "cpu_workers")
@@ -44,3 +45,23 @@ def test_worker_error_names_the_image(tmp_path, caplog):
         assert _maskcut(tmp_path, shard, "bad", "--cpu-workers", "2", "--batch-size", "1") == 1
     assert "img_22.png: size changed since ingestion" in caplog.text
     assert not (tmp_path / "bad.json").exists() and not (tmp_path / "bad_gallery").exists()
+
+
+def test_rules_pass_the_workers_and_split_the_threads(tmp_path):
+    """maskcut.cpu_workers / features.loader_workers reach the commands; the maskcut job asks for one core
+    per worker + one for the N-cut and gives torch one thread (dry run on ready shards)."""
+    work = tmp_path / "work"
+    ds = work / "results" / "samples"
+    (ds / "images").mkdir(parents=True)
+    manifest, feats = _dataset(ds / "images")
+    (ds / "manifest.json").write_text(json.dumps(manifest))
+    (ds / "skipped.json").write_text("[]")
+    _shard(ds / "features", manifest, feats, 0, slice(0, 3))
+    cfg = {"results": str(work / "results"), "features": {"shard_size": 3, "loader_workers": 2},
+           "maskcut": {"cpu_workers": 3, "device": "cpu"}}
+    proc = run_snakemake(work, ["maskcut_masks"], cfg, extra=["-n", "-p", "--forcerun", "features_shard"],
+                         cores=8)
+    out = proc.stdout + proc.stderr
+    assert "--cpu-workers 3 --threads 1 " in out
+    assert "--loader-workers 2" in out
+    assert "threads: 4" in out
