@@ -9,8 +9,9 @@ stage throttles the producer instead of queueing the whole shard.
 * ``workers=0``: no pool; ``fn`` runs inline in the calling thread (the sequential path, same results).
 * threads suit stages that release the GIL (PIL decoding and resizing, torch); processes suit pure
   Python / Cython code that holds it (pydensecrf's mean-field inference). Processes are started with
-  ``spawn`` (safe beside CUDA and OpenMP threads of the parent), ignore SIGINT (the parent alone
-  handles Ctrl-C and shuts the pool down) and need a picklable, module-level ``fn``.
+  ``spawn`` (safe beside CUDA and OpenMP threads of the parent) when the pool is entered, import ``fn``'s
+  module at once (so that their start-up overlaps the producer's first items), ignore SIGINT (the
+  parent alone handles Ctrl-C and shuts the pool down) and need a picklable, module-level ``fn``.
 * An exception of ``fn`` is re-raised in the consumer with the name of the item that failed (a
   :class:`~u2seg.errors.UserError` keeps its no-traceback handling: the name is prefixed to its
   message; other exceptions get a note). On any exception or KeyboardInterrupt in the consumer the
@@ -18,6 +19,7 @@ stage throttles the producer instead of queueing the whole shard.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import multiprocessing
 import signal
@@ -32,11 +34,17 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 
-def _ignore_sigint(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> None:
-    """Process-worker start: Ctrl-C goes to the parent only; then the caller's initializer."""
+def _start_process_worker(module: str, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> None:
+    """Process-worker start: Ctrl-C goes to the parent only; ``fn``'s module is imported now (while the parent
+    produces the first items); then the caller's initializer."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    importlib.import_module(module)
     if initializer is not None:
         initializer(*initargs)
+
+
+def _noop() -> None:
+    """Submitted once per process worker at start: the pool spawns its workers right away."""
 
 
 def with_item(exc: BaseException, name: str) -> BaseException:
@@ -76,8 +84,10 @@ class OrderedPool(Generic[R]):
         if self.workers > 0:
             if self.processes:
                 self._executor = ProcessPoolExecutor(
-                    self.workers, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_ignore_sigint, initargs=(self._initializer, self._initargs))
+                    self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_process_worker,
+                    initargs=(self.fn.__module__, self._initializer, self._initargs))
+                for _ in range(self.workers):  # spawned lazily otherwise: after the first item is produced
+                    self._executor.submit(_noop)
             else:
                 self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="u2seg-cpu",
                                                     initializer=self._initializer, initargs=self._initargs)
