@@ -8,8 +8,8 @@ Steps (every stage through the ``u2seg`` CLI, each run in its own process, as th
      that load drift hits each alike). Threads as the maskcut rule gives them: --threads torch threads with
      0 workers, 1 torch thread + N worker processes otherwise.
 Printed as one JSON line per run and a summary: the shard's in-process seconds (``stats.seconds_total``:
-shard open to json written, worker start-up included) and the process wall (Python start and imports
-included) per image, the CPU seconds of the run and its workers per image, and whether every run wrote the
+shard open to json written, worker start-up included), the process wall (Python start and imports
+included) and the main process's time blocked on the CPU half (the accelerator's idle time) per image, the CPU seconds of the run and its workers per image, and whether every run wrote the
 same masks json (stats aside) as the first.
 
   python benchmarks/overlap.py                                   # CPU, 16 coco-mini images, 0 vs 2 workers
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                    "masks": len(data["annotations"]),
                    "shard_s_per_image": round(stats["seconds_total"] / n, 3),
                    "process_wall_s_per_image": round(wall / n, 3), "cpu_s_per_image": round(cpu / n, 3),
+                   "main_waiting_for_cpu_s_per_image": round(stats["seconds_waiting_for_cpu"] / n, 3),
                    "steps_s": stats["seconds"]}
             runs[w].append(row)
             print(json.dumps(row), flush=True)
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         "median_process_wall_s_per_image": {w: statistics.median(r["process_wall_s_per_image"] for r in rs)
                                             for w, rs in runs.items()},
         "median_cpu_s_per_image": {w: statistics.median(r["cpu_s_per_image"] for r in rs) for w, rs in runs.items()},
+        "median_main_waiting_for_cpu_s_per_image": {w: statistics.median(r["main_waiting_for_cpu_s_per_image"]
+                                                                         for r in rs) for w, rs in runs.items()},
     }
     print(json.dumps({"summary": summary}), flush=True)
     return 0 if same else 1

@@ -10,7 +10,7 @@ from PIL import Image
 from tests.conftest import run_snakemake
 from tests.maskcut.test_cli import _dataset, _maskcut, _shard
 
-TIMING_KEYS = ("seconds", "seconds_total", "cpu_workers")
+TIMING_KEYS = ("seconds", "seconds_total", "cpu_workers", "seconds_waiting_for_cpu")
 
 
 def _outputs(tmp, name):
@@ -35,6 +35,8 @@ def test_workers_give_the_same_json_and_gallery(tmp_path):
     assert png2 == png0
     w0 = json.loads((tmp_path / "w0.json").read_text())["stats"]["seconds"]
     assert w0["crf"] > 0 and w0["eigen"] > 0 and "encode" in w0
+    stats0 = json.loads((tmp_path / "w0.json").read_text())["stats"]
+    assert stats0["seconds_waiting_for_cpu"] >= w0["crf"]  # in-process: the main process runs the CRF itself
 
 
 def test_worker_error_names_the_image(tmp_path, caplog):

@@ -23,6 +23,7 @@ import importlib
 import logging
 import multiprocessing
 import signal
+import time
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
@@ -79,6 +80,9 @@ class OrderedPool(Generic[R]):
         self.max_pending = max_pending if max_pending is not None else max(1, 2 * workers)
         self._initializer, self._initargs = initializer, initargs
         self._executor: Executor | None = None
+        #: seconds the consumer's thread spent in ``fn`` (workers=0) or blocked on a worker's result:
+        #: the time the producer (e.g. the accelerator) stood idle because of the CPU stage
+        self.wait_seconds = 0.0
 
     def __enter__(self) -> "OrderedPool[R]":
         if self.workers > 0:
@@ -110,10 +114,13 @@ class OrderedPool(Generic[R]):
             if self.workers > 0:
                 raise RuntimeError("OrderedPool.map with workers > 0 must run inside `with OrderedPool(...)`")
             for name, args in items:
+                t0 = time.perf_counter()
                 try:
                     result = self.fn(*args)
                 except Exception as exc:
                     raise with_item(exc, name)
+                finally:
+                    self.wait_seconds += time.perf_counter() - t0
                 yield name, result
             return
         pending: deque[tuple[str, Future[R]]] = deque()
@@ -131,10 +138,13 @@ class OrderedPool(Generic[R]):
                 if not pending:
                     return
                 name, future = pending.popleft()
+                t0 = time.perf_counter()
                 try:
                     result = future.result()
                 except Exception as exc:
                     raise with_item(exc, name)
+                finally:
+                    self.wait_seconds += time.perf_counter() - t0
                 yield name, result
         finally:
             for _, future in pending:

@@ -115,6 +115,7 @@ def maskcut_shard(*, manifest_path: Path, features_path: Path, out_path: Path, g
         bar.close()
         stats = _stats(attrs, dense.shape, params, timer, eigen_log, counts, time.perf_counter() - t0, device)
         stats["cpu_workers"] = cpu_workers
+        stats["seconds_waiting_for_cpu"] = round(pool.wait_seconds, 3)  # main process idle: CPU half not done
         data = instances_json(images, annotations, CATEGORIES,
                               info={"description": "u2seg MaskCut class-agnostic pseudo-masks"})
         data["stats"] = stats
