@@ -90,6 +90,13 @@ def load_resized(manifest: dict[str, Any], im: dict[str, Any], size: int) -> np.
     return resize_square(arr, size)
 
 
+def _load_batch(manifest: dict[str, Any], batch_meta: list[dict[str, Any]], backbone: Backbone,
+                size: int) -> torch.Tensor:
+    """Decode and preprocess one batch of manifest images in this thread (kept for callers of the former
+    prefetch helper; :func:`preprocessed_batches` overlaps this with the forward)."""
+    return backbone.preprocess([load_resized(manifest, im, size) for im in batch_meta], size)
+
+
 def preprocessed_batches(manifest: dict[str, Any], images_meta: list[dict[str, Any]], backbone: Backbone,
                          size: int, batch_size: int, loader_workers: int = 1
                          ) -> Iterator[tuple[list[dict[str, Any]], torch.Tensor]]:
