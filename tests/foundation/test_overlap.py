@@ -1,6 +1,7 @@
 """The ordered, bounded CPU-worker pool (u2seg.overlap): order, bound, errors with the item, shutdown."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 import time
@@ -96,3 +97,17 @@ def test_bad_arguments():
         OrderedPool(_square, -1)
     with pytest.raises(UserError):
         OrderedPool(_square, 1, max_pending=0)
+
+
+def test_interrupt_with_process_workers_leaves_no_child_process():
+    def items():
+        for i in range(50):
+            if i == 4:
+                raise KeyboardInterrupt
+            yield str(i), (i, 0.2)
+
+    with pytest.raises(KeyboardInterrupt):
+        with OrderedPool(_square, 2, processes=True, max_pending=2) as pool:
+            for _ in pool.map(items()):
+                pass
+    assert multiprocessing.active_children() == []

@@ -100,7 +100,7 @@ def maskcut_shard(*, manifest_path: Path, features_path: Path, out_path: Path, g
         # the CPU half of image i runs in the workers while later batches are on the device; at most
         # one batch beyond the workers' share waits (bounded memory), results come back in order
         pending = max(2 * cpu_workers, cpu_workers + batch_size)
-        with OrderedPool(finish_shard_image, cpu_workers, processes=True, max_pending=pending) as pool:
+        with OrderedPool(finish_shard_image, min(cpu_workers, len(metas)), processes=True, max_pending=pending) as pool:
             for (_, (image_anns, seconds)), im in zip(pool.map(jobs()), metas):
                 image_id = int(im["id"])
                 images.append({"id": image_id, "file_name": im["file_name"],
