@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU readiness check: one prepared script; its steps are capped at 240 + 60 + 60 + 90 s
-# (7.5 minutes) on one GPU.
+# GPU readiness check: one prepared script; its steps are capped at 240 + 60 + 60 + 90 + 150 s
+# (10 minutes) on one GPU.
 #   bash benchmarks/gpu_check.sh [FIGURES_FILE]        (default: gpu_check/figures.txt)
 # Runs from the repository root with the project's environment (PYTHON, default: python; the u2seg
 # package importable, e.g. PYTHONPATH=workflow). Steps, each under its own time limit:
@@ -10,7 +10,10 @@
 #   3. a 1-GPU torchrun training smoke run (torch.distributed.run, 1 process) on the demo's
 #      pseudo-labels, 20 iterations;
 #   4. seconds per iteration of the configs/u2seg-coco.yaml model (R50-FPN, BN, K = 300) at 800 x 1216,
-#      batch 2, AMP (benchmarks/train.py, random init, 5 warm-up + 20 timed iterations).
+#      batch 2, AMP (benchmarks/train.py, random init, 5 warm-up + 20 timed iterations);
+#   5. MaskCut on CUDA with the CPU half in the main process vs in 4 worker processes (benchmarks/overlap.py:
+#      48 coco-mini val images, efficientnet_lite2 at 480 px, batch 16, --cpu-workers 0 vs 4), seconds
+#      per image and whether both wrote the same masks json.
 # Every figure is appended to FIGURES_FILE as `key: value` lines; a failed step records its exit code and
 # the script goes on (exit status: number of failed steps). Copy the figures, with the GPU model and the
 # date, into docs/benchmarks.md ("GPU").
@@ -69,6 +72,11 @@ fi
 step u2seg_coco_speed 90 $PY benchmarks/train.py --preset u2seg-coco --height 800 --width 1216 --batch-size 2 \
     --instances 20 --device cuda --warmup 5 --iters 20
 fig u2seg_coco_speed.result "$(grep '^{' "$WORK/u2seg_coco_speed.log" | tail -n 1)"
+
+# 5. MaskCut on one GPU: CPU half (CRF, RLE, image reading) in the main process vs overlapped in 4 workers
+step maskcut_overlap 150 $PY benchmarks/overlap.py --device cuda --images 48 --batch-size 16 --workers 0 4 \
+    --repeats 1 --threads 4 --work "$WORK/overlap"
+fig maskcut_overlap.result "$(grep '"summary"' "$WORK/maskcut_overlap.log" | tail -n 1)"
 
 fig failed_steps "$failed"
 exit "$failed"

@@ -14,8 +14,9 @@ rule features_shard:
         shard_size=config["features"]["shard_size"],
         backbone=config["backbone"],
         weights=config["weights"] or "",
-        flags=config_flags({k: config["features"][k] for k in ("input_size", "batch_size", "device")}),
-    threads: 2
+        flags=config_flags({k: config["features"][k] for k in ("input_size", "batch_size", "device", "loader_workers")}),
+    # torch's threads; the loader threads (features.loader_workers) decode beside them: one core each beyond 1
+    threads: max(2, 1 + config["features"]["loader_workers"])
     resources:
         mem_mb=declared_mem(4000, per_image_kb=MANIFEST_KB_PER_IMAGE),
         runtime=declared_runtime(30, per_shard_image_s=0.5),

@@ -2,6 +2,11 @@
 
 _mc = config["maskcut"]
 _mc_crf = _mc["crf"]
+# CPU workers of the maskcut job (config.yaml maskcut.cpu_workers): one core for the N-cut + one per worker
+_mc_workers = _mc["cpu_workers"]
+_mc_threads = 1 + _mc_workers if _mc_workers else 2
+# peak RSS of one worker process, measured 218 MB with a 480 px CRF (docs/benchmarks.md): declared with margin
+MASKCUT_WORKER_MB = 400
 
 
 rule maskcut:
@@ -33,10 +38,14 @@ rule maskcut:
         batch_size=_mc["batch_size"],
         device=_mc["device"],
         seed=_mc["seed"],
-    threads: 2
+        cpu_workers=_mc_workers,
+        # torch threads of the main process: the job's threads minus the worker processes' cores
+        torch_threads=_mc_threads - _mc_workers,
+    threads: _mc_threads
     resources:
-        # measured figures (docs/benchmarks.md "Scale"): + the manifest it reads; 1.6 s per image (x2)
-        mem_mb=declared_mem(4000, per_image_kb=MANIFEST_KB_PER_IMAGE),
+        # measured figures (docs/benchmarks.md "Scale"): + the manifest it reads; 1.6 s per image (x2);
+        # + each CPU worker process
+        mem_mb=declared_mem(4000 + MASKCUT_WORKER_MB * _mc_workers, per_image_kb=MANIFEST_KB_PER_IMAGE),
         runtime=declared_runtime(10, per_shard_image_s=3.2),
         gpu=gpu_request(config["maskcut"]["device"]),
     log:
@@ -54,7 +63,7 @@ rule maskcut:
         " --crf-bilateral-sxy={params.bilateral_sxy:q} --crf-bilateral-srgb={params.bilateral_srgb:q}"
         " --crf-bilateral-compat={params.bilateral_compat:q} --crf-iterations {params.iterations:q}"
         " --batch-size {params.batch_size:q} --device {params.device:q} --seed {params.seed:q}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --cpu-workers {params.cpu_workers} --threads {params.torch_threads} > {log:q} 2>&1"
 
 
 rule merge_masks:

@@ -8,10 +8,9 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -19,7 +18,7 @@ from u2seg.version import __version__
 from u2seg.atomic import atomic_path
 from u2seg.cliargs import add_device_arguments, add_shard_arguments
 from u2seg.errors import UserError
-from u2seg.images import load_rgb
+from u2seg.images import load_rgb, resize_square
 from u2seg.manifest import image_path, load_manifest, num_shards, shard_images
 from u2seg.params import add_dataclass_arguments, record_beside
 
@@ -38,6 +37,7 @@ class FeatureParams:
 
     input_size: int = 480  # images are resized to this square size (pixels) before the backbone
     batch_size: int = 4  # images per forward pass
+    loader_workers: int = 1  # threads decoding and resizing the next images during the forward (0: in the main thread)
 
 
 def write_shard(path: str | Path, dense: np.ndarray, global_: np.ndarray, image_ids: np.ndarray,
@@ -80,15 +80,47 @@ def forward_batch(backbone: Backbone, x: torch.Tensor) -> tuple[np.ndarray, np.n
     return dense.float().cpu().numpy().astype(np.float16), glob.float().cpu().numpy().astype(np.float32)
 
 
+def load_resized(manifest: dict[str, Any], im: dict[str, Any], size: int) -> np.ndarray:
+    """One manifest image decoded, checked against its ingested size and resized to ``size`` x ``size``
+    (LANCZOS, as ``Backbone.preprocess``); runs in the loader threads."""
+    arr = load_rgb(image_path(manifest, im))
+    if arr.shape[:2] != (im["height"], im["width"]):
+        raise UserError(f"{im['file_name']}: size changed since ingestion "
+                        f"({arr.shape[1]}x{arr.shape[0]} vs {im['width']}x{im['height']}); rerun ingest")
+    return resize_square(arr, size)
+
+
 def _load_batch(manifest: dict[str, Any], batch_meta: list[dict[str, Any]], backbone: Backbone,
                 size: int) -> torch.Tensor:
-    """Decode and preprocess one batch of manifest images (runs in the prefetch thread)."""
-    rgb = [load_rgb(image_path(manifest, im)) for im in batch_meta]
-    for im, arr in zip(batch_meta, rgb):
-        if arr.shape[:2] != (im["height"], im["width"]):
-            raise UserError(f"{im['file_name']}: size changed since ingestion "
-                            f"({arr.shape[1]}x{arr.shape[0]} vs {im['width']}x{im['height']}); rerun ingest")
-    return backbone.preprocess(rgb, size)
+    """Decode and preprocess one batch of manifest images in this thread (kept for callers of the former
+    prefetch helper; :func:`preprocessed_batches` overlaps this with the forward)."""
+    return backbone.preprocess([load_resized(manifest, im, size) for im in batch_meta], size)
+
+
+def preprocessed_batches(manifest: dict[str, Any], images_meta: list[dict[str, Any]], backbone: Backbone,
+                         size: int, batch_size: int, loader_workers: int = 1
+                         ) -> Iterator[tuple[list[dict[str, Any]], torch.Tensor]]:
+    """``(batch metadata, preprocessed (B, 3, size, size) tensor)`` per batch, in order.
+
+    ``loader_workers`` threads (PIL decodes and resizes outside the GIL) work up to one batch ahead of
+    the consumer, so decoding overlaps the forward of the previous batch; 0 decodes in this thread.
+    """
+    from u2seg.overlap import OrderedPool
+
+    if batch_size < 1:
+        raise UserError("--batch-size must be >= 1")
+    if size % backbone.stride:  # fail before decoding anything (preprocess checks it too)
+        raise UserError(f"input size {size} is not a multiple of the backbone stride {backbone.stride}")
+    items = ((im["file_name"], (manifest, im, size)) for im in images_meta)
+    with OrderedPool(load_resized, loader_workers, max_pending=batch_size + loader_workers) as pool:
+        batch_meta: list[dict[str, Any]] = []
+        batch_rgb: list[np.ndarray] = []
+        for k, (im, (_, rgb)) in enumerate(zip(images_meta, pool.map(items))):
+            batch_meta.append(im)
+            batch_rgb.append(rgb)
+            if len(batch_meta) == batch_size or k == len(images_meta) - 1:
+                yield batch_meta, backbone.preprocess(batch_rgb, size)
+                batch_meta, batch_rgb = [], []
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,20 +151,17 @@ def run(args: argparse.Namespace) -> int:
     images_meta = shard_images(manifest, args.shard, args.shard_size)
     backbone = build_backbone(args.backbone, args.weights or None, args.device)
     t0 = time.perf_counter()
+    if args.loader_workers < 0:
+        raise UserError("--loader-workers must be >= 0")
     dense_parts, glob_parts = [], []
     bar = tqdm(total=len(images_meta), desc=f"features shard {args.shard + 1}/{total}", unit="img")
-    batches = [images_meta[i:i + args.batch_size] for i in range(0, len(images_meta), args.batch_size)]
-    # Decoding + resizing of batch i + 1 overlaps the forward of batch i (PIL and torch release the GIL).
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(_load_batch, manifest, batches[0], backbone, args.input_size)
-        for i, batch_meta in enumerate(batches):
-            x = pending.result()
-            if i + 1 < len(batches):
-                pending = pool.submit(_load_batch, manifest, batches[i + 1], backbone, args.input_size)
-            dense, glob = forward_batch(backbone, x)
-            dense_parts.append(dense)
-            glob_parts.append(glob)
-            bar.update(len(batch_meta))
+    # decoding + resizing of the next images overlaps the forward of this batch (PIL and torch release the GIL)
+    for batch_meta, x in preprocessed_batches(manifest, images_meta, backbone, args.input_size, args.batch_size,
+                                              args.loader_workers):
+        dense, glob = forward_batch(backbone, x)
+        dense_parts.append(dense)
+        glob_parts.append(glob)
+        bar.update(len(batch_meta))
     bar.close()
     attrs = {
         "backbone": backbone.name,

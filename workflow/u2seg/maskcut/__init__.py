@@ -2,7 +2,8 @@
 
 Modules: ``affinity`` (binarised cosine graph), ``eigen`` (second generalized eigenvector: dense
 LAPACK reference and a fast batched block-Krylov solver), ``bipartition`` (foreground rule, seed
-component), ``crf`` (dense CRF refinement), ``algorithm`` (the pure per-image pipeline), ``cli`` /
+component), ``refine`` (the torch-free CPU half: CRF refinement, filter, resize), ``image_job`` (that half
+for one image of a shard, in a CPU worker), ``algorithm`` (the pure per-image pipeline), ``cli`` /
 ``merge`` (the ``u2seg maskcut`` / ``u2seg merge-masks`` sub-commands), ``ap`` (class-agnostic
 COCO AP of a masks json).
 """

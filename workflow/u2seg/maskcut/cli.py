@@ -6,7 +6,7 @@ from pathlib import Path
 
 from u2seg.cliargs import add_crf_arguments, add_device_arguments, add_manifest_argument, crf_from_args
 from u2seg.crf import MASKCUT_CRF
-from u2seg.maskcut.params import FOREGROUND_RULES, SOLVERS, MaskCutParams
+from u2seg.maskcut.params import FOREGROUND_RULES, SOLVERS, MaskCutExecution, MaskCutParams
 from u2seg.params import record_beside
 
 
@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       "dense CRF refinement of each mask (--no-crf: skip it; hole filling still applies)")
     run_ = parser.add_argument_group("execution")
     run_.add_argument("--batch-size", type=int, default=4, help="images per batched eigen solve")
+    run_.add_argument("--cpu-workers", type=int, default=MaskCutExecution().cpu_workers,
+                      help="worker processes for each image's CPU half (image reading, dense CRF, RLE encoding, "
+                           "gallery), overlapping the N-cut of the next batches; 0: all in this process "
+                           "(same masks either way)")
     add_device_arguments(run_, default="auto")
     run_.add_argument("--seed", type=int, default=d.seed, help="seed of the eigensolver start and the gallery sample")
 
@@ -63,4 +67,5 @@ def run(args: argparse.Namespace) -> int:
 
     return maskcut_shard(manifest_path=args.manifest, features_path=args.features, out_path=args.out,
                          gallery_dir=args.gallery, gallery_size=args.gallery_size, params=params_from_args(args),
-                         batch_size=args.batch_size, device=args.device, threads=args.threads)
+                         batch_size=args.batch_size, device=args.device, threads=args.threads,
+                         cpu_workers=MaskCutExecution(cpu_workers=args.cpu_workers).cpu_workers)

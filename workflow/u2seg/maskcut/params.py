@@ -59,3 +59,16 @@ class MaskCutParams:
     def with_(self, **changes: Any) -> "MaskCutParams":
         """A copy with some fields changed."""
         return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class MaskCutExecution:
+    """How ``u2seg maskcut`` runs (not what it computes: the masks are the same for every value)."""
+
+    # worker processes for each image's CPU half (image reading, dense CRF, RLE encoding, gallery PNG), which
+    # then overlaps the N-cut of the next batches on the device; 0: everything in the main process
+    cpu_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.cpu_workers < 0:
+            raise UserError(f"maskcut cpu_workers must be >= 0, got {self.cpu_workers}")

@@ -12,23 +12,24 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from u2seg.atomic import atomic_path, save_png, write_json
-from u2seg.coco_format import instance_annotation, instances_json
+from u2seg.atomic import atomic_path, write_json
+from u2seg.coco_format import instances_json
 from u2seg.device import resolve_device
 from u2seg.errors import UserError
-from u2seg.gallery import gallery_ids, overlay
-from u2seg.images import load_rgb, resize_square
+from u2seg.gallery import gallery_ids
 from u2seg.manifest import image_path, image_stem, load_manifest
-from u2seg.maskcut.algorithm import Timer, maskcut_batch
+from u2seg.maskcut.algorithm import Timer, patch_masks_batch
 from u2seg.maskcut.eigen import EigenInfo
+from u2seg.maskcut.image_job import ImageJob, finish_shard_image
 from u2seg.maskcut.merge import CATEGORIES
 from u2seg.maskcut.params import MaskCutParams
+from u2seg.overlap import OrderedPool
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,19 @@ def _shard_images(manifest: dict[str, Any], image_ids: np.ndarray, orig_sizes: n
 
 
 def maskcut_shard(*, manifest_path: Path, features_path: Path, out_path: Path, gallery_dir: Path, gallery_size: int,
-                  params: MaskCutParams, batch_size: int, device: str, threads: int) -> int:
-    """``u2seg maskcut``: the MaskCut masks of one feature shard -> its COCO json + overlay PNGs."""
+                  params: MaskCutParams, batch_size: int, device: str, threads: int, cpu_workers: int = 0) -> int:
+    """``u2seg maskcut``: the MaskCut masks of one feature shard -> its COCO json + overlay PNGs.
+
+    ``cpu_workers`` > 0 runs each image's CPU half (image reading, CRF, RLE encoding, gallery PNG) in that
+    many worker processes while this process runs the N-cut of the next batches; the json and PNGs are
+    the same as with 0 (everything in this process, one image after the other).
+    """
     if threads > 0:
         torch.set_num_threads(threads)
     if batch_size < 1:
         raise UserError("--batch-size must be >= 1")
+    if cpu_workers < 0:
+        raise UserError("--cpu-workers must be >= 0")
     device = resolve_device(device)
     from u2seg.features import open_shard
 
@@ -74,36 +82,40 @@ def maskcut_shard(*, manifest_path: Path, features_path: Path, out_path: Path, g
     t0 = time.perf_counter()
     shard_name = features_path.name
     with atomic_path(gallery_dir, directory=True) as gallery_tmp:
+
+        def jobs() -> Iterator[tuple[str, tuple[ImageJob, list[np.ndarray], MaskCutParams]]]:
+            """The accelerator half, batch by batch, in this thread: one CPU job per image."""
+            for start in range(0, len(metas), batch_size):
+                batch = metas[start:start + batch_size]
+                with timer.time("read_features"):
+                    feats = np.asarray(dense[start:start + len(batch)])
+                patch = patch_masks_batch(feats, params, device, timer, eigen_log)
+                for im, image_patch in zip(batch, patch):
+                    png = str(gallery_tmp / f"{image_stem(im)}.png") if int(im["id"]) in sample else None
+                    job = ImageJob(int(im["id"]), im["file_name"], str(image_path(manifest, im)), int(im["width"]),
+                                   int(im["height"]), input_size, png)
+                    yield im["file_name"], (job, image_patch, params)
+
         bar = tqdm(total=len(metas), desc=f"maskcut {shard_name}", unit="img")
-        for start in range(0, len(metas), batch_size):
-            batch = metas[start:start + batch_size]
-            feats = np.asarray(dense[start:start + len(batch)])
-            originals: list[np.ndarray | None] = []
-            resized: list[np.ndarray | None] = []
-            with timer.time("read_images"):
-                for im in batch:
-                    need = params.crf.enabled or int(im["id"]) in sample
-                    rgb = load_rgb(image_path(manifest, im)) if need else None
-                    if rgb is not None and rgb.shape[:2] != (im["height"], im["width"]):
-                        raise UserError(f"{im['file_name']}: size changed since ingestion "
-                                        f"({rgb.shape[1]}x{rgb.shape[0]} vs {im['width']}x{im['height']})")
-                    originals.append(rgb)
-                    resized.append(resize_square(rgb, input_size) if rgb is not None and params.crf.enabled else None)
-            masks = maskcut_batch(feats, resized, [(im["height"], im["width"]) for im in batch], params,
-                                  input_size=input_size, device=device, timer=timer, eigen_log=eigen_log)
-            for im, rgb, image_masks in zip(batch, originals, masks):
+        # the CPU half of image i runs in the workers while later batches are on the device; at most
+        # one batch beyond the workers' share waits (bounded memory), results come back in order
+        pending = max(2 * cpu_workers, cpu_workers + batch_size)
+        with OrderedPool(finish_shard_image, min(cpu_workers, len(metas)), processes=True, max_pending=pending) as pool:
+            for (_, (image_anns, seconds)), im in zip(pool.map(jobs()), metas):
                 image_id = int(im["id"])
                 images.append({"id": image_id, "file_name": im["file_name"],
                                "width": int(im["width"]), "height": int(im["height"])})
-                for m in image_masks:
-                    annotations.append(instance_annotation(m, len(annotations) + 1, image_id, 1))
-                counts[image_id] = len(image_masks)
-                if image_id in sample and rgb is not None:
-                    with timer.time("gallery"):
-                        save_png(gallery_tmp / f"{image_stem(im)}.png", overlay(rgb, image_masks))
-            bar.update(len(batch))
+                for ann in image_anns:
+                    ann["id"] = len(annotations) + 1
+                    annotations.append(ann)
+                counts[image_id] = len(image_anns)
+                for step, value in seconds.items():
+                    timer.add(step, value)
+                bar.update(1)
         bar.close()
         stats = _stats(attrs, dense.shape, params, timer, eigen_log, counts, time.perf_counter() - t0, device)
+        stats["cpu_workers"] = cpu_workers
+        stats["seconds_waiting_for_cpu"] = round(pool.wait_seconds, 3)  # main process idle: CPU half not done
         data = instances_json(images, annotations, CATEGORIES,
                               info={"description": "u2seg MaskCut class-agnostic pseudo-masks"})
         data["stats"] = stats
