@@ -159,6 +159,7 @@ rule stego_infer:
         source=lambda wc, input: (
             f"--checkpoint {shlex.quote(config['stuff']['checkpoint'] or '')}"
             f" --input-size {config['features']['input_size']}"
+            + " " + config_flags(config["stuff"]["stego_inference"])
             if config["stuff"]["model"] == "stego_checkpoint"
             else f"--model {shlex.quote(str(input.model))}"
         ),

@@ -44,3 +44,24 @@ def test_stego_rules_make_the_stuff_outputs(tmp_path):
 def test_stego_checkpoint_needs_a_checkpoint(tmp_path):
     proc = run_snakemake(tmp_path, ["-n"], {"stuff": {"model": "stego_checkpoint"}}, check=False)
     assert proc.returncode != 0 and "stuff.checkpoint" in proc.stdout + proc.stderr
+
+
+def test_stego_checkpoint_rules_pass_the_inference_settings(tmp_path):
+    """stuff.stego_inference reaches `stego infer` (its resolved-config record) and shapes the maps."""
+    from tests.pseudo.stego_seeded import write_seeded_checkpoint
+
+    work = tmp_path / "work"
+    res = work / "results"
+    data = make_synthetic(res / "images")
+    (res / "images" / "skipped.json").write_text("[]")
+    write_seeded_checkpoint(tmp_path / "seeded.ckpt")
+    config = {"dataset": "images", "images_dir": str(data.root / "images"), "features": {"shard_size": 2},
+              "stuff": {"model": "stego_checkpoint", "checkpoint": str(tmp_path / "seeded.ckpt"), "k": 5,
+                        "stego_inference": {"flip": False, "crop": "center", "crop_size": 24}}}
+    run_snakemake(work, [str(res / "images" / "pseudo" / "stuff_summary.json")], config)
+    record = json.loads((res / "images" / "pseudo" / "stego" / "maps" / "shard_00000.config.json").read_text())
+    assert record["args"]["flip"] is False and record["args"]["crop"] == "center" and record["args"]["crop_size"] == 24
+    for im, (h, w) in zip(data.images, SIZES):
+        png = np.asarray(Image.open(res / "images" / "pseudo" / "stuff" / im["file_name"]))
+        assert png.shape == (h, w) and (png < 5).any()
+        assert (png == 255).any() == (h != w)  # void outside STEGO's centre crop

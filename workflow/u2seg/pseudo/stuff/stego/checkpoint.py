@@ -12,7 +12,8 @@ ever called).
 The head was trained on the ViT's last-block tokens after the final LayerNorm (``dino_feat_type:
 feat``), while the project's dino_vitb8 shards store last-block *keys* (MaskCut's features); the
 stuff maps of this model are therefore computed from the checkpoint's own ViT on the images
-(:class:`CheckpointTokens`), at the shards' input size and preprocessing.
+(:class:`CheckpointTokens`), as STEGO's evaluation does (flip averaging; the whole image at the shards'
+input size, or STEGO's centre crop): :mod:`u2seg.pseudo.stuff.stego.inference`.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from u2seg.cliargs import add_dataset_arguments, add_device_arguments, add_shard_arguments
 from u2seg.params import add_dataclass_arguments, dataclass_from_args, record_beside
 from u2seg.pseudo.stuff.options import add_crf_arguments, crf_params
-from u2seg.pseudo.stuff.stego.params import StegoLossParams, StegoTrainParams
+from u2seg.pseudo.stuff.stego.params import StegoInferenceParams, StegoLossParams, StegoTrainParams
 
 
 def add_knn_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +77,13 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None, help="trained stuff model (.npz) from `u2seg stego train`")
     parser.add_argument("--checkpoint", default=None, help="official STEGO .ckpt (path or URL) instead of --model")
     parser.add_argument("--input-size", type=int, default=480, help="checkpoint mode: image size (features.input_size)")
+    add_dataclass_arguments(parser, StegoInferenceParams, help_texts={
+        f.name: f"checkpoint mode: {text} (config stuff.stego_inference.{f.name})"
+        for f, text in zip(fields(StegoInferenceParams), (
+            "average the code of the image and of its horizontal flip, as STEGO's evaluation",
+            "full: the whole image at --input-size (labels everywhere, the pipeline's maps); center: STEGO's "
+            "nearest resize + centre crop (labels in the crop only, 255 elsewhere)",
+            "crop=center: side of STEGO's centre crop (its evaluation res)"))})
     add_crf_arguments(parser)
     add_device_arguments(parser)
     parser.add_argument("--out-maps", type=Path, required=True, help="folder of this shard's stuff PNGs")
@@ -87,8 +94,8 @@ def run_infer(args: argparse.Namespace) -> int:
 
     return infer_job(manifest_path=args.manifest, shard=args.shard, shard_size=args.shard_size,
                      features=args.features, model_path=args.model, checkpoint=args.checkpoint,
-                     input_size=args.input_size, crf=crf_params(args), device=args.device, threads=args.threads,
-                     out_maps=args.out_maps)
+                     input_size=args.input_size, inference=dataclass_from_args(StegoInferenceParams, args),
+                     crf=crf_params(args), device=args.device, threads=args.threads, out_maps=args.out_maps)
 
 
 def add_import_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ from u2seg.crf import CRFParams
 from u2seg.errors import UserError
 from u2seg.features import open_shard
 from u2seg.pseudo.io import check_shard_images, png_name, read_manifest, set_threads, shard_files, shard_iter
-from u2seg.pseudo.stuff.stego.params import StegoTrainParams
+from u2seg.pseudo.stuff.stego.params import StegoInferenceParams, StegoTrainParams
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,10 @@ def plot_history(history: list[dict[str, float]], path: Path) -> None:
 # ------------------------------------------------------------------------------------------- infer
 def infer_job(*, manifest_path: Path, shard: int, shard_size: int, features: Path, model_path: Path | None,
               checkpoint: str | None, input_size: int, crf: CRFParams | None, device: str, threads: int | None,
-              out_maps: Path) -> int:
-    """``stego infer``: the stuff maps of one shard from a trained model npz or an official checkpoint."""
+              out_maps: Path, inference: StegoInferenceParams | None = None) -> int:
+    """``stego infer``: the stuff maps of one shard from a trained model npz or an official checkpoint
+    (``inference``: how the checkpoint labels an image, :mod:`u2seg.pseudo.stuff.stego.inference`; a
+    trained model labels the shard's stored dense maps, without flip or crop)."""
     from u2seg.device import resolve_device
     from u2seg.images import load_rgb
     from u2seg.manifest import image_path, shard_images
@@ -174,10 +176,8 @@ def infer_job(*, manifest_path: Path, shard: int, shard_size: int, features: Pat
     check_shard_images(group, images, features)
     tokens = None
     if checkpoint is not None:
-        from u2seg.pseudo.stuff.stego.checkpoint import (
-            image_tokens,
-            load_stego_checkpoint,
-        )
+        from u2seg.pseudo.stuff.stego.checkpoint import load_stego_checkpoint
+        from u2seg.pseudo.stuff.stego.inference import checkpoint_stuff_map
 
         model, tokens = load_stego_checkpoint(checkpoint)
         tokens.to(device)
@@ -188,16 +188,20 @@ def infer_job(*, manifest_path: Path, shard: int, shard_size: int, features: Pat
     model.head.to(device)
     model.probe.to(device)
     model.device = device
+    inference = inference or StegoInferenceParams()
+    if tokens is not None:
+        log.info("stego-infer: checkpoint inference, flip %s, view %s%s", inference.flip, inference.crop,
+                 f" {inference.crop_size} px (void outside the crop)" if inference.crop == "center" else "")
     t0 = time.perf_counter()
     pixels = np.zeros(model.num_classes, dtype=np.int64)
     with atomic_path(out_maps, directory=True) as tmp:
         for i, im in enumerate(images):
             rgb = load_rgb(image_path(manifest, im)) if (crf is not None or tokens is not None) else None
             if tokens is not None:
-                dense = image_tokens(tokens, [rgb], input_size)[0]
+                labels = checkpoint_stuff_map(model, tokens, rgb, input_size, inference, crf)
             else:
                 dense = np.asarray(group["dense"][i], dtype=np.float32)
-            labels = stuff_map(model, dense, im["height"], im["width"], rgb, crf)
+                labels = stuff_map(model, dense, im["height"], im["width"], rgb, crf)
             pixels += np.bincount(labels.ravel(), minlength=model.num_classes)[:model.num_classes]
             save_png_plain(tmp / png_name(im), labels)
         write_json(tmp / "_shard.json", {"images": len(images), "pixels": pixels.tolist(),

@@ -42,3 +42,27 @@ class StegoTrainParams:
     checkpoint_period: int = 400
     log_period: int = 10
     loss: StegoLossParams = field(default_factory=StegoLossParams)
+
+
+#: The image views of ``stego_checkpoint`` inference (config ``stuff.stego_inference.crop``).
+STEGO_CROPS = ("full", "center")
+
+
+@dataclass(frozen=True)
+class StegoInferenceParams:
+    """How ``stego_checkpoint`` labels an image (docs/stuff.md); defaults = STEGO's evaluation except the view.
+
+    ``crop``: ``full`` (the pipeline's view: the whole image, square-resized to features.input_size, labels
+    for every pixel) or ``center`` (STEGO's eval_segmentation.py: shorter side resized to ``crop_size`` with
+    nearest neighbour, centre crop ``crop_size`` x ``crop_size``; pixels outside the crop are void, 255).
+    """
+
+    flip: bool = True  # average the code of the image and of its horizontal flip (STEGO's evaluation)
+    crop: str = "full"  # full (whole image, the pipeline's maps) or center (STEGO's resize + centre crop)
+    crop_size: int = 320  # crop=center: side of STEGO's centre crop (its eval_config res)
+
+    def __post_init__(self) -> None:
+        if self.crop not in STEGO_CROPS:
+            raise ValueError(f"stuff.stego_inference.crop must be one of {', '.join(STEGO_CROPS)}, got {self.crop!r}")
+        if self.crop_size < 1:
+            raise ValueError(f"stuff.stego_inference.crop_size must be >= 1, got {self.crop_size}")
