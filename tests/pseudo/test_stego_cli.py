@@ -201,3 +201,12 @@ def test_stego_import_and_checkpoint_infer(synthetic: Synthetic, tmp_path: Path)
     bad = tmp_path / "not_stego.ckpt"
     torch.save({"state_dict": {"x": torch.zeros(1)}}, bad)
     assert main(["stego", "import", "--checkpoint", str(bad), "--out", str(tmp_path / "x.npz")]) == 1
+
+
+def test_infer_refuses_checkpoint_view_flags_with_a_trained_model(synthetic: Synthetic, tmp_path: Path, caplog):
+    """The view flags act on --checkpoint inference only: with --model they are refused, not ignored."""
+    code = main(["stego", "infer", "--manifest", str(synthetic.manifest), "--shard-size", str(SHARD_SIZE),
+                 "--shard", "0", "--features", str(synthetic.features / "shard_00000.zarr"),
+                 "--model", str(tmp_path / "model.npz"), "--crop", "center", "--out-maps", str(tmp_path / "maps")])
+    assert code == 1 and not (tmp_path / "maps").exists()
+    assert "--checkpoint inference only" in caplog.text

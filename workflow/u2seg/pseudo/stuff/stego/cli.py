@@ -90,11 +90,16 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_infer(args: argparse.Namespace) -> int:
+    from u2seg.errors import UserError
     from u2seg.pseudo.stuff.stego.jobs import infer_job
 
+    inference = dataclass_from_args(StegoInferenceParams, args)
+    if args.model is not None and inference != StegoInferenceParams():
+        raise UserError("--flip/--crop/--crop-size apply to --checkpoint inference only; a trained --model "
+                        "labels the stored shard features (drop these flags or use --checkpoint)")
     return infer_job(manifest_path=args.manifest, shard=args.shard, shard_size=args.shard_size,
                      features=args.features, model_path=args.model, checkpoint=args.checkpoint,
-                     input_size=args.input_size, inference=dataclass_from_args(StegoInferenceParams, args),
+                     input_size=args.input_size, inference=inference,
                      crf=crf_params(args), device=args.device, threads=args.threads, out_maps=args.out_maps)
 
 
