@@ -65,8 +65,8 @@ def model_and_images():
     return model, images
 
 
-def _run(model, images, batch_size: int) -> list:
-    cfg = dataclasses.replace(CFG, batch_size=batch_size)
+def _run(model, images, batch_size: int, workers: int = 0) -> list:
+    cfg = dataclasses.replace(CFG, batch_size=batch_size, workers=workers)
     out = list(predict_images(model, images, cfg, torch.device("cpu"), progress=False))
     assert [i for i, _ in out] == list(range(len(images)))  # input order
     return [(p, image_outputs(p, i, K, cfg)) for i, p in out]
@@ -100,14 +100,14 @@ def test_mixed_shapes_would_change_results(model_and_images):
     assert not _agree(mixed[0], alone[0])
 
 
-@pytest.mark.parametrize("batch_size", [2, 3])
-def test_batched_prediction_equals_one_image_prediction(model_and_images, batch_size):
+@pytest.mark.parametrize("batch_size,workers", [(2, 0), (3, 0), (3, 1)])
+def test_batched_prediction_equals_one_image_prediction(model_and_images, batch_size, workers):
     model, images = model_and_images
     shapes = [padded_shape(output_size(h, w, CFG.min_size, CFG.max_size), 32) for h, w in SIZES]
     assert len(set(shapes)) == 3 and len(set(SIZES)) == len(SIZES)  # landscape, portrait, square-ish
     one = _run(model, images, 1)
     assert sum(len(p.scores) for p, _ in one) > 20 and all(o.segments for _, o in one)
-    batched = _run(model, images, batch_size)
+    batched = _run(model, images, batch_size, workers)
     for (pa, oa), (pb, ob) in zip(one, batched):
         assert _agree(_raw(pa), _raw(pb))
         assert (pa.semantic == pb.semantic).mean() > 0.999
