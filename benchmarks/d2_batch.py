@@ -94,8 +94,8 @@ def main() -> None:
         found, total = sum(r["found"] for r in per_image), sum(r["detections_d2"] for r in per_image)
         same, pixels = sum(r["same_pixels"] for r in per_image), sum(r["pixels"] for r in per_image)
         report["batch_sizes"][bs] = {
-            "found": f"{found}/{total}", "panoptic_pixels_same": round(100 * same / pixels, 3),
-            "per_image_pixels_same": [round(100 * r["same_pixels"] / r["pixels"], 3) for r in per_image],
+            "found": f"{found}/{total}", "panoptic_pixels_same": round(100 * same / pixels, 4),
+            "per_image_pixels_same": [round(100 * r["same_pixels"] / r["pixels"], 4) for r in per_image],
             "per_image_found": [f"{r['found']}/{r['detections_d2']}" for r in per_image]}
         print(json.dumps({bs: report["batch_sizes"][bs]}), flush=True)
     print(json.dumps(report, indent=2))
