@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--k", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--min-size", type=int, default=800)
+    parser.add_argument("--max-size", type=int, default=1333)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -56,7 +58,7 @@ def main() -> None:
     from u2seg.detector.predict import image_outputs, load_model, predict_images
 
     torch.manual_seed(0)
-    cfg = u2seg_d2_cfg(args.k)
+    cfg = u2seg_d2_cfg(args.k, args.min_size, args.max_size)
     d2_model = d2_build_model(cfg).eval()
     randomize_(d2_model, seed=13)
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,9 +78,10 @@ def main() -> None:
             for s in info:
                 cat[seg.numpy() == s["id"]] = s["category_id"] + 1 if s["isthing"] else k + s["category_id"]
             reference.append((inst.pred_boxes.tensor.numpy(), inst.pred_classes.numpy() + 1, cat))
-    report: dict = {"images": [p.name for p in args.images], "k": k, "size": [800, 1333], "batch_sizes": {}}
+    report: dict = {"images": [p.name for p in args.images], "k": k, "size": [args.min_size, args.max_size], "batch_sizes": {}}
     for bs in args.batch_sizes:
-        pcfg = dataclasses.replace(PredictConfig(), batch_size=bs, device="cpu")
+        pcfg = dataclasses.replace(PredictConfig(), batch_size=bs, device="cpu", min_size=args.min_size,
+                                   max_size=args.max_size)
         per_image = []
         for i, pred in predict_images(model, [str(p) for p in args.images], pcfg, torch.device("cpu"), False):
             outputs = image_outputs(pred, i, k, pcfg)

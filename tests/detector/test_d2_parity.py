@@ -236,7 +236,9 @@ def test_end_to_end_predict_matches_detectron2(pair, tmp_path, names, batch_size
                              for r in mine]).reshape(-1, 4)
         my_cls = np.array([r["category_id"] for r in mine])
         iou = _box_iou(d2_boxes, my_boxes) if len(mine) else np.zeros((len(d2_boxes), 0))
-        same = (d2_cls[:, None] == my_cls[None, :]) & (iou > 0.99)
+        # IoU > 0.99, or every coordinate within the json's rounding (boxes a fraction of a pixel wide)
+        near = np.abs(d2_boxes[:, None] - my_boxes[None]).max(axis=2) <= 0.011 if len(mine) else iou > 1
+        same = (d2_cls[:, None] == my_cls[None, :]) & ((iou > 0.99) | near)
         found += int(same.any(axis=1).sum())
         total += len(d2_boxes)
         # panoptic: category per pixel (things 1..K, stuff K + c, void 0)
@@ -251,7 +253,7 @@ def test_end_to_end_predict_matches_detectron2(pair, tmp_path, names, batch_size
             my_cat[ids == s["id"]] = s["category_id"]
         same_pixels += int((my_cat == d2_cat).sum())
         all_pixels += my_cat.size
-    print(f"\nd2 parity end to end: {found}/{total} detections found (same class, IoU > 0.99); "
+    print(f"\nd2 parity end to end: {found}/{total} detections found (same class, IoU > 0.99 or within 0.01 px); "
           f"panoptic pixels with the same category {same_pixels / all_pixels:.5%}")
     assert total > 50
     assert found / total >= 0.99
