@@ -22,11 +22,13 @@ from tests.detector.d2_env import detectron2, randomize_, u2seg_d2_cfg  # noqa: 
 from u2seg.cli import main as cli_main
 from u2seg.detector.d2_import import import_checkpoint
 from u2seg.detector.data import output_size, resize_image
-from u2seg.detector.predict import load_model, panoptic_fusion, paste_masks, postprocess
+from u2seg.detector.predict import load_model, padded_shape, panoptic_fusion, paste_masks, postprocess
 
 K = 8
 MIN_SIZE, MAX_SIZE = 480, 800
 IMAGES = ("000000005001.jpg", "000000010764.jpg", "000000025603.jpg")
+# a portrait (pads to 800 x 448 at 480 / 800), two 640 x 480 (480 x 640: one batch) and a 640 x 368 landscape
+MIXED = ("000000125952.jpg", "000000005001.jpg", "000000051712.jpg", "000000025603.jpg")
 FEATURE_RTOL = 1e-4  # max |diff| / max |value| of a feature map or logit tensor
 
 
@@ -198,24 +200,27 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area(a)[:, None] + area(b)[None] - inter)
 
 
-def test_end_to_end_predict_matches_detectron2(pair, tmp_path):
-    """The same files through `u2seg predict` (imported checkpoint) and detectron2's DefaultPredictor."""
+@pytest.mark.parametrize("names,batch_size", [(IMAGES, 1), (MIXED, 3)], ids=["landscape-b1", "mixed-b3"])
+def test_end_to_end_predict_matches_detectron2(pair, tmp_path, names, batch_size):
+    """The same files through `u2seg predict` (imported checkpoint) and detectron2's DefaultPredictor (one
+    image at a time); batched, on mixed orientations: only images of one padded shape share a batch."""
     from detectron2.data.detection_utils import read_image
     from detectron2.engine import DefaultPredictor
 
     _, cfg, _, model_file, _ = pair
     root = require_shared(COCO_MINI) / "val2017"
     images = []
-    for i, name in enumerate(IMAGES):
+    for i, name in enumerate(names):
         w, h = Image.open(root / name).size
         images.append({"id": i + 1, "file_name": name, "width": w, "height": h})
+    shapes = [padded_shape(output_size(im["height"], im["width"], MIN_SIZE, MAX_SIZE), 32) for im in images]
+    assert batch_size == 1 or 1 < len(set(shapes)) < len(shapes)  # mixed shapes, and some share a batch
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"root": str(root), "images": images}))
     out = tmp_path / "pred"
     assert cli_main(["predict", "--weights", str(model_file), "--manifest", str(manifest), "--out-dir", str(out),
                      "--min-size", str(MIN_SIZE), "--max-size", str(MAX_SIZE), "--device", "cpu",
-                     # one image per forward pass, as DefaultPredictor (a batch pads to its largest image)
-                     "--batch-size", "1", "--no-progress"]) == 0
+                     "--batch-size", str(batch_size), "--no-progress"]) == 0
     results = json.loads((out / "instances_results.json").read_text())
     pan_json = json.loads((out / "panoptic.json").read_text())
     predictor = DefaultPredictor(cfg)
@@ -231,7 +236,9 @@ def test_end_to_end_predict_matches_detectron2(pair, tmp_path):
                              for r in mine]).reshape(-1, 4)
         my_cls = np.array([r["category_id"] for r in mine])
         iou = _box_iou(d2_boxes, my_boxes) if len(mine) else np.zeros((len(d2_boxes), 0))
-        same = (d2_cls[:, None] == my_cls[None, :]) & (iou > 0.99)
+        # IoU > 0.99, or every coordinate within the json's rounding (boxes a fraction of a pixel wide)
+        near = np.abs(d2_boxes[:, None] - my_boxes[None]).max(axis=2) <= 0.011 if len(mine) else iou > 1
+        same = (d2_cls[:, None] == my_cls[None, :]) & ((iou > 0.99) | near)
         found += int(same.any(axis=1).sum())
         total += len(d2_boxes)
         # panoptic: category per pixel (things 1..K, stuff K + c, void 0)
@@ -246,7 +253,7 @@ def test_end_to_end_predict_matches_detectron2(pair, tmp_path):
             my_cat[ids == s["id"]] = s["category_id"]
         same_pixels += int((my_cat == d2_cat).sum())
         all_pixels += my_cat.size
-    print(f"\nd2 parity end to end: {found}/{total} detections found (same class, IoU > 0.99); "
+    print(f"\nd2 parity end to end: {found}/{total} detections found (same class, IoU > 0.99 or within 0.01 px); "
           f"panoptic pixels with the same category {same_pixels / all_pixels:.5%}")
     assert total > 50
     assert found / total >= 0.99

@@ -194,6 +194,6 @@ class PredictConfig:
     instance_score_thresh: float = 0.5  # panoptic fusion: instances below this score are not painted
     overlap_thresh: float = 0.5  # panoptic fusion: skip an instance when more of it than this is taken
     stuff_area_thresh: int = 4096  # panoptic fusion: minimum stuff segment area (pixels)
-    batch_size: int = 1
+    batch_size: int = 1  # images per forward pass; only images of one padded size share a pass
     workers: int = 0
     device: str = "auto"

@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -326,27 +326,84 @@ class _ImageSet(torch.utils.data.Dataset):
         return i, torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1), (h, w)
 
 
-def _collate(items: list[Any]) -> list[Any]:
-    return items
+def _identity(item: Any) -> Any:
+    return item
+
+
+# Images read ahead of the oldest one not yet yielded, in batches of predict.batch_size: past this, that
+# image's bucket runs as a smaller batch (bounds the images and predictions held for the output order).
+LOOKAHEAD_BATCHES = 8
+
+
+def padded_shape(hw: tuple[int, int], size_divisibility: int) -> tuple[int, int]:
+    """The (H, W) a resized image of size ``hw`` is zero-padded to when it is alone in a forward pass."""
+    d = max(int(size_divisibility), 1)
+    return -(-int(hw[0]) // d) * d, -(-int(hw[1]) // d) * d
+
+
+def shape_batches(items: Iterable[tuple[int, Any]], batch_size: int, lookahead: int) -> Iterator[list[Any]]:
+    """Group ``(key, item)`` pairs, indexed 0, 1, ... in arrival order, into batches of one key each.
+
+    A bucket per key fills in arrival order and runs when it holds ``batch_size`` items. When more than
+    ``lookahead`` items have arrived since the oldest item not yet batched, that item's bucket runs as
+    it is (a smaller batch); at the end the leftover buckets run, oldest first. Every batch holds items
+    of one key only, each item is in exactly one batch, and items of a key keep their order.
+    """
+    buckets: dict[Any, list[tuple[int, Any]]] = {}
+    pending: dict[int, Any] = {}  # arrival number -> key, of the items still in a bucket (ascending)
+    for n, (key, item) in enumerate(items):
+        bucket = buckets.setdefault(key, [])
+        bucket.append((n, item))
+        pending[n] = key
+        if len(bucket) >= batch_size:
+            yield _take(buckets, pending, key)
+        while pending and n - next(iter(pending)) >= lookahead:
+            yield _take(buckets, pending, pending[next(iter(pending))])
+    while pending:
+        yield _take(buckets, pending, pending[next(iter(pending))])
+
+
+def _take(buckets: dict[Any, list[tuple[int, Any]]], pending: dict[int, Any], key: Any) -> list[Any]:
+    """Remove and return the items of bucket ``key``."""
+    bucket = buckets.pop(key)
+    for n, _ in bucket:
+        del pending[n]
+    return [item for _, item in bucket]
 
 
 def predict_images(model: PanopticCascadeRCNN, sources: list[Any], cfg: PredictConfig, device: torch.device,
                    progress: bool = True, what: str = "predict") -> Iterator[tuple[int, Prediction]]:
-    """Yield (index, post-processed prediction) for every image source (file or RGB array), in order."""
+    """Yield (index, post-processed prediction) for every image source (file or RGB array), in order.
+
+    A forward pass of ``cfg.batch_size`` images pads them to one size, and the padding changes the RPN's
+    proposals (anchors are clipped to the padded image); so only images with the same padded shape
+    (:func:`padded_shape`) are batched together (:func:`shape_batches`), and every image's result is its
+    one-image result, whatever the batch size and the order of the images.
+    """
     model.set_test_params(cfg.score_thresh, cfg.nms_thresh, cfg.detections_per_image)
-    loader = torch.utils.data.DataLoader(_ImageSet(sources, cfg), batch_size=cfg.batch_size, shuffle=False,
-                                         num_workers=cfg.workers, collate_fn=_collate)
+    loader = torch.utils.data.DataLoader(_ImageSet(sources, cfg), batch_size=None, shuffle=False,
+                                         num_workers=cfg.workers, collate_fn=_identity)
+    d = model.cfg.size_divisibility
+    keyed = ((padded_shape(t.shape[-2:], d), (i, t, orig)) for i, t, orig in loader)
+    batch_size = max(int(cfg.batch_size), 1)
     use_amp = device.type == "cuda"
     prog = ProgressLog(log, what, len(sources), "img", period=30.0)
+    done: dict[int, Prediction] = {}
+    next_out = 0
     with tqdm(total=len(sources), desc=what, disable=not progress, mininterval=5.0) as bar:
-        for batch in loader:
+        for batch in shape_batches(keyed, batch_size, LOOKAHEAD_BATCHES * batch_size):
             images = [t.to(device).float() for _, t, _ in batch]
             with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 results = model(images)
             for (i, t, orig), res in zip(batch, results):
-                yield i, postprocess_image(res, tuple(t.shape[-2:]), orig, cfg.mask_threshold)
+                done[i] = postprocess_image(res, tuple(t.shape[-2:]), orig, cfg.mask_threshold)
             bar.update(len(batch))
             prog.update(len(batch))
+            while next_out in done:
+                yield next_out, done.pop(next_out)
+                next_out += 1
+    if done:  # every index is yielded above (sources are numbered 0..n-1)
+        raise RuntimeError(f"predictions left over: {sorted(done)[:5]}")
 
 
 def predict_manifest(model: PanopticCascadeRCNN, manifest: dict[str, Any], cfg: PredictConfig,

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-size", type=int, default=None, help="test size: short side (default: the model's)")
     parser.add_argument("--max-size", type=int, default=None, help="test size: long side cap (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help=f"images per forward pass (default: {PredictConfig.batch_size})")
+                        help=f"images per forward pass, of one padded size (default: {PredictConfig.batch_size})")
     parser.add_argument("--no-overlays", action="store_true", help="write the standard files only")
     add_threads_argument(parser)
     add_progress_argument(parser)
