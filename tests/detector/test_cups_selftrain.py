@@ -241,3 +241,49 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path, monkeypatch):
     head = "roi_heads.box_predictors.0.cls_score.weight"
     assert head in s0 and not torch.equal(s0[head], s1[head]) and not torch.equal(s0[head], t1[head])
     assert all(torch.equal(s0[k], s1[k]) for k in s0 if k.startswith("backbone."))
+
+
+@pytest.mark.snakemake
+def test_cups_method_dag_and_command(tmp_path):
+    """selftrain.method cups: round 1, then `self-train-ema` from it; `predictions` predicts with its student."""
+    import re
+
+    from tests.snakemake_runner import run_snakemake
+
+    from .synth import stage_ingested
+
+    stage_ingested(tmp_path)
+    cfg = tmp_path / "cups.yaml"
+    cfg.write_text("selftrain:\n  method: cups\n  cups:\n    round_steps: 7\n    confidence_step: 0.0\n")
+    out = run_snakemake(tmp_path, ["predictions"], {"results": str(tmp_path / "results")}, extra=["-n", "-p"],
+                        configfiles=[cfg]).stdout
+    cmds = [line for line in out.splitlines() if " -m u2seg self-train-ema " in line]
+    assert len(cmds) == 1, out[-3000:]
+    cmd = cmds[0]
+    assert "--init" in cmd and "train/r1/model_final.pth" in cmd and "train/cups" in cmd
+    assert "--round-steps 7" in cmd and "--confidence-step 0.0" in cmd and "--instance-threshold 0.7" in cmd
+    assert "--betas 0.9 0.999" in cmd and "--threads 2" in cmd and "--no-progress" in cmd
+    assert len([x for x in out.splitlines() if re.search(r" -m u2seg train ", x)]) == 1
+    predicts = [x for x in out.splitlines() if " -m u2seg predict " in x]
+    assert len(predicts) == 1 and "train/cups/model_final.pth" in predicts[0] and "predict/samples-cups" in predicts[0]
+
+
+def test_cli_parses_every_config_key():
+    """Every key of config.yaml's selftrain.cups (but threads) is a `self-train-ema` flag and parses back."""
+    import argparse
+    import shlex
+
+    import yaml
+
+    from u2seg.detector import ema_selftrain_cli
+    from u2seg.params import to_flags
+
+    cfg = yaml.safe_load((Path(__file__).parents[2] / "config.yaml").read_text())["selftrain"]["cups"]
+    values = {k: v for k, v in cfg.items() if k != "threads"}
+    parser = argparse.ArgumentParser()
+    ema_selftrain_cli.add_arguments(parser)
+    args = parser.parse_args(["--init", "i.pth", "--instances", "i.json", "--manifest", "m.json", "--out-dir", "o"]
+                             + shlex.split(to_flags(values)))
+    for key, value in values.items():
+        assert getattr(args, key) == value, key
+    assert len(values) == len(__import__("dataclasses").fields(CupsSelfTrainParams))
