@@ -94,21 +94,35 @@ class TeacherOutput:
     labels: Tensor  # (N,) 0-based thing classes
 
 
-@torch.no_grad()
-def predict_teacher(teacher: nn.Module, images: list[Tensor]) -> list[TeacherOutput]:
-    """Plain (single-scale) inference of the teacher on input-size images: instance masks pasted at the
-    input size, semantic logits turned into probabilities.
+def teacher_results(teacher: nn.Module, images: list[Tensor], inst_thresh: float
+                    ) -> tuple[list[dict[str, Tensor]], bool]:
+    """The teacher's raw results on input-size images (the model's inference dicts) and whether their
+    ``sem_seg`` holds probabilities (else logits). The one place the teacher predicts.
 
-    The one place the teacher predicts: test-time augmentation (CUPS's teacher) replaces this call."""
+    Plain single-scale inference. CUPS's teacher predicts with test-time augmentation (scales x flip,
+    detections merged above the round's confidence); with :mod:`u2seg.detector.tta` this becomes
+    ``return tta_predict(teacher, images, TTAParams(score_thresh=inst_thresh)), True`` (its default
+    scales 0.5 / 0.75 / 1 of the image's short side = the teacher input size, as CUPS's crop size)."""
+    del inst_thresh  # plain inference: the threshold applies in the panoptic fusion only
+    return teacher(images), False
+
+
+@torch.no_grad()
+def predict_teacher(teacher: nn.Module, images: list[Tensor], inst_thresh: float) -> list[TeacherOutput]:
+    """Teacher predictions of input-size images: instance masks pasted at the input size, semantic class
+    probabilities (softmax of the logits, or the TTA's averaged probabilities)."""
     from u2seg.detector.predict import postprocess
 
     teacher.eval()
-    results = teacher(images)
+    results, are_probs = teacher_results(teacher, images, inst_thresh)
     out = []
     for image, r in zip(images, results):
         hw = (int(image.shape[-2]), int(image.shape[-1]))
         post = postprocess(r, hw, hw)
-        probs = r["sem_seg"].float().softmax(dim=0) if "sem_seg" in r else image.new_zeros((1, *hw))
+        if "sem_seg" in r:
+            probs = r["sem_seg"].float() if are_probs else r["sem_seg"].float().softmax(dim=0)
+        else:
+            probs = image.new_zeros((1, *hw))
         out.append(TeacherOutput(probs.cpu(), torch.from_numpy(post["masks"]), torch.from_numpy(post["scores"]),
                                  torch.from_numpy(post["labels"])))
     return out

@@ -85,10 +85,10 @@ def make_batch(teacher: nn.Module, dataset: PseudoLabelDataset, batches: Iterati
     slots = list(range(rank, p.batch_size, world))
     idx = batches.indices(step)
     raw = [teacher_input(dataset, idx[s], p) for s in slots]
-    t0 = time.perf_counter()
-    outs = predict_teacher(teacher, [torch.from_numpy(im).permute(2, 0, 1).float().to(device) for im, _ in raw])
-    t_teacher = time.perf_counter() - t0
     thr = instance_threshold(step, p)
+    t0 = time.perf_counter()
+    outs = predict_teacher(teacher, [torch.from_numpy(im).permute(2, 0, 1).float().to(device) for im, _ in raw], thr)
+    t_teacher = time.perf_counter() - t0
     samples = []
     for (image, image_id), out in zip(raw, outs):
         semantic, masks, labels = pseudo_labels(out, num_classes, p, thr)
