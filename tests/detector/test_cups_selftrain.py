@@ -185,6 +185,9 @@ def test_crop_and_jitter_keep_targets_aligned():
     assert 2 not in c.labels.tolist()
     j = aug.resolution_jitter(c, np.random.default_rng(2), [32, 40], 200)
     assert min(j.image.shape[:2]) in (32, 40) and j.semantic.shape == j.image.shape[:2]
+    empty = Sample(s.image, np.zeros((0, h, w), bool), np.zeros(0, np.int64), sem)  # a teacher without instances
+    e = aug.random_crop(empty, np.random.default_rng(1), 0.5)
+    assert e.masks.shape[0] == 0 and e.masks.shape[1:] == e.image.shape[:2]
     ph = aug.photometric(s.image, np.random.default_rng(3))
     assert ph.shape == s.image.shape and ph.dtype == np.uint8 and not np.array_equal(ph, s.image)
 
@@ -287,3 +290,21 @@ def test_cli_parses_every_config_key():
     for key, value in values.items():
         assert getattr(args, key) == value, key
     assert len(values) == len(__import__("dataclasses").fields(CupsSelfTrainParams))
+
+
+def test_a_teacher_without_confident_instances_still_trains(tmp_path):
+    """Confidence 1.0: no pseudo-instance passes; the step trains on the semantic labels alone."""
+    from u2seg.detector import ema_selftrain
+
+    files = make_dataset(tmp_path / "data", n_images=2)
+    ds = PseudoLabelDataset(files["instances"], files["manifest"], None, K, STUFF)
+    mcfg = tiny_model_config()
+    torch.manual_seed(0)
+    init = tmp_path / "init.pth"
+    ckpt.save_model(init, build_model(mcfg, load_pretrained=False).state_dict(), mcfg.to_dict(), [])
+    s = ema_selftrain.self_train(ds, mcfg, _params(rounds=1, round_steps=1, instance_threshold=1.0,
+                                                   confidence_step=0.0, checkpoint_period=1),
+                                 tmp_path / "out", init, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert s["steps"] == 1 and rows[0]["instances"] == 0 and np.isfinite(rows[0]["loss"])
+    assert rows[0]["loss_sem_seg"] > 0

@@ -61,7 +61,7 @@ def random_crop(sample: Sample, rng: np.random.Generator, min_fraction: float) -
     x0 = int(rng.integers(0, w - cw + 1))
     ys, xs = slice(y0, y0 + ch), slice(x0, x0 + cw)
     masks = sample.masks[:, ys, xs]
-    keep = masks.reshape(masks.shape[0], -1).sum(axis=1) >= MIN_MASK_PIXELS
+    keep = masks.sum(axis=(1, 2)) >= MIN_MASK_PIXELS
     return drop_empty(Sample(np.ascontiguousarray(sample.image[ys, xs]), np.ascontiguousarray(masks[keep]),
                              sample.labels[keep], np.ascontiguousarray(sample.semantic[ys, xs]), sample.image_id))
 
