@@ -47,6 +47,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--all-instances", action="store_true",
+                    help="cups: instance confidence 0 and RoI score 0.05, so that the untrained teacher's detections "
+                         "become pseudo-instances (the student step then has instance targets, as with a trained teacher)")
     args = ap.parse_args()
 
     import torch
@@ -82,8 +85,12 @@ def main() -> None:
             names = {f.name for f in fields(CupsSelfTrainParams)}
             cp = {key: v for key, v in config["selftrain"]["cups"].items() if key in names}
             cp.update(device="cpu", rounds=1, round_steps=args.steps, checkpoint_period=args.steps)
+            if args.all_instances:
+                cp.update(instance_threshold=0.0, confidence_step=0.0, teacher_score_thresh=0.05)
             s = self_train(ds, mcfg, CupsSelfTrainParams(**cp), tmp / "out", init, progress=False)
             result = {key: s[key] for key in ("seconds_per_step", "teacher_seconds_per_step", "teacher_mb")}
+            rows = [json.loads(x) for x in (tmp / "out" / "metrics.jsonl").read_text().splitlines()]
+            result["pseudo_instances_per_step"] = sum(r["instances"] for r in rows) / len(rows)
     result.update(method=args.method, steps=args.steps, images=args.images, threads=args.threads,
                   peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
     print(json.dumps(result))

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from u2seg import fingerprint as fp
 from u2seg.atomic import write_json, write_text
@@ -181,7 +182,8 @@ def self_train(dataset: PseudoLabelDataset, model_cfg: ModelConfig, p: CupsSelfT
             rows = [r for r in rows if r["iter"] <= start]
         write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
     fh = open(metrics_path, "a") if rank == 0 else None
-    prog = ProgressLog(log, "self-train step", total, "it", period=30.0 if progress else 60.0, start=start)
+    prog = ProgressLog(log, "self-train step", total, "it", period=30.0, start=start)
+    bar = tqdm(total=total, initial=start, desc="self-train", disable=not progress or rank != 0, mininterval=5.0)
     t_start = time.perf_counter()
     try:
         for step in range(start, total):
@@ -211,6 +213,8 @@ def self_train(dataset: PseudoLabelDataset, model_cfg: ModelConfig, p: CupsSelfT
                 rows.append(row)
                 fh.write(json.dumps(row) + "\n")
                 fh.flush()
+                bar.update(1)
+                bar.set_postfix(round=row["round"], loss=f"{row['loss']:.3f}")
                 prog.update(1, f"round {row['round']} loss {row['loss']:.4f} instances {stats['instances']:.0f} "
                                f"(teacher {stats['teacher_time']:.2f}s of {row['time']:.2f}s)")
                 done = step + 1
@@ -221,6 +225,7 @@ def self_train(dataset: PseudoLabelDataset, model_cfg: ModelConfig, p: CupsSelfT
                         "fingerprint": fp.combine(inputs), "inputs": inputs, "model_config": model_cfg.to_dict(),
                     }, keep=p.keep_checkpoints)
     finally:
+        bar.close()
         if fh is not None:
             fh.close()
     elapsed = time.perf_counter() - t_start
@@ -256,8 +261,7 @@ def _finish(out: Path, model: nn.Module, teacher: nn.Module, model_cfg: ModelCon
         "loss_start": float(np.mean([r["loss"] for r in rows[:n]])) if rows else None,
         "loss_end": float(np.mean([r["loss"] for r in rows[-n:]])) if rows else None,
         "seconds": round(elapsed, 1), "seconds_per_step": round(elapsed / ran, 3) if ran else None,
-        "teacher_seconds_per_step": round(float(np.mean([r["teacher_time"] for r in rows[start:]])), 3)
-        if len(rows) > start else None,
+        "teacher_seconds_per_step": round(float(np.mean([r["teacher_time"] for r in rows])), 3) if rows else None,
         "teacher_mb": round(_tensor_bytes(teacher) / 2**20, 1),
         "instance_thresholds": [p.instance_threshold + r * p.confidence_step for r in range(p.rounds)],
         "device": str(device), "processes": world, "batch_size": p.batch_size, "num_images": len(dataset),
