@@ -31,10 +31,11 @@ _CUPS_FILE = re.compile(rf"^({DS_PATTERN})-cups$")  # CUPS self-training's stude
 # Self-training method (docs/selftrain.md): cutler = rounds r2.. above; cups = rule self_train_cups after r1
 _METHOD = config.get("selftrain", {}).get("method", "cutler")
 _CUPS = config.get("selftrain", {}).get("cups", {})
-try:
-    check_batch(_CUPS.get("batch_size", 16), _GPUS, _NODES)
-except UserError as _exc:
-    raise WorkflowError(f"selftrain.cups: {_exc}")
+if _METHOD == "cups":
+    try:
+        check_batch(_CUPS.get("batch_size", 16), _GPUS, _NODES)
+    except UserError as _exc:
+        raise WorkflowError(f"selftrain.cups.batch_size (not train.batch_size): {_exc}")
 # the final model of the configured method: its predict name and its file
 _FINAL_MODEL = "cups" if _METHOD == "cups" else f"r{_ROUNDS}"
 

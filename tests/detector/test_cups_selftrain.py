@@ -6,6 +6,7 @@ The reference values were recorded from visinf/cups by ``benchmarks/cups_selftra
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -249,8 +250,6 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path, monkeypatch):
 @pytest.mark.snakemake
 def test_cups_method_dag_and_command(tmp_path):
     """selftrain.method cups: round 1, then `self-train-ema` from it; `predictions` predicts with its student."""
-    import re
-
     from tests.snakemake_runner import run_snakemake
 
     from .synth import stage_ingested
@@ -308,3 +307,26 @@ def test_a_teacher_without_confident_instances_still_trains(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert s["steps"] == 1 and rows[0]["instances"] == 0 and np.isfinite(rows[0]["loss"])
     assert rows[0]["loss_sem_seg"] > 0
+
+
+@pytest.mark.snakemake
+def test_preset_over_u2seg_coco_runs_cups_on_eight_gpus(tmp_path):
+    """configs/u2seg-coco.yaml + configs/cups-selftrain.yaml: round 1, then CUPS's schedule under torchrun."""
+    from tests.conftest import COCO_MINI, REPO, require_shared
+    from tests.recipes.test_presets import _job, _write_ingested
+    from tests.snakemake_runner import run_snakemake
+
+    require_shared(COCO_MINI)
+    results = tmp_path / "results"
+    _write_ingested(results, "train")
+    out = run_snakemake(tmp_path, ["train", "-n", "-p"], {"coco_root": str(COCO_MINI), "results": str(results)},
+                        configfiles=[REPO / "configs" / "u2seg-coco.yaml", REPO / "configs" / "cups-selftrain.yaml"],
+                        extra=["--resources", "gpu=8"], cores=16, timeout=600).stdout
+    (job,) = _job(out, "self_train_cups")
+    assert "-m torch.distributed.run --nproc-per-node 8 --standalone --nnodes 1 -m u2seg self-train-ema" in job
+    for flag in ("--rounds 3", "--round-steps 500", "--batch-size 16", "--lr 1e-05", "--ema-decay 0.999",
+                 "--instance-threshold 0.7", "--confidence-step 0.05", "--device cuda", "--threads 4",
+                 "train/r1/model_final.pth"):
+        assert flag in job, flag
+    assert re.search(r"resources: .*\bgpu=8\b", job), job
+    assert len(_job(out, "train_round")) == 1
