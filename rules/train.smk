@@ -27,6 +27,17 @@ _TRAIN_RESOURCES = slurm_resources(_GPUS, _NODES, config["train"]["device"], con
 # self_training.* keys that override train.* / model.* for rounds >= 2
 _SELF_LABEL_KEYS = ("score_thresholds", "iou_thresh", "max_per_image")
 _MODEL_FILE = re.compile(rf"^({DS_PATTERN})-r([1-9]\d*)$")  # DS_PATTERN: every dataset key (common.smk)
+_CUPS_FILE = re.compile(rf"^({DS_PATTERN})-cups$")  # CUPS self-training's student (rule self_train_cups)
+# Self-training method (docs/selftrain.md): cutler = rounds r2.. above; cups = rule self_train_cups after r1
+_METHOD = config.get("selftrain", {}).get("method", "cutler")
+_CUPS = config.get("selftrain", {}).get("cups", {})
+if _METHOD == "cups":
+    try:
+        check_batch(_CUPS.get("batch_size", 16), _GPUS, _NODES)
+    except UserError as _exc:
+        raise WorkflowError(f"selftrain.cups.batch_size (not train.batch_size): {_exc}")
+# the final model of the configured method: its predict name and its file
+_FINAL_MODEL = "cups" if _METHOD == "cups" else f"r{_ROUNDS}"
 
 
 def _round_settings(n):
@@ -73,6 +84,9 @@ def _model_file(wc):
     m = _MODEL_FILE.match(wc.model)
     if m:
         return f"{RES}/{m.group(1)}/train/r{m.group(2)}/model_final.pth"
+    m = _CUPS_FILE.match(wc.model)
+    if m:
+        return f"{RES}/{m.group(1)}/train/cups/model_final.pth"
     return f"{RES}/models/{wc.model}.pth"
 
 
@@ -142,6 +156,38 @@ rule self_train_labels:
         " --round {wildcards.n} {params.flags} --out {output:q} > {log:q} 2>&1"
 
 
+rule self_train_cups:
+    """CUPS's momentum-teacher self-training (selftrain.cups) from round 1's model: train/cups/."""
+    input:
+        init=f"{RES}/{{ds}}/train/r1/model_final.pth",
+        instances=f"{RES}/{{ds}}/pseudo/instances.json",
+        manifest=f"{RES}/{{ds}}/manifest.json",
+    output:
+        model=f"{RES}/{{ds}}/train/cups/model_final.pth",
+        teacher=f"{RES}/{{ds}}/train/cups/teacher_final.pth",
+        metrics=f"{RES}/{{ds}}/train/cups/metrics.jsonl",
+        summary=f"{RES}/{{ds}}/train/cups/summary.json",
+    params:
+        out_dir=lambda wc: f"{RES}/{wc.ds}/train/cups",
+        # unset keys keep the CLI defaults (u2seg.detector.params.CupsSelfTrainParams)
+        flags=config_flags(_CUPS, exclude={"threads"}),
+        launch=_LAUNCH,
+        threads=_CUPS.get("threads", 2),
+    threads: _CUPS.get("threads", 2) * _GPUS
+    resources:
+        **slurm_resources(_GPUS, _NODES, _CUPS.get("device", "auto"), _CUPS.get("threads", 2)),
+        mem_mb=mem_mb(10000 * _GPUS),
+        runtime=24 * 60,
+    log:
+        f"{RES}/logs/{{ds}}/train/cups.log",
+    benchmark:
+        f"{RES}/benchmarks/{{ds}}/train/cups.tsv"
+    shell:
+        "{params.launch} self-train-ema --init {input.init:q} --instances {input.instances:q}"
+        " --manifest {input.manifest:q} --out-dir {params.out_dir:q} {params.flags}"
+        " --threads {params.threads} --no-progress > {log:q} 2>&1"
+
+
 rule predict:
     """Predictions of a trained model on dataset {ds}: instances, panoptic and semantic outputs."""
     input:
@@ -178,16 +224,16 @@ rule predict:
         " --out-dir {params.out_dir:q} {params.flags} --threads {threads} --no-progress > {log:q} 2>&1"
 
 
-# Target: the final round's model of the configured dataset.
+# Target: the final model of the configured dataset (selftrain.method cups: CUPS self-training's student).
 rule train:
-    """Target: the final round's model of the configured dataset."""
+    """Target: the final model of the configured dataset (round train.rounds, or train/cups)."""
     input:
-        f"{RES}/{DS}/train/r{_ROUNDS}/model_final.pth",
+        f"{RES}/{DS}/train/{_FINAL_MODEL}/model_final.pth",
 
 
 # Target: predictions of the final model on the configured dataset.
 rule predictions:
     """Target: predictions of the final model on the configured dataset."""
     input:
-        f"{RES}/{DS}/predict/{DS}-r{_ROUNDS}/instances_results.json",
-        f"{RES}/{DS}/predict/{DS}-r{_ROUNDS}/panoptic.json",
+        f"{RES}/{DS}/predict/{DS}-{_FINAL_MODEL}/instances_results.json",
+        f"{RES}/{DS}/predict/{DS}-{_FINAL_MODEL}/panoptic.json",

@@ -42,6 +42,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "train": ("u2seg.detector.train_cli", "train the panoptic cascade mask R-CNN on pseudo-labels"),
     "predict": ("u2seg.detector.predict_cli", "run a trained model: COCO results json + panoptic PNGs"),
     "self-train-labels": ("u2seg.detector.selftrain_cli", "next-round pseudo-labels from predictions"),
+    "self-train-ema": ("u2seg.detector.ema_selftrain_cli", "CUPS momentum-teacher self-training from a trained model"),
     "import-d2": ("u2seg.detector.d2_import", "convert a detectron2 U2Seg/CutLER checkpoint"),
     "export-d2": ("u2seg.detector.d2_export", "write a model as a detectron2 checkpoint + config yaml"),
     "evaluate": ("u2seg.evaluation.cli", "class-agnostic / matched AP, PQ and mIoU against COCO GT"),

@@ -197,3 +197,61 @@ class PredictConfig:
     batch_size: int = 1  # images per forward pass; only images of one padded size share a pass
     workers: int = 0
     device: str = "auto"
+
+
+SELFTRAIN_METHODS = ("cutler", "cups")
+
+
+@dataclass
+class CupsSelfTrainParams:
+    """CUPS's online momentum-teacher self-training (docs/selftrain.md). Defaults: CUPS's Cityscapes
+    self-training values (``cups/config.py`` merged with ``configs/train_self_cityscapes.yaml``)."""
+
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    rounds: int = 3  # SELF_TRAINING.ROUNDS
+    round_steps: int = 500  # SELF_TRAINING.ROUND_STEPS (optimisation steps per round)
+    batch_size: int = 16  # global batch (split across DDP processes); TRAINING.BATCH_SIZE
+    ema_decay: float = 0.999  # teacher = decay x teacher + (1 - decay) x student after each step (parameters only)
+    lr: float = 1e-5  # AdamW learning rate, constant; TRAINING.ADAMW.LEARNING_RATE of the Cityscapes config
+    weight_decay: float = 1e-5  # TRAINING.ADAMW.WEIGHT_DECAY
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # TRAINING.ADAMW.BETAS
+    clip_grad: float = 1.0  # global L2 norm of the trained parameters (Lightning 'norm' clipping); 0 = off
+    semantic_threshold: float = 0.5  # pixel keeps class c when p_c > this x (max of p_c over the image)
+    instance_threshold: float = 0.7  # teacher instance confidence of round 1 (MODEL.TTA_INFERENCE_CONFIDENCE_THRESHOLD)
+    confidence_step: float = 0.05  # added to instance_threshold per round (SELF_TRAINING.CONFIDENCE_STEP)
+    teacher_score_thresh: float = 0.5  # teacher RoI-head score threshold (MODEL.INFERENCE_CONFIDENCE_THRESHOLD)
+    overlap_thresh: float = 0.5  # teacher panoptic fusion: skip an instance more than this covered
+    stuff_area_thresh: int = 4096  # teacher panoptic fusion: minimum stuff area (pixels)
+    teacher_min_size: int = 1024  # short side of the images the teacher labels (Cityscapes: 1024 x 2048)
+    teacher_max_size: int = 2048  # long-side cap of the teacher input
+    copy_paste: bool = True  # AUGMENTATION.COPY_PASTE (this pipeline's copy-paste, see docs/selftrain.md)
+    copy_paste_min_scale: float = 0.25  # source rescale range (CUPS: 0.25-1.5; here capped at 1.0)
+    copy_paste_max_scale: float = 1.0
+    photometric: bool = True  # Gaussian blur, colour jitter (p 0.5), grayscale (p 0.2)
+    crop_min_fraction: float = 0.5  # random crop of f x each side, f ~ U(this, 1) (CUPS: 512..1024 of 1024)
+    jitter_min_sizes: list[int] = field(
+        default_factory=lambda: [384, 416, 448, 480, 512, 544, 576, 608, 640, 672, 704])  # AUGMENTATION.RESOLUTIONS
+    jitter_max_size: int = 1408  # long-side cap of the student input (CUPS: 1408)
+    checkpoint_period: int = 100  # resumable checkpoint every this many steps
+    keep_checkpoints: int = 2
+
+    @property
+    def total_steps(self) -> int:
+        """Optimisation steps of all rounds."""
+        return self.rounds * self.round_steps
+
+    def validate(self) -> None:
+        """Raise UserError for bad values."""
+        if self.rounds < 1 or self.round_steps < 1 or self.batch_size < 1 or self.checkpoint_period < 1:
+            raise UserError("rounds, round_steps, batch_size and checkpoint_period must be >= 1")
+        if not 0 <= self.ema_decay <= 1:
+            raise UserError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
+        if len(self.betas) != 2:
+            raise UserError(f"betas needs 2 values, got {self.betas}")
+        if not 0 < self.crop_min_fraction <= 1:
+            raise UserError(f"crop_min_fraction must be in (0, 1], got {self.crop_min_fraction}")
+        if not 0 < self.copy_paste_min_scale <= self.copy_paste_max_scale <= 1:
+            raise UserError("need 0 < copy_paste_min_scale <= copy_paste_max_scale <= 1")
+        if not self.jitter_min_sizes or min(self.jitter_min_sizes) < 32:
+            raise UserError(f"jitter_min_sizes needs sizes >= 32, got {self.jitter_min_sizes}")
