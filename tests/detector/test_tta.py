@@ -159,3 +159,26 @@ def test_predict_images_with_tta_runs_every_view_and_fuses_at_the_tta_threshold(
     assert raw["sem_seg"].sum(dim=0).sub(1).abs().max() < 1e-5  # averaged probabilities
     assert predict_mod.fusion_score_thresh(cfg) == 0.3
     assert predict_mod.fusion_score_thresh(PredictConfig(tta=False)) == PredictConfig.instance_score_thresh
+
+
+def test_predict_and_segment_cli_with_tta(tmp_path):
+    """``u2seg predict --tta`` and ``u2seg segment --tta`` write the same outputs, unlike plain ``predict``."""
+    from tests.detector.synth import make_dataset
+    from tests.segment.conftest import SETTINGS, save_tiny_model
+    from u2seg.cli import main as cli_main
+
+    data = make_dataset(tmp_path / "data", n_images=2)
+    model = save_tiny_model(tmp_path / "model.pth")
+    tta = ["--tta", "--tta-scales", "0.5", "1.0", "--tta-score-thresh", "0.0"]
+    runs = {"plain": ["predict"], "tta": ["predict", *tta]}
+    for name, argv in runs.items():
+        assert cli_main([*argv, "--weights", str(model), "--manifest", str(data["manifest"]),
+                         "--out-dir", str(tmp_path / name), *SETTINGS]) == 0
+    assert cli_main(["segment", str(data["images"]), "--model", str(model), "--out-dir", str(tmp_path / "seg"),
+                     "--no-overlays", *tta, *SETTINGS]) == 0
+    read = {n: json.loads((tmp_path / n / "instances_results.json").read_text()) for n in ("plain", "tta", "seg")}
+    pan = {n: json.loads((tmp_path / n / "panoptic.json").read_text())["annotations"] for n in ("tta", "seg")}
+    assert read["tta"] and read["seg"] == read["tta"] and pan["seg"] == pan["tta"]
+    assert read["tta"] != read["plain"]
+    summary = json.loads((tmp_path / "tta" / "summary.json").read_text())
+    assert summary["config"]["tta"] is True and summary["config"]["tta_scales"] == [0.5, 1.0]
