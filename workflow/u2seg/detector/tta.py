@@ -43,26 +43,26 @@ from u2seg.detector.params import TTAParams
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TTAParams", "tta_predict", "augmentation_sizes", "merge_detections"]
+__all__ = ["TTAParams", "View", "tta_predict", "augmentation_sizes", "merge_detections"]
 
 
 @dataclass
-class _Aug:
+class View:
     """One augmented view: its input size and whether it is flipped."""
 
     size: tuple[int, int]
     flip: bool
 
 
-def augmentation_sizes(h: int, w: int, params: TTAParams) -> list[_Aug]:
+def augmentation_sizes(h: int, w: int, params: TTAParams) -> list[View]:
     """The augmented views of an (h, w) image, in CUPS's order (each scale, then its flip)."""
     base = params.base_size or min(h, w)
     augs = []
     for s in params.scales:
         size = output_size(h, w, int(base * s), params.max_size)
-        augs.append(_Aug(size, False))
+        augs.append(View(size, False))
         if params.flip:
-            augs.append(_Aug(size, True))
+            augs.append(View(size, True))
     return augs
 
 
@@ -71,7 +71,7 @@ def _resize(image: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
 
 
-def _to_original(boxes: Tensor, aug: _Aug, hw: tuple[int, int]) -> Tensor:
+def _to_original(boxes: Tensor, aug: View, hw: tuple[int, int]) -> Tensor:
     """Boxes of an augmented view -> the image's coordinates (inverse flip, then inverse resize)."""
     nh, nw = aug.size
     b = boxes.float().clone()
@@ -82,7 +82,7 @@ def _to_original(boxes: Tensor, aug: _Aug, hw: tuple[int, int]) -> Tensor:
     return b
 
 
-def _to_augmented(boxes: Tensor, aug: _Aug, hw: tuple[int, int]) -> Tensor:
+def _to_augmented(boxes: Tensor, aug: View, hw: tuple[int, int]) -> Tensor:
     """Boxes of the image -> an augmented view's coordinates (resize, then flip)."""
     nh, nw = aug.size
     b = boxes.float().clone()
