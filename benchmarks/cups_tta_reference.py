@@ -6,6 +6,7 @@ Run by hand, outside ``make test`` (needs detectron2 and CUPS's code with its de
 
   PYTHONPATH=/path/to/cups:<torchmetrics, pytorch_lightning, kornia, yacs ...>:workflow:. \\
       python benchmarks/cups_tta_reference.py [--out tests/detector/data/cups_tta_reference.npz]
+      python benchmarks/cups_tta_reference.py --padded-check   # CUPS vs u2seg where views are padded
 
 The model: CUPS's ``panoptic_cascade_mask_r_cnn(use_tta=True)`` config (``Panoptic-Cascade-Mask-R-CNN.yaml``,
 R50, BN on CPU as CUPS sets it there, CUPS's pixel statistics of 0..1 images) with ``K`` thing and ``S + 1``
@@ -78,21 +79,58 @@ def build_cups_tta():
     return cfg, model, PanopticFPNWithTTA(cfg, model)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    from pycocotools import mask as mask_utils
-
+def seeded_cups_tta(height: int, width: int):
+    """(cfg, model, TTA model) with the fixture's seeded weights, base size ``height``."""
     from tests.detector.d2_env import randomize_
 
+    global HEIGHT, WIDTH
+    HEIGHT, WIDTH = height, width
     cfg, model, tta = build_cups_tta()
     randomize_(model, seed=SEED)
     with torch.no_grad():
         for name, t in model.state_dict().items():
             if "cls_score" in name:
                 t.mul_(CLS_SCORE_SCALE)
+    return cfg, model, tta
+
+
+def padded_check(height: int = 250, width: int = 370) -> None:
+    """Print how far u2seg's TTA is from CUPS's when the views are not multiples of 32 (docs/tta.md:
+    CUPS flips and resizes the padded semantic map): instances, semantic probabilities, arg-max."""
+    from tests.detector.test_tta import cups_model
+    from u2seg.detector.params import TTAParams
+    from u2seg.detector.predict import postprocess_image
+    from u2seg.detector.tta import tta_predict
+
+    cfg, _, tta = seeded_cups_tta(height, width)
+    image = load_crop(COCO_MINI / IMAGES[0])
+    with torch.no_grad():
+        ref = tta([{"image": image, "height": height, "width": width}])[0]
+        data = np.load(OUT)
+        model = cups_model(data, json.loads(str(data["meta"])))
+        raw = tta_predict(model, [image], TTAParams(scales=list(SCALES), score_thresh=TTA_THRESHOLD, base_size=height))[0]
+    pred = postprocess_image(raw, (height, width), (height, width))
+    boxes = ref["instances"].pred_boxes.tensor.numpy()
+    print(json.dumps({"size": [height, width], "min_sizes": list(cfg.TEST.AUG.MIN_SIZES),
+                      "instances": [len(boxes), len(pred.scores)],
+                      "box_max_diff": float(np.abs(boxes - pred.boxes).max()) if len(boxes) == len(pred.boxes) else None,
+                      "semantic_prob_max_diff": float((ref["sem_seg"] - raw["sem_seg"]).abs().max()),
+                      "semantic_argmax_equal": float((ref["sem_seg"].argmax(0).numpy() == pred.semantic).mean())}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--padded-check", action="store_true",
+                        help="compare with u2seg on a 250 x 370 crop (views not multiples of 32) instead of recording")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    if args.padded_check:
+        padded_check()
+        return
+    from pycocotools import mask as mask_utils
+
+    cfg, model, tta = seeded_cups_tta(HEIGHT, WIDTH)
     state = {k: v for k, v in sorted(model.state_dict().items()) if v.is_floating_point()}
     out: dict[str, np.ndarray] = {
         "weight_names": np.array(list(state)), "weight_sums": np.array([float(v.double().sum()) for v in state.values()]),

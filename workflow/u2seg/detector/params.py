@@ -227,7 +227,7 @@ class PredictConfig:
     workers: int = 0
     device: str = "auto"
     tta: bool = False  # CUPS's test-time augmentation (scales x flip, merged; docs/tta.md)
-    tta_scales: list[float] = field(default_factory=lambda: list(CUPS_TTA_SCALES))  # x min_size: short sides
+    tta_scales: list[float] = field(default_factory=lambda: list(CUPS_TTA_SCALES))  # views: short side int(min_size x scale)
     tta_flip: bool = TTAParams.flip  # add the horizontal flip of every scale
     tta_score_thresh: float = TTAParams.score_thresh  # merged detections above it (also the fusion threshold)
     tta_max_size: int = TTAParams.max_size  # long-side cap of the TTA scales
