@@ -330,3 +330,27 @@ def test_preset_over_u2seg_coco_runs_cups_on_eight_gpus(tmp_path):
         assert flag in job, flag
     assert re.search(r"resources: .*\bgpu=8\b", job), job
     assert len(_job(out, "train_round")) == 1
+
+
+@pytest.mark.parametrize("teacher_tta", [True, False])
+def test_the_teacher_predicts_with_tta_when_asked(tmp_path, monkeypatch, teacher_tta):
+    """teacher_tta (CUPS's teacher): every teacher call goes through tta_predict at the round's confidence."""
+    from u2seg.detector import ema_selftrain, tta
+
+    calls: list[float] = []
+    real = tta.tta_predict
+
+    def spy(model, images, params):
+        calls.append(params.score_thresh)
+        return real(model, images, params)
+
+    monkeypatch.setattr(tta, "tta_predict", spy)
+    files = make_dataset(tmp_path / "data", n_images=2)
+    ds = PseudoLabelDataset(files["instances"], files["manifest"], None, K, STUFF)
+    mcfg = tiny_model_config()
+    torch.manual_seed(0)
+    init = tmp_path / "init.pth"
+    ckpt.save_model(init, build_model(mcfg, load_pretrained=False).state_dict(), mcfg.to_dict(), [])
+    ema_selftrain.self_train(ds, mcfg, _params(rounds=2, round_steps=1, instance_threshold=0.6, confidence_step=0.1,
+                                               teacher_tta=teacher_tta), tmp_path / "out", init, progress=False)
+    assert calls == ([0.6, pytest.approx(0.7)] if teacher_tta else [])

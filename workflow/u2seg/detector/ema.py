@@ -94,27 +94,34 @@ class TeacherOutput:
     labels: Tensor  # (N,) 0-based thing classes
 
 
-def teacher_results(teacher: nn.Module, images: list[Tensor], inst_thresh: float
+def teacher_results(teacher: nn.Module, images: list[Tensor], inst_thresh: float, tta: bool
                     ) -> tuple[list[dict[str, Tensor]], bool]:
     """The teacher's raw results on input-size images (the model's inference dicts) and whether their
     ``sem_seg`` holds probabilities (else logits). The one place the teacher predicts.
 
-    Plain single-scale inference. CUPS's teacher predicts with test-time augmentation (scales x flip,
-    detections merged above the round's confidence); with :mod:`u2seg.detector.tta` this becomes
-    ``return tta_predict(teacher, images, TTAParams(score_thresh=inst_thresh)), True`` (its default
-    scales 0.5 / 0.75 / 1 of the image's short side = the teacher input size, as CUPS's crop size)."""
-    del inst_thresh  # plain inference: the threshold applies in the panoptic fusion only
+    With ``tta`` (CUPS's teacher): test-time augmentation as CUPS's ``PanopticFPNWithTTA``
+    (:func:`u2seg.detector.tta.tta_predict`: scales 0.5 / 0.75 / 1 of the image's short side, i.e. of the
+    teacher input size as CUPS's crop size, and their flips), detections merged above the round's
+    confidence ``inst_thresh``; else plain single-scale inference (the threshold then applies in the
+    panoptic fusion only)."""
+    if tta:
+        from u2seg.detector.params import TTAParams
+        from u2seg.detector.tta import tta_predict
+
+        # (a confidence above 1 after many rounds keeps no detection, as 1 does)
+        return tta_predict(teacher, images, TTAParams(score_thresh=min(inst_thresh, 1.0))), True
     return teacher(images), False
 
 
 @torch.no_grad()
-def predict_teacher(teacher: nn.Module, images: list[Tensor], inst_thresh: float) -> list[TeacherOutput]:
+def predict_teacher(teacher: nn.Module, images: list[Tensor], inst_thresh: float, tta: bool = True
+                    ) -> list[TeacherOutput]:
     """Teacher predictions of input-size images: instance masks pasted at the input size, semantic class
     probabilities (softmax of the logits, or the TTA's averaged probabilities)."""
     from u2seg.detector.predict import postprocess
 
     teacher.eval()
-    results, are_probs = teacher_results(teacher, images, inst_thresh)
+    results, are_probs = teacher_results(teacher, images, inst_thresh, tta)
     out = []
     for image, r in zip(images, results):
         hw = (int(image.shape[-2]), int(image.shape[-1]))

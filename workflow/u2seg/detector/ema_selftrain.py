@@ -88,7 +88,8 @@ def make_batch(teacher: nn.Module, dataset: PseudoLabelDataset, batches: Iterati
     raw = [teacher_input(dataset, idx[s], p) for s in slots]
     thr = instance_threshold(step, p)
     t0 = time.perf_counter()
-    outs = predict_teacher(teacher, [torch.from_numpy(im).permute(2, 0, 1).float().to(device) for im, _ in raw], thr)
+    outs = predict_teacher(teacher, [torch.from_numpy(im).permute(2, 0, 1).float().to(device) for im, _ in raw], thr,
+                           p.teacher_tta)
     t_teacher = time.perf_counter() - t0
     samples = []
     for (image, image_id), out in zip(raw, outs):

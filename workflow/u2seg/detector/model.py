@@ -448,8 +448,9 @@ class CascadeROIHeads(nn.Module):
     # ---------------------------------------------------------------- inference
     @torch.no_grad()
     def forward_test(self, features: list[Tensor], proposals: list[Tensor],
-                     image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
-        """Cascade inference: scores averaged over stages, boxes of the last stage, then masks."""
+                     image_sizes: list[tuple[int, int]], with_masks: bool = True) -> list[dict[str, Tensor]]:
+        """Cascade inference: scores averaged over stages, boxes of the last stage, then masks
+        (``mask_probs``; left out when not ``with_masks``)."""
         boxes = [p.detach() for p in proposals]
         counts = [b.shape[0] for b in boxes]
         probs: list[Tensor] = []
@@ -464,18 +465,23 @@ class CascadeROIHeads(nn.Module):
         results = []
         for sc, bx, size in zip(scores, pred, image_sizes):
             results.append(self._postprocess(sc, box_ops.clip_boxes_to_image(bx, size)))
-        det_boxes = [r["boxes"] for r in results]
-        if sum(b.shape[0] for b in det_boxes):
-            logits = self.mask_predictor(self.mask_head(self.mask_pooler(features, det_boxes)))
-            labels = torch.cat([r["labels"] for r in results])
-            chosen = logits[torch.arange(logits.shape[0], device=logits.device), labels].sigmoid().float()
-            for r, m in zip(results, chosen.split([b.shape[0] for b in det_boxes])):
+        if with_masks:
+            probs_per_image = self.mask_probs(features, [r["boxes"] for r in results], [r["labels"] for r in results])
+            for r, m in zip(results, probs_per_image):
                 r["mask_probs"] = m
-        else:
-            side = 28
-            for r in results:
-                r["mask_probs"] = r["boxes"].new_zeros((0, side, side))
         return results
+
+    @torch.no_grad()
+    def mask_probs(self, features: list[Tensor], boxes: list[Tensor], labels: list[Tensor]) -> list[Tensor]:
+        """Mask probabilities (n, 28, 28) of given boxes (input coordinates) and labels, per image
+        (detectron2's ``forward_with_given_boxes``: mask head + sigmoid of the box's class)."""
+        counts = [b.shape[0] for b in boxes]
+        if not sum(counts):
+            return [b.new_zeros((0, 28, 28), dtype=torch.float32) for b in boxes]
+        logits = self.mask_predictor(self.mask_head(self.mask_pooler(features, [b.float() for b in boxes])))
+        cls = torch.cat(labels)
+        chosen = logits[torch.arange(logits.shape[0], device=logits.device), cls].sigmoid().float()
+        return list(chosen.split(counts))
 
     def _postprocess(self, scores: Tensor, boxes: Tensor) -> dict[str, Tensor]:
         """Score threshold, per-class NMS, top-k (class-agnostic boxes shared by every class)."""
@@ -625,13 +631,28 @@ class PanopticCascadeRCNN(nn.Module):
                     sem_target[i, :h, :w] = t["sem_seg"]
                 losses["loss_sem_seg"] = self.sem_head.loss(self.sem_head(feats), sem_target)
             return losses
-        proposals, _ = self._rpn(image_list, feats)
-        results = self.roi_heads.forward_test(roi_feats, proposals, image_list.image_sizes)
-        if self.sem_head is not None:
-            sem = self.sem_head(feats)
-            for r, (h, w), s in zip(results, image_list.image_sizes, sem):
-                r["sem_seg"] = s[:, :h, :w].float()
+        results = self.detect(image_list, feats)
+        for r, s in zip(results, self.semantic_logits(image_list, feats) or []):
+            r["sem_seg"] = s
         return results
+
+    @torch.no_grad()
+    def detect(self, image_list: ImageList, feats: OrderedDict[str, Tensor],
+               with_masks: bool = True) -> list[dict[str, Tensor]]:
+        """Inference detections of a preprocessed batch (``preprocess`` + ``features``): per image
+        ``boxes``, ``scores``, ``labels`` and (``with_masks``) ``mask_probs``, in input coordinates."""
+        proposals, _ = self._rpn(image_list, feats)
+        roi_feats = [feats[k] for k in ("p2", "p3", "p4", "p5")]
+        return self.roi_heads.forward_test(roi_feats, proposals, image_list.image_sizes, with_masks)
+
+    @torch.no_grad()
+    def semantic_logits(self, image_list: ImageList, feats: OrderedDict[str, Tensor]) -> list[Tensor] | None:
+        """Per image float32 semantic logits (S + 1, h, w) at its input size (padding cut off); None
+        without a semantic head."""
+        if self.sem_head is None:
+            return None
+        sem = self.sem_head(feats)
+        return [s[:, :h, :w].float() for (h, w), s in zip(image_list.image_sizes, sem)]
 
 
 def build_model(cfg: ModelConfig, load_pretrained: bool = True) -> PanopticCascadeRCNN:

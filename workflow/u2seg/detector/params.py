@@ -181,6 +181,35 @@ class SelfTrainParams:
     max_per_image: int = 30  # top predictions considered per image
 
 
+CUPS_TTA_SCALES = (0.5, 0.75, 1.0)  # CUPS's MODEL.TTA_SCALES (cups/config.py)
+
+
+@dataclass
+class TTAParams:
+    """Test-time augmentation as CUPS's ``PanopticFPNWithTTA`` (docs/tta.md; :mod:`u2seg.detector.tta`).
+
+    Every scale s resizes the image so that its short side is ``int(base_size * s)`` (long side capped at
+    ``max_size``), each also flipped when ``flip``; detections of all of them are merged above
+    ``score_thresh``, masks and semantic probabilities averaged. Defaults: CUPS's (cups/config.py,
+    ``Panoptic-Cascade-Mask-R-CNN.yaml``); its self-training teacher on Cityscapes uses score 0.7."""
+
+    scales: list[float] = field(default_factory=lambda: list(CUPS_TTA_SCALES))
+    flip: bool = True  # TEST.AUG.FLIP
+    score_thresh: float = 0.5  # MODEL.TTA_INFERENCE_CONFIDENCE_THRESHOLD (-> TEST.INSTANCE_SCORE_THRESH)
+    max_size: int = 4000  # TEST.AUG.MAX_SIZE
+    base_size: int | None = None  # short side at scale 1 (CUPS: DATA.CROP_RESOLUTION[0]); None: the image's own
+    batch_size: int = 2  # augmented images per forward pass (PanopticFPNWithTTA's batch_size)
+
+    def validate(self) -> None:
+        """Raise UserError for bad values."""
+        if not self.scales or min(self.scales) <= 0:
+            raise UserError(f"TTA scales must be > 0 (at least one), got {self.scales}")
+        if not 0 <= self.score_thresh <= 1:
+            raise UserError(f"TTA score threshold must be in [0, 1], got {self.score_thresh}")
+        if self.max_size < 1 or self.batch_size < 1 or (self.base_size is not None and self.base_size < 1):
+            raise UserError("TTA max_size, batch_size and base_size must be >= 1")
+
+
 @dataclass
 class PredictConfig:
     """Inference settings (defaults: detectron2 / U2Seg test settings, method §7.1 and §7.3)."""
@@ -197,6 +226,18 @@ class PredictConfig:
     batch_size: int = 1  # images per forward pass; only images of one padded size share a pass
     workers: int = 0
     device: str = "auto"
+    tta: bool = False  # CUPS's test-time augmentation (scales x flip, merged; docs/tta.md)
+    tta_scales: list[float] = field(default_factory=lambda: list(CUPS_TTA_SCALES))  # views: short side int(min_size x scale)
+    tta_flip: bool = TTAParams.flip  # add the horizontal flip of every scale
+    tta_score_thresh: float = TTAParams.score_thresh  # merged detections above it (also the fusion threshold)
+    tta_max_size: int = TTAParams.max_size  # long-side cap of the TTA scales
+
+    def tta_params(self) -> TTAParams:
+        """The TTA settings of this config: scale 1 = ``min_size``."""
+        params = TTAParams(scales=[float(s) for s in self.tta_scales], flip=self.tta_flip,
+                           score_thresh=self.tta_score_thresh, max_size=self.tta_max_size, base_size=self.min_size)
+        params.validate()
+        return params
 
 
 SELFTRAIN_METHODS = ("cutler", "cups")
@@ -220,6 +261,7 @@ class CupsSelfTrainParams:
     semantic_threshold: float = 0.5  # pixel keeps class c when p_c > this x (max of p_c over the image)
     instance_threshold: float = 0.7  # teacher instance confidence of round 1 (MODEL.TTA_INFERENCE_CONFIDENCE_THRESHOLD)
     confidence_step: float = 0.05  # added to instance_threshold per round (SELF_TRAINING.CONFIDENCE_STEP)
+    teacher_tta: bool = True  # the teacher predicts with CUPS's TTA (3 scales x flip; docs/tta.md)
     teacher_score_thresh: float = 0.5  # teacher RoI-head score threshold (MODEL.INFERENCE_CONFIDENCE_THRESHOLD)
     overlap_thresh: float = 0.5  # teacher panoptic fusion: skip an instance more than this covered
     stuff_area_thresh: int = 4096  # teacher panoptic fusion: minimum stuff area (pixels)

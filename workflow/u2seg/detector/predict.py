@@ -22,6 +22,7 @@ from u2seg.detector import checkpoint as ckpt
 from u2seg.detector.data import output_size, resize_image
 from u2seg.detector.model import ModelConfig, PanopticCascadeRCNN, build_model
 from u2seg.detector.params import PredictConfig  # noqa: F401 (re-exported)
+from u2seg.detector.tta import tta_predict
 from u2seg.device import resolve_device
 from u2seg.errors import UserError
 from u2seg.images import load_rgb
@@ -322,7 +323,8 @@ class _ImageSet(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, tuple[int, int]]:
         rgb = _rgb(self.sources[i])
         h, w = rgb.shape[:2]
-        resized = resize_image(rgb, output_size(h, w, self.cfg.min_size, self.cfg.max_size))
+        # (test-time augmentation resizes the original image to each of its scales itself)
+        resized = rgb if self.cfg.tta else resize_image(rgb, output_size(h, w, self.cfg.min_size, self.cfg.max_size))
         return i, torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1), (h, w)
 
 
@@ -378,9 +380,11 @@ def predict_images(model: PanopticCascadeRCNN, sources: list[Any], cfg: PredictC
     A forward pass of ``cfg.batch_size`` images pads them to one size, and the padding changes the RPN's
     proposals (anchors are clipped to the padded image); so only images with the same padded shape
     (:func:`padded_shape`) are batched together (:func:`shape_batches`), and every image's result is its
-    one-image result, whatever the batch size and the order of the images.
+    one-image result, whatever the batch size and the order of the images. With ``cfg.tta``, CUPS's
+    test-time augmentation (:func:`u2seg.detector.tta.tta_predict`).
     """
     model.set_test_params(cfg.score_thresh, cfg.nms_thresh, cfg.detections_per_image)
+    tta = cfg.tta_params() if cfg.tta else None
     loader = torch.utils.data.DataLoader(_ImageSet(sources, cfg), batch_size=None, shuffle=False,
                                          num_workers=cfg.workers, collate_fn=_identity)
     d = model.cfg.size_divisibility
@@ -394,7 +398,7 @@ def predict_images(model: PanopticCascadeRCNN, sources: list[Any], cfg: PredictC
         for batch in shape_batches(keyed, batch_size, LOOKAHEAD_BATCHES * batch_size):
             images = [t.to(device).float() for _, t, _ in batch]
             with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                results = model(images)
+                results = model(images) if tta is None else tta_predict(model, images, tta)
             for (i, t, orig), res in zip(batch, results):
                 done[i] = postprocess_image(res, tuple(t.shape[-2:]), orig, cfg.mask_threshold)
             bar.update(len(batch))
@@ -425,6 +429,12 @@ class ImageOutputs:
     semantic: np.ndarray | None  # uint8 (H, W) or None
 
 
+def fusion_score_thresh(cfg: PredictConfig) -> float:
+    """The panoptic fusion's instance threshold: ``instance_score_thresh``, or with TTA its detection
+    threshold ``tta_score_thresh`` (CUPS's TTA model fuses at ``TEST.INSTANCE_SCORE_THRESH``)."""
+    return cfg.tta_score_thresh if cfg.tta else cfg.instance_score_thresh
+
+
 def image_outputs(pred: Prediction, image_id: int, num_classes: int, cfg: PredictConfig) -> ImageOutputs:
     """Panoptic fusion + COCO results of one prediction; each mask is pasted once (RLE-encoded, then fused)."""
     rles: list[dict[str, Any] | None] = [None] * len(pred.scores)
@@ -435,7 +445,7 @@ def image_outputs(pred: Prediction, image_id: int, num_classes: int, cfg: Predic
         return crop
 
     pan, segments = fuse_panoptic(mask_of, pred.scores, pred.labels, pred.semantic, pred.image_hw, num_classes,
-                                  cfg.instance_score_thresh, cfg.overlap_thresh, cfg.stuff_area_thresh)
+                                  fusion_score_thresh(cfg), cfg.overlap_thresh, cfg.stuff_area_thresh)
     results = []
     for i, (box, score, label) in enumerate(zip(pred.boxes, pred.scores, pred.labels)):
         x0, y0, x1, y1 = (float(v) for v in box)
