@@ -86,7 +86,11 @@ rule stuff_maps:
     maps (rules/stego.smk) gathered; `u2seg cluster-stuff` either way."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
-        features=per_shard(f"{RES}/{{ds}}/features/shard_{{shard}}.zarr"),
+        # the k-means model reads the feature shards; the stego* models only their per-shard maps
+        features=lambda wc: (
+            [] if STUFF_MODELS[config["stuff"]["model"]].per_shard_maps
+            else per_shard(f"{RES}/{{ds}}/features/shard_{{shard}}.zarr")(wc)
+        ),
         stego=lambda wc: stego_stuff_inputs(wc),  # stuff.model stego*: per-shard maps (rules/stego.smk)
     output:
         model=f"{_PSEUDO}/stuff_model.npz",

@@ -1,0 +1,111 @@
+# The fused per-shard pass (config pipeline.fused: true): one job per shard from the images to the MaskCut
+# masks, the instance embeddings and (stuff.model: stego_checkpoint) the STEGO stuff maps, with the backbone
+# run once. It writes the very files of the separate rules (features_shard, maskcut, embed, stego_infer),
+# so everything downstream is unchanged; each segment carries exactly the flags the separate rule passes.
+# The zarr feature shard is an output only when something reads it later: features.keep_features, or a
+# stuff model fitted on the stored features (kmeans, stego; temp() then, removed after the fit).
+# Otherwise the pass writes it to the job's scratch folder ($TMPDIR) and removes it: the peak feature disk
+# is the shards in flight.
+
+from u2seg.pseudo.stuff.registry import STUFF_MODELS as _SP_STUFF
+
+_SP_FEATURES = f"{RES}/{{ds}}/features/shard_{{shard}}.zarr"
+_SP_KEEP = config["features"]["keep_features"]
+_SP_CHECKPOINT = config["stuff"]["model"] == "stego_checkpoint"
+# a later step reads the feature shards (the k-means stuff fit, STEGO's kNN table and head training)
+_SP_FEATURES_READ_LATER = not _SP_CHECKPOINT
+_SP_ZARR_OUT = _SP_KEEP or _SP_FEATURES_READ_LATER
+
+
+def _q(value):
+    return shlex.quote(str(value))
+
+
+def shard_pass_segments(wildcards, output, threads):
+    """The ':: stage flags' segments of one shard (the separate rules' flags, same values)."""
+    ds, shard = wildcards.ds, int(wildcards.shard)
+    manifest = _q(f"{RES}/{ds}/manifest.json")
+    zarr = _q(_SP_FEATURES.format(ds=ds, shard=wildcards.shard))
+    f, mc, crf, emb = config["features"], config["maskcut"], config["maskcut"]["crf"], config["embedding"]
+    size = f["shard_size"]
+    feats = (
+        f"features --manifest {manifest} --shard {shard} --shard-size {size} --backbone {_q(config['backbone'])}"
+        f" --weights={_q(config['weights'] or '')}"
+        + " " + config_flags({k: f[k] for k in ("input_size", "batch_size", "device")})
+        + f" --threads {threads} --out {zarr}"
+    )
+    maskcut = (
+        f"maskcut --manifest {manifest} --features {zarr} --out {_q(output.json)} --gallery {_q(output.gallery)}"
+        f" --gallery-size {_q(mc['gallery_size'])} --tau={_q(mc['tau'])} --eps={_q(mc['eps'])}"
+        f" --n-masks {_q(mc['n_masks'])} --solver {_q(mc['solver'])} --eigen-tol={_q(mc['eigen_tol'])}"
+        f" --foreground-rule {_q(mc['foreground_rule'])} --max-iou-previous={_q(mc['max_iou_previous'])}"
+        f" --min-area-fraction={_q(mc['min_area_fraction'])} --min-crf-iou={_q(mc['min_crf_iou'])}"
+        f" {'--crf' if crf['enabled'] else '--no-crf'} --crf-gaussian-sxy={_q(crf['gaussian_sxy'])}"
+        f" --crf-gaussian-compat={_q(crf['gaussian_compat'])} --crf-bilateral-sxy={_q(crf['bilateral_sxy'])}"
+        f" --crf-bilateral-srgb={_q(crf['bilateral_srgb'])} --crf-bilateral-compat={_q(crf['bilateral_compat'])}"
+        f" --crf-iterations {_q(crf['iterations'])} --batch-size {_q(mc['batch_size'])}"
+        f" --device {_q(mc['device'])} --seed {_q(mc['seed'])} --threads {threads}"
+    )
+    bg = emb["background"]
+    embed = (
+        f"embed --manifest {manifest} --shard {shard} --shard-size {_q(size)} --masks {_q(output.json)}"
+        f" --features {zarr} --method {_q(emb['method'])} --backbone {_q(config['backbone'])}"
+        f" --weights={_q(config['weights'] or '')} --background {_q(bg[0])} {_q(bg[1])} {_q(bg[2])}"
+        f" --margin {_q(emb['margin'])} --crop-size {_q(emb['crop_size'])} --batch-size {_q(emb['batch_size'])}"
+        f" --device {_q(f['device'])} --threads {threads} --out {_q(output.embed)}"
+    )
+    segments = [feats, maskcut, embed]
+    if _SP_CHECKPOINT:
+        scrf = config["stuff"]["crf"]
+        segments.append(
+            f"stego infer --manifest {manifest} --shard {shard} --shard-size {_q(size)} --features {zarr}"
+            f" --checkpoint {_q(config['stuff']['checkpoint'] or '')} --input-size {f['input_size']}"
+            + (" --crf" if scrf["enabled"] else "")
+            + "".join(f" --crf-{k.replace('_', '-')} {_q(v)}" for k, v in scrf.items() if k != "enabled")
+            + f" --device {_q(f['device'])} --threads {threads} --out-maps {_q(output.maps)}"
+        )
+    return " ".join(":: " + s for s in segments)
+
+
+def _shard_pass_outputs():
+    out = {
+        "json": f"{RES}/{{ds}}/maskcut/shard_{{shard}}.json",
+        "gallery": directory(f"{RES}/{{ds}}/maskcut/shard_{{shard}}_gallery"),
+        "embed": f"{RES}/{{ds}}/pseudo/embed/shard_{{shard}}.npz",
+    }
+    if _SP_ZARR_OUT:
+        out["features"] = directory(_SP_FEATURES) if _SP_KEEP else temp(directory(_SP_FEATURES))
+    if _SP_CHECKPOINT:
+        out["maps"] = directory(f"{RES}/{{ds}}/pseudo/stego/maps/shard_{{shard}}")
+    return out
+
+
+if config["pipeline"]["fused"]:
+
+    ruleorder: shard_pass > features_shard
+    ruleorder: shard_pass > maskcut
+    ruleorder: shard_pass > embed
+    ruleorder: shard_pass > stego_infer
+
+    rule shard_pass:
+        """Fused per-shard pass: features once, MaskCut masks, instance embeddings (+ STEGO checkpoint maps)."""
+        input:
+            manifest=f"{RES}/{{ds}}/manifest.json",
+        output:
+            **_shard_pass_outputs(),
+        params:
+            keep="--keep-features" if _SP_ZARR_OUT else "--no-keep-features",
+            segments=lambda wc, output, threads: shard_pass_segments(wc, output, threads),
+        threads: 2
+        resources:
+            # the separate jobs' figures (rules/features.smk, maskcut.smk, pseudo_labels.smk) less the process
+            # starts the pass saves (docs/benchmarks.md "Fused per-shard pass")
+            mem_mb=declared_mem(4000, per_image_kb=MANIFEST_KB_PER_IMAGE),
+            runtime=declared_runtime(30, per_shard_image_s=4.7),
+            gpu=gpu_request(config["features"]["device"]),
+        log:
+            f"{RES}/logs/{{ds}}/shard_pass/shard_{{shard}}.log",
+        benchmark:
+            f"{RES}/benchmarks/{{ds}}/shard_pass/shard_{{shard}}.tsv"
+        shell:
+            "{U2SEG} shard-pass {params.keep} {params.segments} > {log:q} 2>&1"
