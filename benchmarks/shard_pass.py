@@ -1,0 +1,121 @@
+"""Fused per-shard pass vs the separate jobs: CPU seconds and wall time per image on the same images.
+
+For each shard size, every shard of the first ``--images`` images of a COCO split is processed twice,
+each step a fresh process as the rules run them:
+  separate  `u2seg features` -> `u2seg maskcut` -> `u2seg embed` (three processes per shard, zarr written
+            and read back)
+  fused     `u2seg shard-pass` (one process per shard; ``--no-keep-features``: the zarr in scratch only)
+with the demo config's stage settings (config.yaml: efficientnet_lite2 at 480 px, MaskCut with the CRF,
+pooled embeddings) and ``--threads``. CPU seconds = user + system time of the child processes
+(``resource.getrusage(RUSAGE_CHILDREN)``). The modes alternate per shard so that load drift hits both
+alike; the outputs of both modes are compared (benchmarks/outputs_digest.py) and must be equal.
+
+    python benchmarks/shard_pass.py --coco-root ../shared/data/coco-mini --images 64 --shard-sizes 16 64
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+U2SEG = [sys.executable, "-m", "u2seg"]
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _run(cmd: list[str]) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of one command (a fresh process)."""
+    cpu0, t0 = _children_cpu(), time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd[:4])} failed:\n{proc.stderr[-3000:]}")
+    return _children_cpu() - cpu0, time.perf_counter() - t0
+
+
+def segments(res: Path, manifest: Path, shard: int, size: int, threads: int) -> dict[str, list[str]]:
+    """The demo config's flags of each stage for one shard (as rules/*.smk pass them)."""
+    zarr = str(res / "features" / f"shard_{shard:05d}.zarr")
+    masks = str(res / "maskcut" / f"shard_{shard:05d}.json")
+    common = ["--manifest", str(manifest)]
+    sh = ["--shard", str(shard), "--shard-size", str(size)]
+    t = ["--threads", str(threads)]
+    return {
+        "features": [*common, *sh, "--backbone", "efficientnet_lite2", "--weights=", "--input-size", "480",
+                     "--batch-size", "4", "--device", "cpu", *t, "--out", zarr],
+        "maskcut": [*common, "--features", zarr, "--out", masks,
+                    "--gallery", str(res / "maskcut" / f"shard_{shard:05d}_gallery"), "--device", "cpu", *t],
+        "embed": [*common, *sh, "--masks", masks, "--features", zarr, "--method", "pooled", "--device", "cpu", *t,
+                  "--out", str(res / "pseudo" / "embed" / f"shard_{shard:05d}.npz")],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--coco-root", type=Path, required=True)
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--shard-sizes", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one)")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here too")
+    args = parser.parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="u2seg-shard-pass-bench-"))
+    manifest = work / "manifest.json"
+    _run([*U2SEG, "ingest", "--kind", "coco", "--root", str(args.coco_root), "--split", args.split,
+          "--limit", str(args.images), "--manifest", str(manifest), "--skipped", str(work / "skipped.json")])
+    n_images = len(json.loads(manifest.read_text())["images"])
+    spec = importlib.util.spec_from_file_location("outputs_digest", HERE / "outputs_digest.py")
+    digest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(digest)
+    rows = []
+    for size in args.shard_sizes:
+        shards = (n_images + size - 1) // size
+        totals = {"separate": [0.0, 0.0], "fused": [0.0, 0.0]}
+        roots = {mode: work / f"{mode}-{size}" for mode in totals}
+        for shard in range(shards):
+            order = ("separate", "fused") if shard % 2 == 0 else ("fused", "separate")
+            for mode in order:
+                segs = segments(roots[mode], manifest, shard, size, args.threads)
+                if mode == "separate":
+                    cmds = [[*U2SEG, name, *segs[name]] for name in ("features", "maskcut", "embed")]
+                else:
+                    cmds = [[*U2SEG, "shard-pass", "--no-keep-features",
+                             *[t for name in ("features", "maskcut", "embed") for t in ("::", name, *segs[name])]]]
+                for cmd in cmds:
+                    cpu, wall = _run(cmd)
+                    totals[mode][0] += cpu
+                    totals[mode][1] += wall
+        a = {k: v for k, v in digest.digest(roots["separate"]).items() if ".zarr/" not in k}
+        b = digest.digest(roots["fused"])
+        diff = digest.compare(a, b)
+        row = {"shard_size": size, "images": n_images, "shards": shards, "same_outputs": not diff,
+               **{f"{m}_cpu_s_per_image": round(v[0] / n_images, 3) for m, v in totals.items()},
+               **{f"{m}_wall_s_per_image": round(v[1] / n_images, 3) for m, v in totals.items()}}
+        row["cpu_ratio"] = round(totals["separate"][0] / totals["fused"][0], 3)
+        row["wall_ratio"] = round(totals["separate"][1] / totals["fused"][1], 3)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if diff:
+            print("outputs differ:", diff[:10], file=sys.stderr)
+        for root in roots.values():
+            shutil.rmtree(root, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if all(r["same_outputs"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
