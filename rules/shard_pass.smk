@@ -17,6 +17,20 @@ _SP_FEATURES_READ_LATER = not _SP_CHECKPOINT
 _SP_ZARR_OUT = _SP_KEEP or _SP_FEATURES_READ_LATER
 
 
+def shard_pass_mem(wildcards, attempt):
+    """``mem_mb`` of one pass: the largest separate job's request (4,000 MB + manifest) + the shard's dense
+    features held in memory (float16, twice: the batches and their concatenation) and, for
+    stego_checkpoint, the checkpoint's ViT (1,000 MB)."""
+    from u2seg.registry import BACKBONES
+
+    spec = BACKBONES[config["backbone"]]
+    grid = config["features"]["input_size"] // spec.patch_size
+    shard_mb = config["features"]["shard_size"] * spec.feature_dim * grid * grid * 2 * 2 / 2**20
+    n, _ = dataset_size(wildcards.ds)
+    mb = 4000 + MANIFEST_KB_PER_IMAGE * n / 1024 + shard_mb + (1000 if _SP_CHECKPOINT else 0)
+    return with_retries(mb, attempt)
+
+
 def _q(value):
     return shlex.quote(str(value))
 
@@ -98,9 +112,9 @@ if config["pipeline"]["fused"]:
             segments=lambda wc, output, threads: shard_pass_segments(wc, output, threads),
         threads: 2
         resources:
-            # the separate jobs' figures (rules/features.smk, maskcut.smk, pseudo_labels.smk) less the process
-            # starts the pass saves (docs/benchmarks.md "Fused per-shard pass")
-            mem_mb=declared_mem(4000, per_image_kb=MANIFEST_KB_PER_IMAGE),
+            # runtime: the sum of the separate jobs' per-image figures (features 0.5 + maskcut 3.2 + embed 1.0 s
+            # per shard image; the pass saves their process starts, docs/benchmarks.md "Fused per-shard pass")
+            mem_mb=shard_pass_mem,
             runtime=declared_runtime(30, per_shard_image_s=4.7),
             gpu=gpu_request(config["features"]["device"]),
         log:
