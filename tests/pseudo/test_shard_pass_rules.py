@@ -36,7 +36,7 @@ def test_fused_pass_equals_the_separate_jobs_on_the_samples(tmp_path):
     base = tiny_config("small", dataset="samples")
     separate = _run(tmp_path / "separate", dict(base, pipeline={"fused": False}))
     fused = _run(tmp_path / "fused", dict(base, pipeline={"fused": True}))
-    for key in ("samples/maskcut/masks.json", "samples/pseudo/embed/shard_00001.npz", "samples/pseudo/panoptic.json",
+    for key in ("samples/maskcut/shard_00001.json", "samples/pseudo/embed/shard_00001.npz", "samples/pseudo/panoptic.json",
                 "samples/features/shard_00001.zarr/zarr.json"):
         assert key in separate
     assert any(k.startswith("samples/pseudo/stuff/") for k in separate)
