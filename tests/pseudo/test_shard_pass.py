@@ -84,12 +84,10 @@ def run_fused(segs: dict[str, list[str]], keep: bool = True) -> None:
 
 
 def digest_tree(root: Path) -> dict[str, str]:
-    digest = _digest_module().digest(root)
-    # zarr chunk files carry no times; the store's attrs do (zarr.json `seconds`): compared through the digest
-    return digest
+    """benchmarks/outputs_digest.py's digest (json files without their `seconds`, e.g. the zarr attrs)."""
+    return _digest_module().digest(root)
 
 
-@pytest.mark.slow
 def test_fused_pass_writes_the_separate_jobs_files(tmp_path: Path):
     manifest = write_images(tmp_path)
     sep, fused, nokeep = tmp_path / "sep", tmp_path / "fused", tmp_path / "nokeep"
@@ -181,7 +179,6 @@ def test_one_forward_tokens_equal_the_checkpoint_vit_tokens(tmp_path: Path):
 
 
 def test_segments_are_checked(tmp_path: Path):
-    from u2seg.errors import UserError  # noqa: F401 (the CLI turns it into exit code 1)
     from u2seg.shard_pass_cli import split_segments
 
     with pytest.raises(SystemExit, match="missing segment"):
@@ -194,4 +191,5 @@ def test_segments_are_checked(tmp_path: Path):
     segs = segments(tmp_path / "r", manifest, 0, "random_vit_tiny", "", 64, None)
     segs["embed"][segs["embed"].index("--shard") + 1] = "1"  # another shard than the features segment
     argv = ["shard-pass"] + [t for name in ("features", "maskcut", "embed") for t in ("::", name, *segs[name])]
-    assert main(argv) == 1
+    assert main(argv) == 1  # a UserError naming the disagreement, before any work
+    assert not (tmp_path / "r" / "features").exists()
