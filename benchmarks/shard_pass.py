@@ -7,7 +7,7 @@ each step a fresh process as the rules run them:
   fused     `u2seg shard-pass` (one process per shard; ``--no-keep-features``: the zarr in scratch only)
 with the demo config's stage settings (config.yaml: efficientnet_lite2 at 480 px, MaskCut with the CRF,
 pooled embeddings) and ``--threads``. CPU seconds = user + system time of the child processes
-(``resource.getrusage(RUSAGE_CHILDREN)``). The modes alternate per shard so that load drift hits both
+(``os.wait4`` of each process, which also gives its peak RSS). The modes alternate per shard so that load drift hits both
 alike; the outputs of both modes are compared (benchmarks/outputs_digest.py) and must be equal.
 
     python benchmarks/shard_pass.py --coco-root ../shared/data/coco-mini --images 64 --shard-sizes 16 64
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -37,18 +36,20 @@ HERE = Path(__file__).resolve().parent
 U2SEG = [sys.executable, "-m", "u2seg"]
 
 
-def _children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
+def _run(cmd: list[str]) -> tuple[float, float, float]:
+    """(CPU seconds, wall seconds, peak RSS in MiB) of one command (a fresh process, reaped with wait4)."""
+    import os
 
-
-def _run(cmd: list[str]) -> tuple[float, float]:
-    """(CPU seconds, wall seconds) of one command (a fresh process)."""
-    cpu0, t0 = _children_cpu(), time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd[:4])} failed:\n{proc.stderr[-3000:]}")
-    return _children_cpu() - cpu0, time.perf_counter() - t0
+    with tempfile.TemporaryFile(mode="w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            err.seek(0)
+            raise SystemExit(f"{' '.join(cmd[:4])} failed:\n{err.read()[-3000:]}")
+    return usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss / 1024
 
 
 def stego_demo_weights(folder: Path) -> tuple[Path, Path]:
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.shard_sizes:
         shards = (n_images + size - 1) // size
         totals = {"separate": [0.0, 0.0], "fused": [0.0, 0.0]}
+        peak = {"separate": 0.0, "fused": 0.0}
         roots = {mode: work / f"{mode}-{size}" for mode in totals}
         for shard in range(shards):
             order = ("separate", "fused") if shard % 2 == 0 else ("fused", "separate")
@@ -134,9 +136,10 @@ def main(argv: list[str] | None = None) -> int:
                     cmds = [[*U2SEG, "shard-pass", "--no-keep-features",
                              *[t for name in stages for t in ("::", name, *segs[name])]]]
                 for cmd in cmds:
-                    cpu, wall = _run(cmd)
+                    cpu, wall, rss = _run(cmd)
                     totals[mode][0] += cpu
                     totals[mode][1] += wall
+                    peak[mode] = max(peak[mode], rss)
         a = {k: v for k, v in digest.digest(roots["separate"]).items() if ".zarr/" not in k}
         b = digest.digest(roots["fused"])
         diff = digest.compare(a, b)
@@ -144,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                "stuff": "stego_checkpoint" if stego else "kmeans", "shards": shards, "same_outputs": not diff,
                **{f"{m}_cpu_s_per_image": round(v[0] / n_images, 3) for m, v in totals.items()},
                **{f"{m}_wall_s_per_image": round(v[1] / n_images, 3) for m, v in totals.items()}}
+        row.update({f"{m}_peak_rss_mib": round(v) for m, v in peak.items()})
         row["cpu_ratio"] = round(totals["separate"][0] / totals["fused"][0], 3)
         row["wall_ratio"] = round(totals["separate"][1] / totals["fused"][1], 3)
         rows.append(row)
