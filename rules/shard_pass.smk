@@ -112,10 +112,11 @@ if config["pipeline"]["fused"]:
             segments=lambda wc, output, threads: shard_pass_segments(wc, output, threads),
         threads: 2
         resources:
-            # runtime: the sum of the separate jobs' per-image figures (features 0.5 + maskcut 3.2 + embed 1.0 s
-            # per shard image; the pass saves their process starts, docs/benchmarks.md "Fused per-shard pass")
+            # runtime: the sum of the separate jobs' figures (features 0.5 + maskcut 3.2 + embed 1.0 s per shard
+            # image, + stego_infer's 120 min); the pass saves their process starts (docs/benchmarks.md "Fused
+            # per-shard pass")
             mem_mb=shard_pass_mem,
-            runtime=declared_runtime(30, per_shard_image_s=4.7),
+            runtime=declared_runtime(30 + (120 if _SP_CHECKPOINT else 0), per_shard_image_s=4.7),
             gpu=gpu_request(config["features"]["device"]),
         log:
             f"{RES}/logs/{{ds}}/shard_pass/shard_{{shard}}.log",
