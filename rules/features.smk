@@ -3,6 +3,18 @@
 _features_out = directory(f"{RES}/{{ds}}/features/shard_{{shard}}.zarr")
 
 
+def features_args(wildcards, out, threads):
+    """The flags of `u2seg features` for one shard (the separate rule and the fused pass)."""
+    f = config["features"]
+    return (
+        f"--manifest {shlex.quote(f'{RES}/{wildcards.ds}/manifest.json')} --shard {int(wildcards.shard)}"
+        f" --shard-size {f['shard_size']} --backbone {shlex.quote(config['backbone'])}"
+        f" --weights={shlex.quote(config['weights'] or '')}"
+        + config_flags({k: f[k] for k in ("input_size", "batch_size", "device", "loader_workers")})
+        + f" --threads {threads} --out {shlex.quote(str(out))}"
+    )
+
+
 rule features_shard:
     """Backbone features of one shard of images -> a zarr v3 store (dense features, global embeddings)."""
     input:
@@ -10,11 +22,7 @@ rule features_shard:
     output:
         _features_out if config["features"]["keep_features"] else temp(_features_out),
     params:
-        shard=lambda wc: int(wc.shard),
-        shard_size=config["features"]["shard_size"],
-        backbone=config["backbone"],
-        weights=config["weights"] or "",
-        flags=config_flags({k: config["features"][k] for k in ("input_size", "batch_size", "device", "loader_workers")}),
+        args=lambda wc, output, threads: features_args(wc, output[0], threads),
     # torch's threads; the loader threads (features.loader_workers) decode beside them: one core each beyond 1
     threads: max(2, 1 + config["features"]["loader_workers"])
     resources:
@@ -26,11 +34,7 @@ rule features_shard:
     benchmark:
         f"{RES}/benchmarks/{{ds}}/features/shard_{{shard}}.tsv"
     shell:
-        "{U2SEG} features --manifest {input.manifest:q} --shard {params.shard}"
-        " --shard-size {params.shard_size} --backbone {params.backbone:q}"
-        " --weights={params.weights:q}"
-        " {params.flags}"
-        " --threads {threads} --out {output:q} > {log:q} 2>&1"
+        "{U2SEG} features {params.args} > {log:q} 2>&1"
 
 
 # Target: every feature shard of the configured dataset.

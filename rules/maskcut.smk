@@ -9,6 +9,26 @@ _mc_threads = 1 + _mc_workers if _mc_workers else 2
 MASKCUT_WORKER_MB = 400
 
 
+def maskcut_args(wildcards, features, out_json, out_gallery):
+    """The flags of `u2seg maskcut` for one shard (the separate rule and the fused pass)."""
+    q = lambda v: shlex.quote(str(v))
+    return (
+        f"--manifest {q(f'{RES}/{wildcards.ds}/manifest.json')} --features {q(features)}"
+        f" --out {q(out_json)} --gallery {q(out_gallery)} --gallery-size {q(_mc['gallery_size'])}"
+        f" --tau={q(_mc['tau'])} --eps={q(_mc['eps'])} --n-masks {q(_mc['n_masks'])}"
+        f" --solver {q(_mc['solver'])} --eigen-tol={q(_mc['eigen_tol'])}"
+        f" --foreground-rule {q(_mc['foreground_rule'])} --max-iou-previous={q(_mc['max_iou_previous'])}"
+        f" --min-area-fraction={q(_mc['min_area_fraction'])} --min-crf-iou={q(_mc['min_crf_iou'])}"
+        f" {'--crf' if _mc_crf['enabled'] else '--no-crf'}"
+        f" --crf-gaussian-sxy={q(_mc_crf['gaussian_sxy'])} --crf-gaussian-compat={q(_mc_crf['gaussian_compat'])}"
+        f" --crf-bilateral-sxy={q(_mc_crf['bilateral_sxy'])} --crf-bilateral-srgb={q(_mc_crf['bilateral_srgb'])}"
+        f" --crf-bilateral-compat={q(_mc_crf['bilateral_compat'])} --crf-iterations {q(_mc_crf['iterations'])}"
+        f" --batch-size {q(_mc['batch_size'])} --device {q(_mc['device'])} --seed {q(_mc['seed'])}"
+        # torch threads of the main process: the job's threads minus the worker processes' cores
+        f" --cpu-workers {_mc_workers} --threads {_mc_threads - _mc_workers}"
+    )
+
+
 rule maskcut:
     """MaskCut class-agnostic masks (COCO RLE) of one feature shard."""
     input:
@@ -18,29 +38,7 @@ rule maskcut:
         json=f"{RES}/{{ds}}/maskcut/shard_{{shard}}.json",
         gallery=directory(f"{RES}/{{ds}}/maskcut/shard_{{shard}}_gallery"),
     params:
-        tau=_mc["tau"],
-        eps=_mc["eps"],
-        n_masks=_mc["n_masks"],
-        solver=_mc["solver"],
-        eigen_tol=_mc["eigen_tol"],
-        foreground_rule=_mc["foreground_rule"],
-        max_iou_previous=_mc["max_iou_previous"],
-        min_area_fraction=_mc["min_area_fraction"],
-        min_crf_iou=_mc["min_crf_iou"],
-        crf="--crf" if _mc_crf["enabled"] else "--no-crf",
-        gaussian_sxy=_mc_crf["gaussian_sxy"],
-        gaussian_compat=_mc_crf["gaussian_compat"],
-        bilateral_sxy=_mc_crf["bilateral_sxy"],
-        bilateral_srgb=_mc_crf["bilateral_srgb"],
-        bilateral_compat=_mc_crf["bilateral_compat"],
-        iterations=_mc_crf["iterations"],
-        gallery_size=_mc["gallery_size"],
-        batch_size=_mc["batch_size"],
-        device=_mc["device"],
-        seed=_mc["seed"],
-        cpu_workers=_mc_workers,
-        # torch threads of the main process: the job's threads minus the worker processes' cores
-        torch_threads=_mc_threads - _mc_workers,
+        args=lambda wc, input, output: maskcut_args(wc, input.features, output.json, output.gallery),
     threads: _mc_threads
     resources:
         # measured figures (docs/benchmarks.md "Scale"): + the manifest it reads; 1.6 s per image (x2);
@@ -53,17 +51,7 @@ rule maskcut:
     benchmark:
         f"{RES}/benchmarks/{{ds}}/maskcut/shard_{{shard}}.tsv"
     shell:
-        "{U2SEG} maskcut --manifest {input.manifest:q} --features {input.features:q}"
-        " --out {output.json:q} --gallery {output.gallery:q} --gallery-size {params.gallery_size:q}"
-        " --tau={params.tau:q} --eps={params.eps:q} --n-masks {params.n_masks:q}"
-        " --solver {params.solver:q} --eigen-tol={params.eigen_tol:q}"
-        " --foreground-rule {params.foreground_rule:q} --max-iou-previous={params.max_iou_previous:q}"
-        " --min-area-fraction={params.min_area_fraction:q} --min-crf-iou={params.min_crf_iou:q}"
-        " {params.crf} --crf-gaussian-sxy={params.gaussian_sxy:q} --crf-gaussian-compat={params.gaussian_compat:q}"
-        " --crf-bilateral-sxy={params.bilateral_sxy:q} --crf-bilateral-srgb={params.bilateral_srgb:q}"
-        " --crf-bilateral-compat={params.bilateral_compat:q} --crf-iterations {params.iterations:q}"
-        " --batch-size {params.batch_size:q} --device {params.device:q} --seed {params.seed:q}"
-        " --cpu-workers {params.cpu_workers} --threads {params.torch_threads} > {log:q} 2>&1"
+        "{U2SEG} maskcut {params.args} > {log:q} 2>&1"
 
 
 rule merge_masks:

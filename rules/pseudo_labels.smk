@@ -4,6 +4,20 @@
 _PSEUDO = f"{RES}/{{ds}}/pseudo"
 
 
+def embed_args(wildcards, masks, features, out, threads):
+    """The flags of `u2seg embed` for one shard (the separate rule and the fused pass)."""
+    q = lambda v: shlex.quote(str(v))
+    emb, bg = config["embedding"], config["embedding"]["background"]
+    return (
+        f"--manifest {q(f'{RES}/{wildcards.ds}/manifest.json')} --shard {int(wildcards.shard)}"
+        f" --shard-size {q(config['features']['shard_size'])} --masks {q(masks)} --features {q(features)}"
+        f" --method {q(emb['method'])} --backbone {q(config['backbone'])} --weights={q(config['weights'] or '')}"
+        f" --background {q(bg[0])} {q(bg[1])} {q(bg[2])} --margin {q(emb['margin'])}"
+        f" --crop-size {q(emb['crop_size'])} --batch-size {q(emb['batch_size'])}"
+        f" --device {q(config['features']['device'])} --threads {threads} --out {q(out)}"
+    )
+
+
 rule embed:
     """One embedding per MaskCut mask of one shard (embedding.method)."""
     input:
@@ -13,18 +27,7 @@ rule embed:
     output:
         f"{_PSEUDO}/embed/shard_{{shard}}.npz",
     params:
-        shard=lambda wc: int(wc.shard),
-        shard_size=config["features"]["shard_size"],
-        method=config["embedding"]["method"],
-        backbone=config["backbone"],
-        weights=config["weights"] or "",
-        bg_r=config["embedding"]["background"][0],
-        bg_g=config["embedding"]["background"][1],
-        bg_b=config["embedding"]["background"][2],
-        margin=config["embedding"]["margin"],
-        crop_size=config["embedding"]["crop_size"],
-        batch_size=config["embedding"]["batch_size"],
-        device=config["features"]["device"],
+        args=lambda wc, input, output, threads: embed_args(wc, input.masks, input.features, output[0], threads),
     threads: 2
     resources:
         mem_mb=declared_mem(3000, per_image_kb=MANIFEST_KB_PER_IMAGE),
@@ -34,12 +37,7 @@ rule embed:
     benchmark:
         f"{RES}/benchmarks/{{ds}}/pseudo/embed_{{shard}}.tsv"
     shell:
-        "{U2SEG} embed --manifest {input.manifest:q} --shard {params.shard} --shard-size {params.shard_size:q}"
-        " --masks {input.masks:q} --features {input.features:q} --method {params.method:q}"
-        " --backbone {params.backbone:q} --weights={params.weights:q}"
-        " --background {params.bg_r:q} {params.bg_g:q} {params.bg_b:q} --margin {params.margin:q}"
-        " --crop-size {params.crop_size:q} --batch-size {params.batch_size:q} --device {params.device:q}"
-        " --threads {threads} --out {output:q} > {log:q} 2>&1"
+        "{U2SEG} embed {params.args} > {log:q} 2>&1"
 
 
 rule cluster_instances:
@@ -86,7 +84,12 @@ rule stuff_maps:
     maps (rules/stego.smk) gathered; `u2seg cluster-stuff` either way."""
     input:
         manifest=f"{RES}/{{ds}}/manifest.json",
-        features=per_shard(f"{RES}/{{ds}}/features/shard_{{shard}}.zarr"),
+        # the k-means model reads the feature shards; the stego* models only their per-shard maps
+        features=lambda wc: (
+            []
+            if STUFF_MODELS[config["stuff"]["model"]].per_shard_maps
+            else per_shard(f"{RES}/{{ds}}/features/shard_{{shard}}.zarr")(wc)
+        ),
         stego=lambda wc: stego_stuff_inputs(wc),  # stuff.model stego*: per-shard maps (rules/stego.smk)
     output:
         model=f"{_PSEUDO}/stuff_model.npz",

@@ -145,6 +145,24 @@ rule stego_model:
         "else {U2SEG} stego import --checkpoint {params.checkpoint:q} --out {output:q} > {log:q} 2>&1; fi"
 
 
+def stego_infer_args(wildcards, features, model, out_maps, threads):
+    """The flags of `u2seg stego infer` for one shard (the separate rule and the fused pass)."""
+    q = lambda v: shlex.quote(str(v))
+    stuff = config["stuff"]
+    if stuff["model"] == "stego_checkpoint":
+        source = f"--checkpoint {q(stuff['checkpoint'] or '')} --input-size {config['features']['input_size']}"
+        source += config_flags(stuff["stego_inference"])
+    else:
+        source = f"--model {q(model)}"
+    return (
+        f"--manifest {q(f'{RES}/{wildcards.ds}/manifest.json')} --shard {int(wildcards.shard)}"
+        f" --shard-size {q(config['features']['shard_size'])} --features {q(features)} {source}"
+        + (" --crf" if stuff["crf"]["enabled"] else "")
+        + "".join(f" --crf-{k.replace('_', '-')} {q(v)}" for k, v in stuff["crf"].items() if k != "enabled")
+        + f" --device {q(config['features']['device'])} --threads {threads} --out-maps {q(out_maps)}"
+    )
+
+
 rule stego_infer:
     """STEGO: stuff label maps of one feature shard from the cluster probe."""
     input:
@@ -154,22 +172,7 @@ rule stego_infer:
     output:
         directory(f"{_STEGO}/maps/shard_{{shard}}"),
     params:
-        shard=lambda wc: int(wc.shard),
-        shard_size=config["features"]["shard_size"],
-        source=lambda wc, input: (
-            f"--checkpoint {shlex.quote(config['stuff']['checkpoint'] or '')}"
-            f" --input-size {config['features']['input_size']}"
-            + " " + config_flags(config["stuff"]["stego_inference"])
-            if config["stuff"]["model"] == "stego_checkpoint"
-            else f"--model {shlex.quote(str(input.model))}"
-        ),
-        crf="--crf" if config["stuff"]["crf"]["enabled"] else "",
-        crf_flags=" ".join(
-            f"--crf-{k.replace('_', '-')} {shlex.quote(str(v))}"
-            for k, v in config["stuff"]["crf"].items()
-            if k != "enabled"
-        ),
-        device=config["features"]["device"],
+        args=lambda wc, input, output, threads: stego_infer_args(wc, input.features, input.model, output[0], threads),
     threads: 2
     resources:
         mem_mb=mem_mb(4000),
@@ -180,7 +183,4 @@ rule stego_infer:
     benchmark:
         f"{RES}/benchmarks/{{ds}}/pseudo/stego_infer_{{shard}}.tsv"
     shell:
-        "{U2SEG} stego infer --manifest {input.manifest:q} --shard {params.shard} --shard-size {params.shard_size:q}"
-        " --features {input.features:q} {params.source}"
-        " {params.crf} {params.crf_flags} --device {params.device:q} --threads {threads}"
-        " --out-maps {output:q} > {log:q} 2>&1"
+        "{U2SEG} stego infer {params.args} > {log:q} 2>&1"

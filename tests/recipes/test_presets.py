@@ -95,9 +95,10 @@ def _job(out: str, rule: str) -> list[str]:
 
 def test_u2seg_coco_dry_run_is_paper_scale_with_gpu_resources(tmp_path):
     out = _dry_run(tmp_path, "u2seg-coco.yaml", "--resources", "gpu=8")
-    for rule in ("features_shard", "maskcut", "embed", "cluster_instances", "stuff_maps", "concat_panoptic",
-                 "train_round", "predict"):
+    # pipeline.fused: one shard_pass job per shard instead of features_shard -> maskcut -> embed -> stego_infer
+    for rule in ("shard_pass", "cluster_instances", "stuff_maps", "concat_panoptic", "train_round", "predict"):
         assert _job(out, rule), f"no {rule} job in the dry run"
+    assert not _job(out, "features_shard") and not _job(out, "maskcut") and not _job(out, "stego_infer")
     (train,) = _job(out, "train_round")
     assert re.search(r"resources: .*\bgpu=8\b", train) and re.search(r"\bcpus_per_gpu=4\b", train), train
     assert "-m torch.distributed.run --nproc-per-node 8 --standalone --nnodes 1 -m u2seg train" in train
@@ -106,9 +107,10 @@ def test_u2seg_coco_dry_run_is_paper_scale_with_gpu_resources(tmp_path):
                  "--rpn-post-nms-topk-train 4000", "--roi-batch-per-image 512", "--max-size 1333",
                  "--backbone resnet50", "--device cuda", "--threads 4"):
         assert flag in train, flag
-    for rule in ("features_shard", "maskcut", "predict"):
+    for rule in ("shard_pass", "predict"):
         assert all(re.search(r"resources: .*\bgpu=1\b", b) for b in _job(out, rule)), rule
-    assert "--backbone dino_vitb8" in _job(out, "features_shard")[0]
+    shard_pass = _job(out, "shard_pass")[0]
+    assert "--backbone dino_vitb8" in shard_pass and ":: stego infer " in shard_pass
     assert "--min-size 800 --max-size 1333" in _job(out, "predict")[0]
 
 

@@ -28,6 +28,7 @@ from u2seg.params import write_resolved_config
 STAGES: dict[str, tuple[str, str]] = {
     "ingest": ("u2seg.ingest", "list a dataset's images into a manifest (robust image reading)"),
     "features": ("u2seg.features", "extract backbone features of one shard into a zarr v3 store"),
+    "shard-pass": ("u2seg.shard_pass_cli", "fused per-shard pass: features once, MaskCut, embeddings (+ STEGO maps)"),
     "maskcut": ("u2seg.maskcut.cli", "MaskCut class-agnostic masks for one feature shard"),
     "merge-masks": ("u2seg.maskcut.merge_cli", "merge per-shard MaskCut jsons into one COCO json"),
     "embed": ("u2seg.pseudo.instances.embed_cli", "per-instance embeddings of the MaskCut masks of one shard"),

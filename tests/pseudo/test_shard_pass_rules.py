@@ -1,0 +1,65 @@
+"""pipeline.fused through Snakemake: the fused per-shard rule gives the separate jobs' pseudo-labels byte for byte
+(masks json, embeddings, stuff maps, panoptic json + PNGs: every file benchmarks/outputs_digest.py compares)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from tests.configs import tiny_config
+from tests.conftest import run_snakemake
+from tests.pseudo.test_shard_pass import dino_weights_and_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _digest(root: Path) -> dict[str, str]:
+    spec = importlib.util.spec_from_file_location("outputs_digest", REPO / "benchmarks" / "outputs_digest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.digest(root)
+
+
+def _run(work: Path, config: dict) -> dict[str, str]:
+    run_snakemake(work, ["pseudo_labels"], config)
+    return _digest(work / "results")
+
+
+def _same(separate: dict[str, str], fused: dict[str, str]) -> None:
+    only = sorted(separate.keys() ^ fused.keys())
+    differ = sorted(k for k in separate.keys() & fused.keys() if separate[k] != fused[k])
+    assert not only and not differ, f"files in one run only: {only[:10]}; differing: {differ[:10]}"
+
+
+def test_fused_pass_equals_the_separate_jobs_on_the_samples(tmp_path):
+    base = tiny_config("small", dataset="samples")
+    separate = _run(tmp_path / "separate", dict(base, pipeline={"fused": False}))
+    fused = _run(tmp_path / "fused", dict(base, pipeline={"fused": True}))
+    for key in ("samples/maskcut/shard_00001.json", "samples/pseudo/embed/shard_00001.npz", "samples/pseudo/panoptic.json",
+                "samples/features/shard_00001.zarr/zarr.json"):
+        assert key in separate
+    assert any(k.startswith("samples/pseudo/stuff/") for k in separate)
+    assert any(k.startswith("samples/pseudo/panoptic/") for k in separate)
+    _same(separate, fused)
+    logs = sorted(p.name for p in (tmp_path / "fused" / "results" / "logs" / "samples" / "shard_pass").iterdir())
+    assert logs == ["shard_00000.log", "shard_00001.log"]  # the fused rule made the shards
+    assert not (tmp_path / "fused" / "results" / "logs" / "samples" / "maskcut").exists()
+
+
+@pytest.mark.slow
+def test_fused_stego_checkpoint_without_kept_features(tmp_path):
+    """stuff.model stego_checkpoint, features not kept: no zarr shard is ever written to the results, the
+    checkpoint's ViT equals the backbone (one forward) and the pseudo-labels equal the separate jobs'."""
+    dino, ckpt = dino_weights_and_checkpoint(tmp_path)
+    base = tiny_config("small", dataset="samples", backbone="dino_vits8", weights=str(dino),
+                       stuff={"model": "stego_checkpoint", "checkpoint": str(ckpt), "k": 4,
+                              "stego_inference": {"flip": False, "crop": "full", "crop_size": 320}})
+    base["features"] = dict(base["features"], keep_features=False)
+    separate = _run(tmp_path / "separate", dict(base, pipeline={"fused": False}))
+    fused = _run(tmp_path / "fused", dict(base, pipeline={"fused": True}))
+    assert not list((tmp_path / "fused" / "results" / "samples" / "features").glob("*.zarr"))
+    log = (tmp_path / "fused" / "results" / "logs" / "samples" / "shard_pass" / "shard_00000.log").read_text()
+    assert "one forward" in log
+    assert any(k.startswith("samples/pseudo/stego/maps/shard_00001/") for k in separate)
+    _same(separate, fused)
