@@ -45,7 +45,7 @@ from u2seg.detector.ema import (
 )
 from u2seg.detector.model import ModelConfig, build_model
 from u2seg.detector.params import CupsSelfTrainParams
-from u2seg.detector.train import init_distributed, load_init_weights, plot_losses
+from u2seg.detector.train import init_distributed, load_init_weights, plot_losses, resume_state
 from u2seg.device import resolve_device
 from u2seg.errors import UserError
 from u2seg.manifest import image_path
@@ -113,22 +113,14 @@ def make_batch(teacher: nn.Module, dataset: PseudoLabelDataset, batches: Iterati
 
 def _resume(work: Path, inputs: dict[str, str], total: int, model: nn.Module, teacher: nn.Module,
             optimizer: torch.optim.Optimizer) -> int:
-    """Load the newest ``work/`` checkpoint made from ``inputs``; its step, or 0 (fresh start)."""
-    latest = ckpt.latest_training(work)
-    if latest is None:
-        return 0
-    state = ckpt.load(latest, map_location="cpu")
-    reason = fp.stale_reason(state.get("inputs"), inputs)
-    if reason is None and state["iteration"] > total:
-        reason = f"its step {state['iteration']} is past the {total} steps of all rounds"
-    if reason is not None:
-        log.warning("self-training from the start, not resuming %s: %s", latest, reason)
+    """Resume student, teacher, optimizer and RNG from :func:`resume_state`; its step, or 0 (fresh start)."""
+    state = resume_state(work, inputs, total, "self-training")
+    if state is None:
         return 0
     model.load_state_dict(state["model"])
     teacher.load_state_dict(state["teacher"])
     optimizer.load_state_dict(state["optimizer"])
     ckpt.set_rng_state(state["rng"])
-    log.info("resumed from %s at step %d (same inputs)", latest, int(state["iteration"]))
     return int(state["iteration"])
 
 

@@ -201,26 +201,34 @@ def _read_metrics(path: Path, before: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _resume(work: Path, inputs: dict[str, str], max_iter: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any, scaler: torch.amp.GradScaler) -> int:
-    """Load the newest ``work/`` checkpoint when it was made from ``inputs`` and return its iteration;
-    otherwise 0, with one log line why (the caller then clears ``work/``)."""
+def resume_state(work: Path, inputs: dict[str, str], last: int, what: str) -> dict[str, Any] | None:
+    """The newest ``work/`` checkpoint, loaded, when it was made from ``inputs`` and is not past step
+    ``last``; otherwise None, with one log line why (``what`` starts it: the caller starts afresh)."""
     latest = ckpt.latest_training(work)
     if latest is None:
-        return 0
+        return None
     state = ckpt.load(latest, map_location="cpu")
     reason = fp.stale_reason(state.get("inputs"), inputs)
-    if reason is None and state["iteration"] > max_iter:
-        reason = f"its iteration {state['iteration']} is past max_iter {max_iter}"
+    if reason is None and state["iteration"] > last:
+        reason = f"its step {state['iteration']} is past the last step {last}"
     if reason is not None:
-        log.warning("training from scratch, not resuming %s: %s", latest, reason)
+        log.warning("%s from the start, not resuming %s: %s", what, latest, reason)
+        return None
+    log.info("resuming from %s at step %d (same inputs)", latest, int(state["iteration"]))
+    return state
+
+
+def _resume(work: Path, inputs: dict[str, str], max_iter: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: Any, scaler: torch.amp.GradScaler) -> int:
+    """Resume model, optimizer, scheduler, scaler and RNG from :func:`resume_state`; its iteration or 0."""
+    state = resume_state(work, inputs, max_iter, "training")
+    if state is None:
         return 0
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     ckpt.set_rng_state(state["rng"])
-    log.info("resumed from %s at iteration %d (same inputs)", latest, int(state["iteration"]))
     return int(state["iteration"])
 
 
