@@ -94,6 +94,11 @@ def forwards_per_image(p: Preset) -> int:
     return 1 + p.n_masks + stego
 
 
+# ViT-B/8 forwards per image of the pass gpu_check.sh measures (benchmarks/shard_pass.py --paper-shape: the
+# u2seg-imagenet preset's features + 3 crop_cls crops)
+MEASURED_FORWARDS = 4
+
+
 def projected_images_per_s(p: Preset) -> float:
     """GPU images/s of the pass from the FLOPs alone (no CPU limit): a projection."""
     return ASSUMED_GPU_FLOPS / (forwards_per_image(p) * vit_forward_flops(60 * 60))
@@ -114,7 +119,8 @@ def feature_disk(p: Preset, figs: dict[str, Figure], jobs_in_flight: int) -> dic
 def cost(p: Preset, figs: dict[str, Figure], jobs_in_flight: int = 8, cpu_cores_per_gpu: int = 16) -> dict[str, Any]:
     """Every cost of one preset (hours, GB) with the label of each figure used."""
     gpu = figs["gpu_pass_images_per_s"]
-    gpu_ips = gpu.value if gpu.measured else projected_images_per_s(p)
+    # gpu_check.sh measures the u2seg-imagenet pass shape; other presets scale by their ViT forwards
+    gpu_ips = gpu.value * MEASURED_FORWARDS / forwards_per_image(p) if gpu.measured else projected_images_per_s(p)
     crf = figs["crf_cpu_s_per_image"].value
     cpu_ips = cpu_cores_per_gpu / crf  # the CPU half (CRF) on the GPU's cores, fully overlapped
     pass_ips = min(gpu_ips, cpu_ips) if not gpu.measured else gpu_ips  # a measured figure already includes it
@@ -129,7 +135,8 @@ def cost(p: Preset, figs: dict[str, Figure], jobs_in_flight: int = 8, cpu_cores_
         "fused_pass": {"forwards_per_image": forwards_per_image(p), "gpu_images_per_s": round(gpu_ips, 2),
                        "cpu_bound_images_per_s": round(cpu_ips, 2), "images_per_s": round(pass_ips, 2),
                        "gpu_hours": round(p.images / pass_ips / 3600, 1),
-                       "source": gpu.label() if gpu.measured else
+                       "source": f"{gpu.label()} x {MEASURED_FORWARDS} / {forwards_per_image(p)} forwards"
+                       if gpu.measured else
                        f"{gpu.label()}; CPU half: {cpu_cores_per_gpu} cores / {crf} CPU-s per image"},
         "maskcut_crf_cpu_hours": round(p.images * crf / 3600, 1),
         "clustering_cpu_hours": round(kmeans_s * 2 / 3600, 2),  # measured with 2 threads: CPU = 2 x wall

@@ -76,9 +76,12 @@ def test_gpu_figures_replace_the_projections(tmp_path: Path):
     f.write_text("date: 2026-12-09T00:00:00Z\ngpu: NVIDIA H100, 80 GB\nshard_pass.images_per_s: 12.5\n"
                  "u2seg_coco_speed.result: " + json.dumps({"s_per_iter_median": 0.25}) + "\n")
     figs = cm.apply_gpu_figures(cm.default_figures(), cm.read_gpu_figures(f))
-    r = cm.cost(COCO, figs)
+    r = cm.cost(IMAGENET, figs)
+    assert cm.forwards_per_image(IMAGENET) == cm.MEASURED_FORWARDS  # the shape gpu_check.sh measures
     assert r["fused_pass"]["images_per_s"] == 12.5   # measured: includes its CPU workers, not capped again
-    assert r["fused_pass"]["gpu_hours"] == pytest.approx(118_287 / 12.5 / 3600, abs=0.05)
+    assert r["fused_pass"]["gpu_hours"] == pytest.approx(1_281_167 / 12.5 / 3600, abs=0.05)
+    r = cm.cost(COCO, figs)                          # 6 forwards (STEGO with flip): scaled
+    assert r["fused_pass"]["images_per_s"] == pytest.approx(12.5 * 4 / 6, abs=0.01)
     assert "projection" not in r["fused_pass"]["source"] and "H100" in r["fused_pass"]["source"]
     assert r["training_gpu_hours"] == pytest.approx(90_000 * 0.25 * 8 / 3600, abs=0.05)
     # a failed step leaves the projection in place
