@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU readiness check: one prepared script; its steps are capped at 240 + 60 + 60 + 90 + 150 s
-# (10 minutes) on one GPU.
+# GPU readiness check: one prepared script; its steps are capped at 240 + 60 + 60 + 90 + 150 + 120 s
+# (12 minutes) on one GPU.
 #   bash benchmarks/gpu_check.sh [FIGURES_FILE]        (default: gpu_check/figures.txt)
 # Runs from the repository root with the project's environment (PYTHON, default: python; the u2seg
 # package importable, e.g. PYTHONPATH=workflow). Steps, each under its own time limit:
@@ -13,7 +13,12 @@
 #      batch 2, AMP (benchmarks/train.py, random init, 5 warm-up + 20 timed iterations);
 #   5. MaskCut on CUDA with the CPU half in the main process vs in 4 worker processes (benchmarks/overlap.py:
 #      48 coco-mini val images, efficientnet_lite2 at 480 px, batch 16, --cpu-workers 0 vs 4), seconds
-#      per image and whether both wrote the same masks json.
+#      per image and whether both wrote the same masks json;
+#   6. the fused per-shard pass (`u2seg shard-pass`, benchmarks/shard_pass.py --paper-shape: the u2seg-imagenet
+#      preset's pass with a seeded random ViT-B/8 at 480 px, crop_cls embeddings, MaskCut with its CPU half in
+#      nproc - 2 worker processes) on the 80 coco-mini val images in one shard: images/s, including the
+#      process start; then benchmarks/cost_model.py with these figures (GPU-hours and disk of COCO train2017
+#      and ImageNet-1K at the presets' settings; written to cost_model.md / .json beside FIGURES_FILE).
 # Every figure is appended to FIGURES_FILE as `key: value` lines; a failed step records its exit code and
 # the script goes on (exit status: number of failed steps). Copy the figures, with the GPU model and the
 # date, into docs/benchmarks.md ("GPU").
@@ -77,6 +82,16 @@ fig u2seg_coco_speed.result "$(grep '^{' "$WORK/u2seg_coco_speed.log" | tail -n 
 step maskcut_overlap 150 $PY benchmarks/overlap.py --device cuda --images 48 --batch-size 16 --workers 0 4 \
     --repeats 1 --threads 4 --work "$WORK/overlap"
 fig maskcut_overlap.result "$(grep '"summary"' "$WORK/maskcut_overlap.log" | tail -n 1)"
+
+# 6. the fused pass on one GPU with its CPU workers, then the cost model from the figures
+step shard_pass 120 $PY benchmarks/shard_pass.py --coco-root ../shared/data/coco-mini --split val --images 80 \
+    --shard-sizes 80 --paper-shape --device cuda --modes fused --threads 2 \
+    --cpu-workers "$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))" --json "$WORK/shard_pass.json"
+fig shard_pass.result "$(grep '^{' "$WORK/shard_pass.log" | tail -n 1)"
+fig shard_pass.images_per_s "$($PY -c 'import json, sys; print(json.load(open(sys.argv[1]))[0]["fused_images_per_s"])' \
+    "$WORK/shard_pass.json" 2>/dev/null)"
+$PY benchmarks/cost_model.py --gpu-figures "$FIG" --json "$(dirname "$FIG")/cost_model.json" --markdown \
+    | tee "$(dirname "$FIG")/cost_model.md"
 
 fig failed_steps "$failed"
 exit "$failed"

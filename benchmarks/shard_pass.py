@@ -19,6 +19,11 @@ dino_vitb8 weights and cocostuff27_vit_base_5.ckpt), backbone dino_vits8; separa
 
     python benchmarks/shard_pass.py --coco-root ../shared/data/coco-mini --images 16 --shard-sizes 16 \
         --stego-checkpoint --input-size 240
+
+``--paper-shape``: the u2seg-imagenet preset's pass shape instead of the demo's: a seeded random ViT-B/8 in the
+DINO layout as dino_vitb8 (the speed does not depend on the weights' values), crop_cls embeddings at 480 px,
+the preset's batch sizes (features 32, MaskCut 16, crops 64); with ``--device cuda --cpu-workers N
+--modes fused`` it is benchmarks/gpu_check.sh's figure of the fused pass on one GPU (images/s).
 """
 from __future__ import annotations
 
@@ -71,28 +76,49 @@ def stego_demo_weights(folder: Path) -> tuple[Path, Path]:
     return weights, ckpt
 
 
+def vitb8_weights(folder: Path) -> Path:
+    """A seeded random ViT-B/8 in the official DINO layout (dino_vitbase8_pretrain.pth's keys)."""
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=224, patch_size=8, embed_dim=768, depth=12, num_heads=12, num_classes=0)
+    path = folder / "dino_vitbase8_pretrain.pth"
+    torch.save(vit.state_dict(), path)
+    return path
+
+
 def segments(res: Path, manifest: Path, shard: int, size: int, threads: int, input_size: int = 480,
-             stego: tuple[Path, Path] | None = None) -> dict[str, list[str]]:
+             stego: tuple[Path, Path] | None = None, device: str = "cpu", paper: Path | None = None,
+             cpu_workers: int = 0) -> dict[str, list[str]]:
     """The demo config's flags of each stage for one shard (as rules/*.smk pass them); with ``stego``
-    (weights, checkpoint): dino_vits8 features and a `stego infer` segment."""
+    (weights, checkpoint): dino_vits8 features and a `stego infer` segment; with ``paper`` (ViT-B/8
+    weights): the u2seg-imagenet preset's backbone, embeddings and batch sizes."""
     zarr = str(res / "features" / f"shard_{shard:05d}.zarr")
     masks = str(res / "maskcut" / f"shard_{shard:05d}.json")
     common = ["--manifest", str(manifest)]
     sh = ["--shard", str(shard), "--shard-size", str(size)]
     t = ["--threads", str(threads)]
     backbone = ["--backbone", "dino_vits8", f"--weights={stego[0]}"] if stego else \
+        ["--backbone", "dino_vitb8", f"--weights={paper}"] if paper else \
         ["--backbone", "efficientnet_lite2", "--weights="]
+    dev = ["--device", device]
+    batches = ("32", "16", "64") if paper else ("4", None, None)
+    embed = ["--method", "crop_cls", *backbone, "--crop-size", str(input_size), "--batch-size", batches[2]] \
+        if paper else ["--method", "pooled"]
     out = {
         "features": [*common, *sh, *backbone, "--input-size", str(input_size),
-                     "--batch-size", "4", "--device", "cpu", *t, "--out", zarr],
+                     "--batch-size", batches[0], *dev, *t, "--out", zarr],
         "maskcut": [*common, "--features", zarr, "--out", masks,
-                    "--gallery", str(res / "maskcut" / f"shard_{shard:05d}_gallery"), "--device", "cpu", *t],
-        "embed": [*common, *sh, "--masks", masks, "--features", zarr, "--method", "pooled", "--device", "cpu", *t,
+                    "--gallery", str(res / "maskcut" / f"shard_{shard:05d}_gallery"), *dev, *t,
+                    *(["--batch-size", batches[1]] if paper else []),
+                    *(["--cpu-workers", str(cpu_workers)] if cpu_workers else [])],
+        "embed": [*common, *sh, "--masks", masks, "--features", zarr, *embed, *dev, *t,
                   "--out", str(res / "pseudo" / "embed" / f"shard_{shard:05d}.npz")],
     }
     if stego:
         out["stego"] = ["infer", *common, *sh, "--features", zarr, "--checkpoint", str(stego[1]), "--input-size",
-                        str(input_size), "--no-flip", "--device", "cpu", *t,
+                        str(input_size), "--no-flip", *dev, *t,
                         "--out-maps", str(res / "pseudo" / "stego" / "maps" / f"shard_{shard:05d}")]
     return out
 
@@ -107,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-size", type=int, default=480, help="features.input_size")
     parser.add_argument("--stego-checkpoint", action="store_true",
                         help="stuff.model stego_checkpoint with a seeded random ViT-S/8 (see above)")
+    parser.add_argument("--paper-shape", action="store_true",
+                        help="the u2seg-imagenet preset's pass shape with a seeded random ViT-B/8 (see above)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="every stage's device")
+    parser.add_argument("--cpu-workers", type=int, default=0, help="maskcut --cpu-workers")
+    parser.add_argument("--modes", nargs="+", default=["separate", "fused"], choices=("separate", "fused"))
     parser.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here too")
     args = parser.parse_args(argv)
@@ -116,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
           "--limit", str(args.images), "--manifest", str(manifest), "--skipped", str(work / "skipped.json")])
     n_images = len(json.loads(manifest.read_text())["images"])
     stego = stego_demo_weights(work) if args.stego_checkpoint else None
+    paper = vitb8_weights(work) if args.paper_shape else None
     stages = ("features", "maskcut", "embed", "stego") if stego else ("features", "maskcut", "embed")
     spec = importlib.util.spec_from_file_location("outputs_digest", HERE / "outputs_digest.py")
     digest = importlib.util.module_from_spec(spec)
@@ -123,13 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for size in args.shard_sizes:
         shards = (n_images + size - 1) // size
-        totals = {"separate": [0.0, 0.0], "fused": [0.0, 0.0]}
-        peak = {"separate": 0.0, "fused": 0.0}
+        totals = {m: [0.0, 0.0] for m in args.modes}
+        peak = {m: 0.0 for m in args.modes}
         roots = {mode: work / f"{mode}-{size}" for mode in totals}
         for shard in range(shards):
-            order = ("separate", "fused") if shard % 2 == 0 else ("fused", "separate")
+            order = args.modes if shard % 2 == 0 else args.modes[::-1]
             for mode in order:
-                segs = segments(roots[mode], manifest, shard, size, args.threads, args.input_size, stego)
+                segs = segments(roots[mode], manifest, shard, size, args.threads, args.input_size, stego,
+                                args.device, paper, args.cpu_workers)
                 if mode == "separate":
                     cmds = [[*U2SEG, name, *segs[name]] for name in stages]
                 else:
@@ -140,16 +173,23 @@ def main(argv: list[str] | None = None) -> int:
                     totals[mode][0] += cpu
                     totals[mode][1] += wall
                     peak[mode] = max(peak[mode], rss)
-        a = {k: v for k, v in digest.digest(roots["separate"]).items() if ".zarr/" not in k}
-        b = digest.digest(roots["fused"])
-        diff = digest.compare(a, b)
-        row = {"shard_size": size, "images": n_images, "input_size": args.input_size,
-               "stuff": "stego_checkpoint" if stego else "kmeans", "shards": shards, "same_outputs": not diff,
+        both = len(totals) == 2
+        if both:
+            a = {k: v for k, v in digest.digest(roots["separate"]).items() if ".zarr/" not in k}
+            diff = digest.compare(a, digest.digest(roots["fused"]))
+        else:
+            diff = []
+        row = {"shard_size": size, "images": n_images, "input_size": args.input_size, "device": args.device,
+               "paper_shape": args.paper_shape, "cpu_workers": args.cpu_workers,
+               "stuff": "stego_checkpoint" if stego else "kmeans", "shards": shards,
+               "same_outputs": not diff if both else None,
                **{f"{m}_cpu_s_per_image": round(v[0] / n_images, 3) for m, v in totals.items()},
-               **{f"{m}_wall_s_per_image": round(v[1] / n_images, 3) for m, v in totals.items()}}
+               **{f"{m}_wall_s_per_image": round(v[1] / n_images, 3) for m, v in totals.items()},
+               **{f"{m}_images_per_s": round(n_images / v[1], 3) for m, v in totals.items()}}
         row.update({f"{m}_peak_rss_mib": round(v) for m, v in peak.items()})
-        row["cpu_ratio"] = round(totals["separate"][0] / totals["fused"][0], 3)
-        row["wall_ratio"] = round(totals["separate"][1] / totals["fused"][1], 3)
+        if both:
+            row["cpu_ratio"] = round(totals["separate"][0] / totals["fused"][0], 3)
+            row["wall_ratio"] = round(totals["separate"][1] / totals["fused"][1], 3)
         rows.append(row)
         print(json.dumps(row), flush=True)
         if diff:
@@ -160,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(rows, indent=1))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
-    return 0 if all(r["same_outputs"] for r in rows) else 1
+    return 0 if all(r["same_outputs"] is not False for r in rows) else 1
 
 
 if __name__ == "__main__":
