@@ -10,7 +10,7 @@ def features_args(wildcards, out, threads):
         f"--manifest {shlex.quote(f'{RES}/{wildcards.ds}/manifest.json')} --shard {int(wildcards.shard)}"
         f" --shard-size {f['shard_size']} --backbone {shlex.quote(config['backbone'])}"
         f" --weights={shlex.quote(config['weights'] or '')}"
-        + config_flags({k: f[k] for k in ("input_size", "batch_size", "device", "loader_workers")})
+        + " " + config_flags({k: f[k] for k in ("input_size", "batch_size", "device", "loader_workers")})
         + f" --threads {threads} --out {shlex.quote(str(out))}"
     )
 

@@ -151,7 +151,7 @@ def stego_infer_args(wildcards, features, model, out_maps, threads):
     stuff = config["stuff"]
     if stuff["model"] == "stego_checkpoint":
         source = f"--checkpoint {q(stuff['checkpoint'] or '')} --input-size {config['features']['input_size']}"
-        source += config_flags(stuff["stego_inference"])
+        source += " " + config_flags(stuff["stego_inference"])
     else:
         source = f"--model {q(model)}"
     return (
