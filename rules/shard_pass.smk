@@ -79,6 +79,14 @@ def shard_pass_flags(output):
     return flags
 
 
+def stuff_fit_mem(wildcards, attempt):
+    """``mem_mb`` of `stuff_fit`: 4,000 MB + the sample (stuff.sample_patches x C float16) twice."""
+    from u2seg.registry import BACKBONES
+
+    sample_mb = config["stuff"]["sample_patches"] * BACKBONES[config["backbone"]].feature_dim * 2 / 2**20
+    return with_retries(4000 + 2 * sample_mb, attempt)
+
+
 def stuff_crf_flags():
     """The CRF flags of the stuff stages (config stuff.crf), as rule stuff_maps passes them."""
     c = config["stuff"]["crf"]
@@ -145,8 +153,8 @@ if _SP_KMEANS_UNSTORED:
             device=config["features"]["device"],
         threads: 2
         resources:
-            # the sample (stuff.sample_patches x C float16) + the k-means' float32 chunks
-            mem_mb=mem_mb(4000),
+            # 4,000 MB (stuff_maps' request) + the sample twice (the shards' parts + their concatenation)
+            mem_mb=stuff_fit_mem,
             runtime=120,
         log:
             f"{RES}/logs/{{ds}}/pseudo/stuff_fit.log",
