@@ -89,9 +89,11 @@ PRESETS = (
 def forwards_per_image(p: Preset) -> int:
     """ViT-B/8 forwards at 480 px per image in the pass: the features, one per mask crop (crop_cls
     embeddings at crop_size 480) and, for stego_checkpoint, STEGO's own (twice with flip averaging; with
-    flip off the features' forward serves it)."""
+    flip off the features' forward serves it), and for k-means stuff without kept features the maps' forward."""
     stego = (2 if p.stego_flip else 0) if p.stuff_model == "stego_checkpoint" else 0
-    return 1 + p.n_masks + stego
+    # k-means stuff with features not kept (fused): its maps recompute the features (rule stuff_maps_shard)
+    kmeans_maps = 1 if p.stuff_model == "kmeans" and not p.keep_features else 0
+    return 1 + p.n_masks + stego + kmeans_maps
 
 
 # ViT-B/8 forwards per image of the pass gpu_check.sh measures (benchmarks/shard_pass.py --paper-shape: the
@@ -105,13 +107,15 @@ def projected_images_per_s(p: Preset) -> float:
 
 
 def feature_disk(p: Preset, figs: dict[str, Figure], jobs_in_flight: int) -> dict[str, float]:
-    """Peak feature bytes (GB): kept; not kept with this preset's stuff model; not kept, fused +
-    stego_checkpoint (the bounded path). benchmarks/feature_disk.py computes the same from the DAG."""
+    """Peak feature bytes (GB): kept; not kept with this preset's stuff model; not kept, fused (the bounded
+    path). benchmarks/feature_disk.py computes the same from the DAG."""
     b = figs["feature_bytes_per_image"].value
     shards = math.ceil(p.images / p.shard_size)
     every = p.images * b / GB
     in_flight = min(jobs_in_flight, shards) * p.shard_size * b / GB
-    bounded_now = p.stuff_model == "stego_checkpoint"  # kmeans / stego read every shard later (today)
+    # fused presets: stego_checkpoint maps in the pass; k-means fits on the shards' sample shares and its maps
+    # recompute the features; a trained STEGO head (stuff.model stego) reads every stored shard
+    bounded_now = p.stuff_model in ("stego_checkpoint", "kmeans")
     return {"kept_gb": every, "not_kept_gb": in_flight if bounded_now else every, "bounded_path_gb": in_flight,
             "preset_gb": every if p.keep_features else (in_flight if bounded_now else every)}
 
@@ -185,7 +189,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     row("feature disk, kept", lambda r: f"{r['feature_disk']['kept_gb']:,.0f} GB")
     row("feature disk, not kept, this preset's stuff model",
         lambda r: f"{r['feature_disk']['not_kept_gb']:,.1f} GB ({r['stuff_model']})")
-    row(f"feature disk, not kept, fused + stego_checkpoint ({rows[0]['jobs_in_flight']} shards in flight)",
+    row(f"feature disk, not kept, fused ({rows[0]['jobs_in_flight']} shards in flight)",
         lambda r: f"{r['feature_disk']['bounded_path_gb']:,.1f} GB")
     row("feature disk at the preset's settings", lambda r: f"{r['feature_disk']['preset_gb']:,.1f} GB")
     row("fused pass: ViT-B/8 forwards per image", lambda r: str(r["fused_pass"]["forwards_per_image"]))

@@ -15,7 +15,7 @@ PACKAGE_DIR = Path(u2seg.__file__).resolve().parent
 DISPATCHER = "u2seg.cli"
 ENTRY_POINT = "u2seg.__main__"  # `python -m u2seg`: calls the dispatcher
 # compound stages: parse their segments with the dispatcher's stage parsers (each flag keeps one home)
-COMPOUND_STAGES = ("u2seg.shard_pass_cli",)
+COMPOUND_STAGES = ("u2seg.shard_pass_cli", "u2seg.pseudo.stuff.shard_cli")
 
 
 def module_names() -> dict[str, Path]:

@@ -26,7 +26,9 @@ def _run(work: Path, config: dict) -> dict[str, str]:
     return _digest(work / "results")
 
 
-def _same(separate: dict[str, str], fused: dict[str, str]) -> None:
+def _same(separate: dict[str, str], fused: dict[str, str], ignore: tuple[str, ...] = ()) -> None:
+    separate = {k: v for k, v in separate.items() if k not in ignore}
+    fused = {k: v for k, v in fused.items() if k not in ignore}
     only = sorted(separate.keys() ^ fused.keys())
     differ = sorted(k for k in separate.keys() & fused.keys() if separate[k] != fused[k])
     assert not only and not differ, f"files in one run only: {only[:10]}; differing: {differ[:10]}"
@@ -63,3 +65,28 @@ def test_fused_stego_checkpoint_without_kept_features(tmp_path):
     assert "one forward" in log
     assert any(k.startswith("samples/pseudo/stego/maps/shard_00001/") for k in separate)
     _same(separate, fused)
+
+
+def test_fused_kmeans_without_kept_features(tmp_path):
+    """stuff.model kmeans, features not kept: the pass writes the shard's share of the stuff sample (no zarr
+    shard in the results), stuff_fit + stuff_maps_shard + stuff_gather give the separate jobs' stuff model, maps,
+    summary and panoptic pseudo-labels byte for byte. Only the resolved-config records of the stuff stage
+    differ (other stages, other flags): the separate cluster-stuff's stuff_model.config.json, the gather's
+    stuff_summary.config.json."""
+    base = tiny_config("small", dataset="samples")
+    base["features"] = dict(base["features"], keep_features=False)
+    base["stuff"] = dict(base["stuff"], model="kmeans", crf={"enabled": True})  # the CRF reads the images
+    separate = _run(tmp_path / "separate", dict(base, pipeline={"fused": False}))
+    fused = _run(tmp_path / "fused", dict(base, pipeline={"fused": True}))
+    results = tmp_path / "fused" / "results" / "samples"
+    assert not list(results.rglob("*.zarr"))  # no feature shard was ever written to the results
+    for key in ("samples/pseudo/stuff_model.npz", "samples/pseudo/stuff_summary.json", "samples/pseudo/panoptic.json"):
+        assert key in separate and key in fused
+    assert any(k.startswith("samples/pseudo/stuff/") and k.endswith(".png") for k in fused)
+    records = ("samples/pseudo/stuff_model.config.json", "samples/pseudo/stuff_summary.config.json")
+    assert records[0] in separate and records[1] in fused
+    _same(separate, fused, ignore=records)
+    logs = tmp_path / "fused" / "results" / "logs" / "samples"
+    assert (logs / "pseudo" / "stuff_fit.log").is_file() and (logs / "pseudo" / "stuff_maps_00001.log").is_file()
+    assert "stuff sample rows" in (logs / "shard_pass" / "shard_00000.log").read_text()
+    assert not list(results.rglob("stuff_sample/*.npy"))  # temp(): removed after the fit

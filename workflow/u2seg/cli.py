@@ -34,6 +34,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "embed": ("u2seg.pseudo.instances.embed_cli", "per-instance embeddings of the MaskCut masks of one shard"),
     "cluster-instances": ("u2seg.pseudo.instances.cluster_cli", "k-means over instance embeddings -> class-aware json"),
     "cluster-stuff": ("u2seg.pseudo.stuff.cli", "k-means over dense patch features -> stuff label maps"),
+    "stuff-shard": ("u2seg.pseudo.stuff.shard_cli", "one shard's k-means stuff maps, features recomputed in memory"),
     "stego": ("u2seg.pseudo.stuff.stego.cli", "STEGO stuff model: crop kNN table, head training, per-shard maps"),
     "merge-panoptic": ("u2seg.pseudo.panoptic.merge_cli", "merge instances + stuff into COCO panoptic pseudo-labels"),
     "validate-panoptic": ("u2seg.pseudo.panoptic.validate_cli", "check a COCO panoptic json + PNG folder for consistency"),

@@ -16,6 +16,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 SEPARATOR = "::"
 STAGES_IN_ORDER = ("features", "maskcut", "embed", "stego")
@@ -30,6 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "when the pass ends")
     parser.add_argument("--scratch", type=Path, default=None,
                         help="folder for the throw-away feature shard (default: $TMPDIR)")
+    parser.add_argument("--stuff-sample", type=Path, default=None,
+                        help="k-means stuff model without stored features: write the shard's share of the seeded "
+                             "patch sample (.npy float16, the rows `u2seg cluster-stuff` samples) here")
+    parser.add_argument("--sample-patches", type=int, default=None,
+                        help="with --stuff-sample: patches sampled over the whole dataset (config stuff.sample_patches)")
+    parser.add_argument("--sample-seed", type=int, default=None,
+                        help="with --stuff-sample: the sample's seed (config stuff.seed)")
     parser.add_argument("segments", nargs=argparse.REMAINDER,
                         help=f"'{SEPARATOR} features FLAGS {SEPARATOR} maskcut FLAGS {SEPARATOR} embed FLAGS "
                              f"[{SEPARATOR} stego infer FLAGS]': the separate stages' own flags")
@@ -71,6 +79,18 @@ def _check_same(name: str, *values: object) -> None:
         raise UserError(f"shard-pass: the segments disagree on {name}: {values}")
 
 
+def write_stuff_sample(manifest: dict[str, Any], shard: int, shard_size: int, dense: Any, n_sample: int, seed: int,
+                       out: Path) -> None:
+    """The shard's share of the k-means stuff sample (u2seg.pseudo.stuff.fused) -> ``out``."""
+    from u2seg.pseudo.io import shard_iter
+    from u2seg.pseudo.stuff.fused import save_shard_sample, shard_sample_picks, shard_sample_rows
+
+    counts = [len(images) for _, images in shard_iter(manifest, shard_size)]
+    picks = shard_sample_picks(counts, dense.shape[2] * dense.shape[3], n_sample, seed, shard)
+    save_shard_sample(out, shard_sample_rows(dense, picks))
+    log.info("shard-pass: %d stuff sample rows -> %s", len(picks), out)
+
+
 def run(args: argparse.Namespace) -> int:
     import importlib
 
@@ -84,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     from u2seg.params import write_resolved_config
     from u2seg.shard_pass import StegoMapWriter, compute_features, shares_forward
 
+    if args.stuff_sample is not None and (args.sample_patches is None or args.sample_seed is None):
+        raise SystemExit("u2seg shard-pass: --stuff-sample needs --sample-patches and --sample-seed")
     segments = split_segments(args.segments)
     parsed = {name: stage_parser(name).parse_args(flags) for name, flags in segments.items()}
     modules = {name: importlib.import_module(STAGES[name][0]) for name in parsed}
@@ -128,6 +150,9 @@ def run(args: argparse.Namespace) -> int:
         if stego_writer is not None:
             stego_writer.finish()
     del backbone
+    if args.stuff_sample is not None:
+        write_stuff_sample(manifest, fa.shard, fa.shard_size, feats.dense, args.sample_patches, args.sample_seed,
+                           args.stuff_sample)
 
     with tempfile.TemporaryDirectory(prefix="u2seg-shard-pass-", dir=args.scratch) as scratch:
         zarr_path = Path(fa.out) if args.keep_features else Path(scratch) / Path(fa.out).name

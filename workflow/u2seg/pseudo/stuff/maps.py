@@ -36,14 +36,14 @@ def gather_maps(manifest: dict[str, Any], shard_size: int, maps_dir: Path, out_m
             folder = maps_dir / f"shard_{s:05d}"
             info_path = folder / "_shard.json"
             if not info_path.is_file():
-                raise UserError(f"{folder}: missing STEGO stuff maps of shard {s} (rerun stego_infer)")
+                raise UserError(f"{folder}: missing the stuff maps of shard {s} (rerun stego_infer / stuff_maps_shard)")
             info = json.loads(info_path.read_text())
             counts = np.asarray(info["pixels"], dtype=np.int64)
             pixels = counts if pixels is None else pixels + counts
             for im in images:
                 src = folder / png_name(im)
                 if not src.is_file():
-                    raise UserError(f"{src}: missing stuff map (stale stego_infer output?)")
+                    raise UserError(f"{src}: missing stuff map (stale stego_infer / stuff_maps_shard output?)")
                 shutil.copyfile(src, tmp / png_name(im))
                 n += 1
     assert pixels is not None
