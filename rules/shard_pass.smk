@@ -74,8 +74,10 @@ def shard_pass_flags(output):
     flags = "--keep-features" if _SP_ZARR_OUT else "--no-keep-features"
     if _SP_KMEANS_UNSTORED:
         s = config["stuff"]
-        flags += (f" --stuff-sample {shlex.quote(output.sample)} --sample-patches {int(s['sample_patches'])}"
-                  f" --sample-seed {int(s['seed'])}")
+        flags += (
+            f" --stuff-sample {shlex.quote(output.sample)} --sample-patches {int(s['sample_patches'])}"
+            f" --sample-seed {int(s['seed'])}"
+        )
     return flags
 
 
