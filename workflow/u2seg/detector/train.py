@@ -210,11 +210,11 @@ def resume_state(work: Path, inputs: dict[str, str], last: int, what: str) -> di
     state = ckpt.load(latest, map_location="cpu")
     reason = fp.stale_reason(state.get("inputs"), inputs)
     if reason is None and state["iteration"] > last:
-        reason = f"its step {state['iteration']} is past the last step {last}"
+        reason = f"its iteration {state['iteration']} is past the last one, {last}"
     if reason is not None:
-        log.warning("%s from the start, not resuming %s: %s", what, latest, reason)
+        log.warning("%s from scratch, not resuming %s: %s", what, latest, reason)
         return None
-    log.info("resuming from %s at step %d (same inputs)", latest, int(state["iteration"]))
+    log.info("resumed from %s at iteration %d (same inputs)", latest, int(state["iteration"]))
     return state
 
 
