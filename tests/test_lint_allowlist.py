@@ -1,17 +1,12 @@
 """.ci/snakemake_lint.py: parsing `snakemake --lint` output and the allow-list (the lint run itself is `make lint`)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 
+from tests.script_module import load_script
 from tests.snakemake_runner import REPO
 
-_spec = importlib.util.spec_from_file_location("snakemake_lint", REPO / ".ci" / "snakemake_lint.py")
-lint = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("snakemake_lint", lint)  # dataclasses look their module up there
-_spec.loader.exec_module(lint)
+lint = load_script(REPO / ".ci" / "snakemake_lint.py")
 
 OUTPUT = f"""Using workflow specific profile profiles/default for setting default command line arguments.
 Lints for snakefile {REPO}/rules/stego.smk:

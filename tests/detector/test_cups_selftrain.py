@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -291,16 +292,22 @@ def test_cli_parses_every_config_key():
     assert len(values) == len(__import__("dataclasses").fields(CupsSelfTrainParams))
 
 
-def test_a_teacher_without_confident_instances_still_trains(tmp_path):
-    """Confidence 1.0: no pseudo-instance passes; the step trains on the semantic labels alone."""
-    from u2seg.detector import ema_selftrain
-
+def _two_image_start(tmp_path: Path) -> tuple[PseudoLabelDataset, Any, Path]:
+    """A 2-image pseudo-labelled dataset, the tiny model config and seeded initial weights saved as init.pth."""
     files = make_dataset(tmp_path / "data", n_images=2)
     ds = PseudoLabelDataset(files["instances"], files["manifest"], None, K, STUFF)
     mcfg = tiny_model_config()
     torch.manual_seed(0)
     init = tmp_path / "init.pth"
     ckpt.save_model(init, build_model(mcfg, load_pretrained=False).state_dict(), mcfg.to_dict(), [])
+    return ds, mcfg, init
+
+
+def test_a_teacher_without_confident_instances_still_trains(tmp_path):
+    """Confidence 1.0: no pseudo-instance passes; the step trains on the semantic labels alone."""
+    from u2seg.detector import ema_selftrain
+
+    ds, mcfg, init = _two_image_start(tmp_path)
     s = ema_selftrain.self_train(ds, mcfg, _params(rounds=1, round_steps=1, instance_threshold=1.0,
                                                    confidence_step=0.0, checkpoint_period=1),
                                  tmp_path / "out", init, progress=False)
@@ -345,12 +352,7 @@ def test_the_teacher_predicts_with_tta_when_asked(tmp_path, monkeypatch, teacher
         return real(model, images, params)
 
     monkeypatch.setattr(tta, "tta_predict", spy)
-    files = make_dataset(tmp_path / "data", n_images=2)
-    ds = PseudoLabelDataset(files["instances"], files["manifest"], None, K, STUFF)
-    mcfg = tiny_model_config()
-    torch.manual_seed(0)
-    init = tmp_path / "init.pth"
-    ckpt.save_model(init, build_model(mcfg, load_pretrained=False).state_dict(), mcfg.to_dict(), [])
+    ds, mcfg, init = _two_image_start(tmp_path)
     ema_selftrain.self_train(ds, mcfg, _params(rounds=2, round_steps=1, instance_threshold=0.6, confidence_step=0.1,
                                                teacher_tta=teacher_tta), tmp_path / "out", init, progress=False)
     assert calls == ([0.6, pytest.approx(0.7)] if teacher_tta else [])

@@ -3,7 +3,6 @@ files (MaskCut json + gallery, embeddings, STEGO maps, the stages' config record
 or not, and the one-forward STEGO path against the two-forward one (seeded random weights)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -11,20 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from u2seg.cli import main
 
 from tests.pseudo.conftest import SIZES
 from tests.pseudo.test_stego_cli import official_like_checkpoint
-from u2seg.cli import main
+from tests.script_module import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 SHARD_SIZE = 3
 
 
 def _digest_module():
-    spec = importlib.util.spec_from_file_location("outputs_digest", REPO / "benchmarks" / "outputs_digest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "benchmarks" / "outputs_digest.py")
 
 
 def write_images(root: Path) -> Path:

@@ -2,7 +2,6 @@
 (masks json, embeddings, stuff maps, panoptic json + PNGs: every file benchmarks/outputs_digest.py compares)."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,15 +9,13 @@ import pytest
 from tests.configs import tiny_config
 from tests.conftest import run_snakemake
 from tests.pseudo.test_shard_pass import dino_weights_and_checkpoint
+from tests.script_module import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _digest(root: Path) -> dict[str, str]:
-    spec = importlib.util.spec_from_file_location("outputs_digest", REPO / "benchmarks" / "outputs_digest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.digest(root)
+    return load_script(REPO / "benchmarks" / "outputs_digest.py").digest(root)
 
 
 def _run(work: Path, config: dict) -> dict[str, str]:

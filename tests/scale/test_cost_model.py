@@ -2,26 +2,18 @@
 projections labelled as such until gpu_check.sh's figures replace them."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from tests.script_module import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("cost_model", REPO / "benchmarks" / "cost_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["cost_model"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
-
-
-cm = _module()
+cm = load_script(REPO / "benchmarks" / "cost_model.py")
 COCO, IMAGENET = cm.PRESETS
 
 

@@ -2,24 +2,16 @@
 prints it): the linear bound equals the exhaustive maximum over every state with J jobs in flight."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.script_module import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("feature_disk", REPO / "benchmarks" / "feature_disk.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["feature_disk"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
-
-
-fd = _module()
+fd = load_script(REPO / "benchmarks" / "feature_disk.py")
 R = "/r/images"
 
 
