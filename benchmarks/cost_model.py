@@ -107,17 +107,18 @@ def projected_images_per_s(p: Preset) -> float:
 
 
 def feature_disk(p: Preset, figs: dict[str, Figure], jobs_in_flight: int) -> dict[str, float]:
-    """Peak feature bytes (GB): kept; not kept with this preset's stuff model; not kept, fused (the bounded
-    path). benchmarks/feature_disk.py computes the same from the DAG."""
+    """Peak feature bytes (GB): kept; not kept with this preset's stuff model; at the preset's settings; and
+    the memory of the shard's features in one fused pass (not kept, the pass holds them in memory and
+    writes no feature file: 0 GB of feature disk). benchmarks/feature_disk.py computes the disk from the DAG."""
     b = figs["feature_bytes_per_image"].value
-    shards = math.ceil(p.images / p.shard_size)
     every = p.images * b / GB
-    in_flight = min(jobs_in_flight, shards) * p.shard_size * b / GB
     # fused presets: stego_checkpoint maps in the pass; k-means fits on the shards' sample shares and its maps
     # recompute the features; a trained STEGO head (stuff.model stego) reads every stored shard
-    bounded_now = p.stuff_model in ("stego_checkpoint", "kmeans")
-    return {"kept_gb": every, "not_kept_gb": in_flight if bounded_now else every, "bounded_path_gb": in_flight,
-            "preset_gb": every if p.keep_features else (in_flight if bounded_now else every)}
+    in_memory = p.stuff_model in ("stego_checkpoint", "kmeans")
+    not_kept = 0.0 if in_memory else every
+    return {"kept_gb": every, "not_kept_gb": not_kept, "preset_gb": every if p.keep_features else not_kept,
+            "pass_memory_gb": min(p.shard_size, p.images) * b / GB,
+            "passes_memory_gb": min(jobs_in_flight, math.ceil(p.images / p.shard_size)) * p.shard_size * b / GB}
 
 
 def cost(p: Preset, figs: dict[str, Figure], jobs_in_flight: int = 8, cpu_cores_per_gpu: int = 16) -> dict[str, Any]:
@@ -189,9 +190,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     row("feature disk, kept", lambda r: f"{r['feature_disk']['kept_gb']:,.0f} GB")
     row("feature disk, not kept, this preset's stuff model",
         lambda r: f"{r['feature_disk']['not_kept_gb']:,.1f} GB ({r['stuff_model']})")
-    row(f"feature disk, not kept, fused ({rows[0]['jobs_in_flight']} shards in flight)",
-        lambda r: f"{r['feature_disk']['bounded_path_gb']:,.1f} GB")
     row("feature disk at the preset's settings", lambda r: f"{r['feature_disk']['preset_gb']:,.1f} GB")
+    row(f"shard features in memory, one fused pass / {rows[0]['jobs_in_flight']} in flight",
+        lambda r: f"{r['feature_disk']['pass_memory_gb']:,.2f} / {r['feature_disk']['passes_memory_gb']:,.1f} GB")
     row("fused pass: ViT-B/8 forwards per image", lambda r: str(r["fused_pass"]["forwards_per_image"]))
     row("fused pass: images/s on one GPU (GPU bound / CPU-half bound)",
         lambda r: f"{r['fused_pass']['images_per_s']} ({r['fused_pass']['gpu_images_per_s']} / "

@@ -8,14 +8,13 @@ each is `images in the shard x --bytes-per-image` (default: dino_vitb8 at 480 px
 float16 + the 768 float32 global embedding = 5,532,672 B). They are temp() exactly when
 features.keep_features is false (rules/features.smk, rules/shard_pass.smk), and Snakemake removes a
 temp() file once every job that reads it has finished. A shard_pass job run with
-`--no-keep-features` holds its shard in its scratch folder ($TMPDIR) while it runs.
+`--no-keep-features` writes no feature file: it holds its shard in memory (its mem_mb), not on disk.
 
 A state of the run is a set D of finished jobs (closed under dependencies) and up to J running jobs
 whose inputs are all in D. The feature disk of a state is the kept feature files made by D, the
-temp() ones made by D that a job outside D still reads, and the outputs and scratch of the running
-jobs. The peak is the maximum over every state Snakemake may pass through with J jobs in flight:
+temp() ones made by D that a job outside D still reads, and the outputs of the running jobs. The peak is the maximum over every state Snakemake may pass through with J jobs in flight:
 `peak_exhaustive` enumerates the states (small DAGs: the tests); `peak_bound` gives, for any size,
-the upper bound U = every feature file + the J largest scratches, and the state "every feature
+the upper bound U = every feature file, and the state "every feature
 producer and its dependencies finished, J more ready jobs running" that reaches it when each feature
 file has a reader outside that set (then the peak is exactly U; the json says whether it is reached).
 
@@ -51,13 +50,12 @@ MODES: dict[str, dict[str, Any]] = {
 
 @dataclass
 class Job:
-    """One job of the dry-run: its rule, files and feature scratch (bytes held while it runs)."""
+    """One job of the dry-run: its rule and files."""
 
     jobid: int
     rule: str
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
-    scratch: int = 0
 
 
 def parse_dry_run(text: str) -> list[Job]:
@@ -76,8 +74,6 @@ def parse_dry_run(text: str) -> list[Job]:
             cur.outputs = line[len("    output: "):].split(", ")
         elif line.startswith("    jobid: "):
             cur.jobid = int(line.split()[1])
-        elif line.startswith("Shell command:") and "--no-keep-features" in line:
-            cur.scratch = -1  # marked: sized by the caller (the shard's bytes)
     return jobs
 
 
@@ -110,9 +106,6 @@ def build_dag(jobs: list[Job], n_images: int, shard_size: int, bytes_per_image: 
             if m:
                 sizes[o] = shard_bytes(int(m.group(1)), n_images, shard_size, bytes_per_image)
                 producer[o] = i
-        if j.scratch == -1:
-            m = re.search(r"shard_(\d+)", " ".join(j.outputs))
-            j.scratch = shard_bytes(int(m.group(1)), n_images, shard_size, bytes_per_image) if m else 0
     readers: dict[str, set[int]] = {f: set() for f in sizes}
     for i, j in enumerate(jobs):
         for f in j.inputs:
@@ -123,7 +116,7 @@ def build_dag(jobs: list[Job], n_images: int, shard_size: int, bytes_per_image: 
 
 def state_bytes(dag: FeatureDag, done: set[int], running: set[int]) -> int:
     """Feature bytes on disk with ``done`` finished and ``running`` in flight."""
-    total = sum(dag.jobs[i].scratch for i in running)
+    total = 0
     for f, size in dag.sizes.items():
         p = dag.producer[f]
         if p in running:
@@ -168,19 +161,12 @@ def _closure(dag: FeatureDag, seeds: set[int]) -> set[int]:
 
 
 def peak_bound(dag: FeatureDag, jobs_in_flight: int) -> dict[str, Any]:
-    """Upper bound U (every feature file + the J largest scratches) and the bytes of the state that
-    finishes every feature producer (and its dependencies) and runs the J ready jobs with the most
-    scratch; when that state reaches U the peak is exactly U. Linear in the DAG."""
-    scratches = sorted((j.scratch for j in dag.jobs), reverse=True)[:jobs_in_flight]
-    upper = sum(dag.sizes.values()) + sum(scratches)
-    producers = set(dag.producer.values())
-    # with scratch jobs and no files: finish nothing but their dependencies, run J of them
-    scratch_jobs = {i for i, j in enumerate(dag.jobs) if j.scratch > 0}
-    if producers:
-        done = _closure(dag, producers)
-    else:
-        done = _closure(dag, set().union(set(), *(dag.deps[i] for i in scratch_jobs)))
-    ready = sorted(_ready(dag, done), key=lambda i: -dag.jobs[i].scratch)[:jobs_in_flight]
+    """Upper bound U (every feature file) and the bytes of the state that finishes every feature
+    producer (and its dependencies) and runs J ready jobs; when that state reaches U the peak is
+    exactly U. Linear in the DAG."""
+    upper = sum(dag.sizes.values())
+    done = _closure(dag, set(dag.producer.values()))
+    ready = _ready(dag, done)[:jobs_in_flight]
     reached = state_bytes(dag, done, set(ready))
     return {"upper_bound_bytes": upper, "state_bytes": reached, "exact": reached == upper}
 

@@ -4,7 +4,7 @@ For each shard size, every shard of the first ``--images`` images of a COCO spli
 each step a fresh process as the rules run them:
   separate  `u2seg features` -> `u2seg maskcut` -> `u2seg embed` (three processes per shard, zarr written
             and read back)
-  fused     `u2seg shard-pass` (one process per shard; ``--no-keep-features``: the zarr in scratch only)
+  fused     `u2seg shard-pass` (one process per shard; ``--no-keep-features``: the features stay in memory)
 with the demo config's stage settings (config.yaml: efficientnet_lite2 at 480 px, MaskCut with the CRF,
 pooled embeddings) and ``--threads``. CPU seconds = user + system time of the child processes
 (``os.wait4`` of each process, which also gives its peak RSS). The modes alternate per shard so that load drift hits both

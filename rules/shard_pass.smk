@@ -7,8 +7,8 @@
 # With stuff.model kmeans and features not kept the pass writes the shard's share of the seeded stuff sample
 # instead; stuff_fit, stuff_maps_shard (features recomputed in memory) and stuff_gather (below) replace
 # stuff_maps (docs/architecture.md "Fused per-shard pass").
-# Otherwise the pass writes it to the job's scratch folder ($TMPDIR) and removes it: the peak feature disk
-# is the shards in flight.
+# Otherwise the pass holds the shard's features in memory only and hands them to MaskCut, embed (and
+# stego infer) as they are: no feature file is written (its mem_mb covers the shard).
 
 from u2seg.pseudo.stuff.registry import STUFF_MODELS as _SP_STUFF
 
@@ -26,13 +26,13 @@ _SP_ZARR_OUT = _SP_KEEP or _SP_FEATURES_READ_LATER
 
 def shard_pass_mem(wildcards, attempt):
     """``mem_mb`` of one pass: the largest separate job's request (4,000 MB + manifest) + the shard's dense
-    features held in memory (float16, twice: the batches and their concatenation) and, for
+    features held in memory (float16, once: each batch is written into one preallocated array) and, for
     stego_checkpoint, the checkpoint's ViT (1,000 MB); + MaskCut's CPU worker processes."""
     from u2seg.registry import BACKBONES
 
     spec = BACKBONES[config["backbone"]]
     grid = config["features"]["input_size"] // spec.patch_size
-    shard_mb = config["features"]["shard_size"] * spec.feature_dim * grid * grid * 2 * 2 / 2**20
+    shard_mb = config["features"]["shard_size"] * spec.feature_dim * grid * grid * 2 / 2**20
     n, _ = dataset_size(wildcards.ds)
     mb = 4000 + MASKCUT_WORKER_MB * _mc_workers + MANIFEST_KB_PER_IMAGE * n / 1024 + shard_mb
     mb += 1000 if _SP_CHECKPOINT else 0

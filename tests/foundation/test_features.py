@@ -8,7 +8,7 @@ import zarr
 
 from tests.conftest import run_snakemake
 from u2seg.cli import main
-from u2seg.features import open_shard, write_shard
+from u2seg.features import open_shard, shard_arrays, store_shard, write_shard
 
 
 def test_shard_round_trip(tmp_path):
@@ -32,6 +32,21 @@ def test_shard_round_trip(tmp_path):
     assert da.from_zarr(zarr.open_array(str(path / "dense"), mode="r")).shape == (3, 8, 4, 5)
     # no temporary folders are left behind
     assert [p.name for p in tmp_path.iterdir()] == ["s.zarr"]
+
+
+def test_in_memory_shard_reads_as_the_stored_one(tmp_path):
+    """What the fused pass hands to MaskCut / embed in memory equals what they read from the zarr store."""
+    rng = np.random.default_rng(1)
+    mem = shard_arrays("s.zarr", rng.normal(size=(5, 6, 3, 4)).astype(np.float32), rng.normal(size=(5, 2)),
+                       np.arange(5) + 10, np.full((5, 2), 32), {"backbone": "x", "stride": 16, "seconds": 0.5})
+    assert open_shard(mem) is mem and str(mem) == "s.zarr (in memory)"
+    store_shard(tmp_path / "s.zarr", mem)
+    g = open_shard(tmp_path / "s.zarr")
+    for key in ("dense", "global", "image_id", "orig_size"):
+        assert g[key].dtype == mem[key].dtype and g[key].shape == mem[key].shape, key
+        np.testing.assert_array_equal(g[key][:], mem[key])
+        np.testing.assert_array_equal(g[key][1:3], mem[key][1:3])
+    assert dict(g.attrs) == mem.attrs
 
 
 def test_features_cli_on_samples(tmp_path):

@@ -85,13 +85,16 @@ def digest_tree(root: Path) -> dict[str, str]:
     return _digest_module().digest(root)
 
 
-def test_fused_pass_writes_the_separate_jobs_files(tmp_path: Path):
+def test_fused_pass_writes_the_separate_jobs_files(tmp_path: Path, monkeypatch):
     manifest = write_images(tmp_path)
     sep, fused, nokeep = tmp_path / "sep", tmp_path / "fused", tmp_path / "nokeep"
     for shard in (0, 1):
         run_separate(sep, segments(sep, manifest, shard, "random_vit_tiny", "", 64, None))
         run_fused(segments(fused, manifest, shard, "random_vit_tiny", "", 64, None))
-        run_fused(segments(nokeep, manifest, shard, "random_vit_tiny", "", 64, None), keep=False)
+    with monkeypatch.context() as m:  # features not kept: MaskCut and embed read them in memory, no zarr anywhere
+        m.setattr("u2seg.features.store_shard", lambda *a: pytest.fail("--no-keep-features wrote a feature shard"))
+        for shard in (0, 1):
+            run_fused(segments(nokeep, manifest, shard, "random_vit_tiny", "", 64, None), keep=False)
     a, b, c = digest_tree(sep), digest_tree(fused), digest_tree(nokeep)
     assert any(k.startswith("maskcut/shard_00001_gallery/") for k in a)  # the gallery sample is not empty
     masks = json.loads((sep / "maskcut" / "shard_00000.json").read_text())
@@ -167,7 +170,7 @@ def test_one_forward_tokens_equal_the_checkpoint_vit_tokens(tmp_path: Path):
     dino, ckpt = dino_weights_and_checkpoint(tmp_path)
     manifest = load_manifest(manifest_path)
     seen = []
-    compute_features(manifest, 0, SHARD_SIZE, build_backbone("dino_vits8", str(dino)), 48, SHARD_SIZE,
+    compute_features(manifest, 0, SHARD_SIZE, build_backbone("dino_vits8", str(dino)), 48, SHARD_SIZE, "s.zarr",
                      capture_tokens=True, on_batch=lambda metas, rgb, tok: seen.append((rgb, tok)))
     (rgb, tok), = seen
     _, tokens = load_stego_checkpoint(str(ckpt))

@@ -36,14 +36,16 @@ def test_feature_disk():
     assert figs["feature_bytes_per_image"].value == b
     d = cm.feature_disk(IMAGENET, figs, jobs_in_flight=8)
     assert d["kept_gb"] == pytest.approx(1_281_167 * b / 1e9)
-    assert d["bounded_path_gb"] == pytest.approx(8 * 256 * b / 1e9)
-    assert d["not_kept_gb"] == d["bounded_path_gb"]  # fused k-means: sample shares + a maps forward
-    assert d["preset_gb"] == d["bounded_path_gb"]
+    assert d["not_kept_gb"] == d["preset_gb"] == 0  # fused k-means: sample shares + a maps forward, no feature file
+    assert d["pass_memory_gb"] == pytest.approx(IMAGENET.shard_size * b / 1e9)
+    assert d["passes_memory_gb"] == pytest.approx(8 * IMAGENET.shard_size * b / 1e9)
     c = cm.feature_disk(COCO, figs, jobs_in_flight=2)
-    assert c["not_kept_gb"] == pytest.approx(2 * 256 * b / 1e9)   # stego_checkpoint: shards in flight
+    assert c["not_kept_gb"] == 0                                   # stego_checkpoint: features in the pass's memory
     assert c["preset_gb"] == c["kept_gb"]                          # the preset keeps them
     small = replace(COCO, images=300, keep_features=False)         # 2 shards: never more than exist
-    assert cm.feature_disk(small, figs, 8)["preset_gb"] == pytest.approx(2 * 256 * b / 1e9)
+    assert cm.feature_disk(small, figs, 8)["passes_memory_gb"] == pytest.approx(2 * COCO.shard_size * b / 1e9)
+    trained = replace(IMAGENET, stuff_model="stego")              # its kNN table and training read every shard
+    assert cm.feature_disk(trained, figs, 8)["preset_gb"] == pytest.approx(1_281_167 * b / 1e9)
 
 
 def test_projection_and_hours():

@@ -70,24 +70,22 @@ def _dag(text: str, n_images: int, shard_size: int, keep: bool):
     return fd.build_dag(fd.parse_dry_run(text), n_images, shard_size, BPI, keep)
 
 
-def test_parse_dry_run_reads_jobs_files_and_scratch():
+def test_parse_dry_run_reads_jobs_and_files():
     jobs = fd.parse_dry_run(_fused(2, "--no-keep-features", zarr=False))
     assert [j.rule for j in jobs] == ["shard_pass", "shard_pass", "stuff_maps", "merge_panoptic_shard",
                                       "merge_panoptic_shard", "pseudo_labels"]
     assert jobs[0].outputs[0] == f"{R}/maskcut/shard_00000.json" and jobs[0].jobid == 1
-    assert [j.scratch for j in jobs] == [-1, -1, 0, 0, 0, 0]  # --no-keep-features: sized by build_dag
     dag = fd.build_dag(jobs, 5, 3, BPI, keep=False)
-    assert [j.scratch for j in dag.jobs[:2]] == [3000, 2000]  # 3 + 2 images
     assert dag.deps[3] == {0, 2}
 
 
-@pytest.mark.parametrize("jobs_in_flight, expected", [(1, 3000), (2, 6000), (3, 7000), (8, 7000)])
-def test_fused_not_kept_is_jobs_in_flight_times_shard(jobs_in_flight, expected):
-    """7 images in shards of 3: scratch of 3000, 3000 and 1000 bytes while each pass runs."""
+@pytest.mark.parametrize("jobs_in_flight", [1, 2, 8])
+def test_fused_not_kept_writes_no_feature_disk(jobs_in_flight):
+    """--no-keep-features: the pass holds its shard in memory, no feature file exists at any state."""
     dag = _dag(_fused(3, "--no-keep-features", zarr=False), 7, 3, keep=False)
-    assert fd.peak_exhaustive(dag, jobs_in_flight) == expected
-    b = fd.peak_bound(dag, jobs_in_flight)
-    assert b["exact"] and b["upper_bound_bytes"] == expected
+    assert dag.sizes == {}
+    assert fd.peak_exhaustive(dag, jobs_in_flight) == 0
+    assert fd.peak_bound(dag, jobs_in_flight) == {"upper_bound_bytes": 0, "state_bytes": 0, "exact": True}
 
 
 @pytest.mark.parametrize("keep", [False, True])

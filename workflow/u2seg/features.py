@@ -40,31 +40,71 @@ class FeatureParams:
     loader_workers: int = 1  # threads decoding and resizing the next images during the forward (0: in the main thread)
 
 
-def write_shard(path: str | Path, dense: np.ndarray, global_: np.ndarray, image_ids: np.ndarray,
-                orig_sizes: np.ndarray, attrs: dict[str, Any]) -> None:
-    """Atomically write a feature shard (zarr v3 group; layout in docs/architecture.md)."""
+@dataclass
+class ShardArrays:
+    """A feature shard held in memory, read as the zarr group is (``shard["dense"]``, ``shard.attrs``).
+
+    The fused pass (``u2seg shard-pass``) hands it to the stages instead of writing and re-reading a
+    zarr store; :func:`write_shard` stores exactly these arrays and attributes.
+    """
+
+    name: str  # the zarr store's folder name (log lines and error messages)
+    arrays: dict[str, np.ndarray]  # dense (n, C, h, w) float16, global (n, D) float32, image_id, orig_size
+    attrs: dict[str, Any]
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.arrays[key]
+
+    def __str__(self) -> str:
+        return f"{self.name} (in memory)"
+
+
+def shard_arrays(name: str, dense: np.ndarray, global_: np.ndarray, image_ids: np.ndarray, orig_sizes: np.ndarray,
+                 attrs: dict[str, Any]) -> ShardArrays:
+    """The arrays and attributes of a feature shard, with the stored dtypes (layout in docs/architecture.md)."""
     n = len(image_ids)
     if not (dense.shape[0] == global_.shape[0] == orig_sizes.shape[0] == n):
         raise ValueError("dense, global_, image_ids and orig_sizes must have the same length")
+    arrays = {"dense": np.asarray(dense, dtype=np.float16), "global": np.asarray(global_, dtype=np.float32),
+              "image_id": np.asarray(image_ids, dtype=np.int64),
+              "orig_size": np.asarray(orig_sizes, dtype=np.int32).reshape(n, 2)}
+    return ShardArrays(name, arrays, dict(attrs, n_images=n, feature_dim=int(dense.shape[1]),
+                                          global_dim=int(global_.shape[1]), u2seg_version=__version__))
+
+
+def write_shard(path: str | Path, dense: np.ndarray, global_: np.ndarray, image_ids: np.ndarray,
+                orig_sizes: np.ndarray, attrs: dict[str, Any]) -> None:
+    """Atomically write a feature shard (zarr v3 group; layout in docs/architecture.md)."""
+    store_shard(path, shard_arrays(Path(path).name, dense, global_, image_ids, orig_sizes, attrs))
+
+
+def store_shard(path: str | Path, shard: ShardArrays) -> None:
+    """Atomically write an in-memory feature shard as its zarr v3 group."""
     import zarr
 
+    dense = shard["dense"]
     with atomic_path(path, directory=True) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        chunk_n = max(1, min(n, 4))
-        group.create_array("dense", data=np.asarray(dense, dtype=np.float16),
-                           chunks=(chunk_n,) + tuple(dense.shape[1:]))
-        group.create_array("global", data=np.asarray(global_, dtype=np.float32))
-        group.create_array("image_id", data=np.asarray(image_ids, dtype=np.int64))
-        group.create_array("orig_size", data=np.asarray(orig_sizes, dtype=np.int32).reshape(n, 2))
-        group.attrs.update(dict(attrs, n_images=n, feature_dim=int(dense.shape[1]),
-                                global_dim=int(global_.shape[1]), u2seg_version=__version__))
+        chunk_n = max(1, min(len(dense), 4))
+        group.create_array("dense", data=dense, chunks=(chunk_n,) + tuple(dense.shape[1:]))
+        for key in ("global", "image_id", "orig_size"):
+            group.create_array(key, data=shard[key])
+        group.attrs.update(shard.attrs)
 
 
-def open_shard(path: str | Path) -> zarr.Group:
-    """Open a finished feature shard read-only."""
+def shard_attrs(backbone: Backbone, input_size: int, shard: int, shard_size: int, seconds: float) -> dict[str, Any]:
+    """The attributes a feature shard records about how it was computed (besides :func:`shard_arrays`')."""
+    return {"backbone": backbone.name, "weights_sha256": backbone.weights_id, "input_size": input_size,
+            "stride": backbone.stride, "shard_index": shard, "shard_size": shard_size, "seconds": round(seconds, 3)}
+
+
+def open_shard(source: str | Path | ShardArrays) -> zarr.Group | ShardArrays:
+    """Open a finished feature shard read-only (an in-memory :class:`ShardArrays` is returned as it is)."""
+    if isinstance(source, ShardArrays):
+        return source
     import zarr
 
-    path = Path(path)
+    path = Path(source)
     if not path.is_dir():
         raise UserError(f"feature shard not found: {path}")
     return zarr.open_group(str(path), mode="r")
@@ -163,15 +203,7 @@ def run(args: argparse.Namespace) -> int:
         glob_parts.append(glob)
         bar.update(len(batch_meta))
     bar.close()
-    attrs = {
-        "backbone": backbone.name,
-        "weights_sha256": backbone.weights_id,
-        "input_size": args.input_size,
-        "stride": backbone.stride,
-        "shard_index": args.shard,
-        "shard_size": args.shard_size,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
+    attrs = shard_attrs(backbone, args.input_size, args.shard, args.shard_size, time.perf_counter() - t0)
     write_shard(args.out, np.concatenate(dense_parts), np.concatenate(glob_parts),
                 np.array([im["id"] for im in images_meta]),
                 np.array([[im["height"], im["width"]] for im in images_meta]), attrs)

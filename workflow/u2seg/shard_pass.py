@@ -18,7 +18,6 @@ import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -32,6 +31,7 @@ if TYPE_CHECKING:  # torch and the models load in the pass, not for --help
     import torch
 
     from u2seg.backbones import Backbone
+    from u2seg.features import ShardArrays
     from u2seg.crf import CRFParams
     from u2seg.pseudo.stuff.stego.checkpoint import CheckpointTokens
     from u2seg.pseudo.stuff.stego.model import StegoStuffModel
@@ -40,17 +40,6 @@ log = logging.getLogger(__name__)
 
 # batch callback of the forward loop: (shard images, their RGB arrays, STEGO tokens (B, C, h, w) or None)
 BatchHook = Callable[[list[dict[str, Any]], list[np.ndarray], "np.ndarray | None"], None]
-
-
-@dataclass
-class ShardFeatures:
-    """One shard's features as ``u2seg features`` stores them (arrays + zarr attrs)."""
-
-    dense: np.ndarray  # (n, C, h, w) float16
-    global_: np.ndarray  # (n, D) float32
-    image_ids: np.ndarray  # (n,) int64
-    orig_sizes: np.ndarray  # (n, 2) int32 [height, width]
-    attrs: dict[str, Any]
 
 
 def tensor_digest(state: dict[str, "torch.Tensor"]) -> str:
@@ -99,13 +88,15 @@ def _decode(manifest: dict[str, Any], metas: list[dict[str, Any]]) -> list[np.nd
 
 
 def compute_features(manifest: dict[str, Any], shard: int, shard_size: int, backbone: "Backbone",
-                     input_size: int, batch_size: int, capture_tokens: bool = False,
-                     on_batch: BatchHook | None = None) -> ShardFeatures:
-    """The shard's features, batch by batch as ``u2seg features`` computes them (decoding of batch i + 1
-    overlaps the forward of batch i). With ``capture_tokens`` the ViT's final-norm patch tokens of each
-    batch (float32, CLS dropped, (B, C, h, w)) go to ``on_batch`` with the batch's images and RGB arrays."""
+                     input_size: int, batch_size: int, name: str, capture_tokens: bool = False,
+                     on_batch: BatchHook | None = None) -> "ShardArrays":
+    """The shard's features (named ``name``, the zarr store's folder name), batch by batch as ``u2seg
+    features`` computes them (decoding of batch i + 1 overlaps the forward of batch i), written into one
+    preallocated array (the shard's dense features are held once). With ``capture_tokens`` the ViT's
+    final-norm patch tokens of each batch (float32, CLS dropped, (B, C, h, w)) go to ``on_batch`` with the
+    batch's images and RGB arrays."""
 
-    from u2seg.features import forward_batch
+    from u2seg.features import forward_batch, shard_arrays, shard_attrs
 
     metas = shard_images(manifest, shard, shard_size)
     if batch_size < 1:
@@ -116,7 +107,8 @@ def compute_features(manifest: dict[str, Any], shard: int, shard_size: int, back
         handle = backbone.vit.norm.register_forward_hook(lambda _m, _a, out: captured.append(out))
     t0 = time.perf_counter()
     batches = [metas[i:i + batch_size] for i in range(0, len(metas), batch_size)]
-    dense_parts, glob_parts = [], []
+    dense_all: np.ndarray | None = None
+    glob_all: np.ndarray | None = None
 
     def load(batch: list[dict[str, Any]]) -> tuple[list[np.ndarray], torch.Tensor]:
         rgb = _decode(manifest, batch)
@@ -125,31 +117,35 @@ def compute_features(manifest: dict[str, Any], shard: int, shard_size: int, back
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(load, batches[0])
+            start = 0
             for i, batch in enumerate(batches):
                 rgb, x = pending.result()
                 if i + 1 < len(batches):
                     pending = pool.submit(load, batches[i + 1])
                 captured.clear()
                 dense, glob = forward_batch(backbone, x)
-                dense_parts.append(dense)
-                glob_parts.append(glob)
+                if dense_all is None or glob_all is None:
+                    dense_all = np.empty((len(metas),) + dense.shape[1:], dtype=dense.dtype)
+                    glob_all = np.empty((len(metas),) + glob.shape[1:], dtype=glob.dtype)
+                dense_all[start:start + len(batch)] = dense
+                glob_all[start:start + len(batch)] = glob
+                start += len(batch)
                 tokens = None
                 if capture_tokens:
                     h, w = dense.shape[2:]
                     t = captured[-1]
                     tokens = t[:, t.shape[1] - h * w:].transpose(1, 2).reshape(len(batch), -1, h, w)
                     tokens = tokens.float().cpu().numpy()
+                del dense, glob
                 if on_batch is not None:
                     on_batch(batch, rgb, tokens)
     finally:
         if handle is not None:
             handle.remove()
-    attrs = {"backbone": backbone.name, "weights_sha256": backbone.weights_id, "input_size": input_size,
-             "stride": backbone.stride, "shard_index": shard, "shard_size": shard_size,
-             "seconds": round(time.perf_counter() - t0, 3)}
-    return ShardFeatures(np.concatenate(dense_parts), np.concatenate(glob_parts),
-                         np.array([im["id"] for im in metas]),
-                         np.array([[im["height"], im["width"]] for im in metas]), attrs)
+    assert dense_all is not None and glob_all is not None
+    attrs = shard_attrs(backbone, input_size, shard, shard_size, time.perf_counter() - t0)
+    return shard_arrays(name, dense_all, glob_all, np.array([im["id"] for im in metas]),
+                        np.array([[im["height"], im["width"]] for im in metas]), attrs)
 
 
 class StegoMapWriter:

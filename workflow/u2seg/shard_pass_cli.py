@@ -1,11 +1,12 @@
 """``u2seg shard-pass``: the fused per-shard pass (see :mod:`u2seg.shard_pass`).
 
-Usage: ``u2seg shard-pass [--no-keep-features] [--scratch DIR] :: features FLAGS :: maskcut FLAGS
-:: embed FLAGS [:: stego infer FLAGS]``. Each segment holds exactly the flags the separate stage takes
-(parsed by that stage's own parser: one home per flag and default), so the rules pass the same flag
-strings to the fused rule as to the separate ones. The features segment's ``--out`` is the shard's zarr
-store; with ``--no-keep-features`` it is written to the scratch folder instead and removed at the end.
-The stages' resolved-config records are written as the separate jobs write them.
+Usage: ``u2seg shard-pass [--no-keep-features] :: features FLAGS :: maskcut FLAGS :: embed FLAGS
+[:: stego infer FLAGS]``. Each segment holds exactly the flags the separate stage takes (parsed by that
+stage's own parser: one home per flag and default), so the rules pass the same flag strings to the fused
+rule as to the separate ones. The shard's features stay in memory and go to MaskCut, embed (and stego
+infer) as they are (:class:`u2seg.features.ShardArrays`); the features segment's ``--out`` zarr store is
+written only with ``--keep-features``. The stages' resolved-config records are written as the separate
+jobs write them.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import contextlib
 import copy
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,8 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-features", action=argparse.BooleanOptionalAction, default=True,
                         help="write the zarr feature shard to the features segment's --out (config "
-                             "features.keep_features); --no-keep-features: only to the scratch folder, removed "
-                             "when the pass ends")
-    parser.add_argument("--scratch", type=Path, default=None,
-                        help="folder for the throw-away feature shard (default: $TMPDIR)")
+                             "features.keep_features, or a later step reads it); --no-keep-features: the features "
+                             "are held in memory only, no feature file is written")
     parser.add_argument("--stuff-sample", type=Path, default=None,
                         help="k-means stuff model without stored features: write the shard's share of the seeded "
                              "patch sample (.npy float16, the rows `u2seg cluster-stuff` samples) here")
@@ -99,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from u2seg.backbones import build_backbone
     from u2seg.cli import STAGES, stage_parser
     from u2seg.device import resolve_device
-    from u2seg.features import write_shard
+    from u2seg.features import store_shard
     from u2seg.manifest import load_manifest
     from u2seg.params import write_resolved_config
     from u2seg.shard_pass import StegoMapWriter, compute_features, shares_forward
@@ -146,29 +144,25 @@ def run(args: argparse.Namespace) -> int:
                          "backbone" if view_is_features else "flip averaging / centre-crop view / input size")
             del tokens
         feats = compute_features(manifest, fa.shard, fa.shard_size, backbone, fa.input_size, fa.batch_size,
-                                 capture_tokens=stego_writer is not None, on_batch=stego_writer)
+                                 Path(fa.out).name, capture_tokens=stego_writer is not None, on_batch=stego_writer)
         if stego_writer is not None:
             stego_writer.finish()
     del backbone
     if args.stuff_sample is not None:
-        write_stuff_sample(manifest, fa.shard, fa.shard_size, feats.dense, args.sample_patches, args.sample_seed,
+        write_stuff_sample(manifest, fa.shard, fa.shard_size, feats["dense"], args.sample_patches, args.sample_seed,
                            args.stuff_sample)
-
-    with tempfile.TemporaryDirectory(prefix="u2seg-shard-pass-", dir=args.scratch) as scratch:
-        zarr_path = Path(fa.out) if args.keep_features else Path(scratch) / Path(fa.out).name
-        write_shard(zarr_path, feats.dense, feats.global_, feats.image_ids, feats.orig_sizes, feats.attrs)
-        del feats
-        write_resolved_config(modules["features"].config_out(fa), "features", fa)
-        calls = [("maskcut", ma), ("embed", ea)] + ([("stego", sa)] if sa is not None and stego_writer is None
-                                                    else [])
-        for name, stage_args in calls:
-            local = copy.copy(stage_args)
-            local.features = zarr_path
-            result = modules[name].run(local)
-            if result:
-                return int(result)
-            write_resolved_config(modules[name].config_out(stage_args), name, stage_args)
-        if stego_writer is not None:
-            write_resolved_config(modules["stego"].config_out(sa), "stego", sa)
+    if args.keep_features:
+        store_shard(fa.out, feats)
+    write_resolved_config(modules["features"].config_out(fa), "features", fa)
+    calls = [("maskcut", ma), ("embed", ea)] + ([("stego", sa)] if sa is not None and stego_writer is None else [])
+    for name, stage_args in calls:
+        local = copy.copy(stage_args)
+        local.features = feats  # the stages read the in-memory shard as they read the zarr group
+        result = modules[name].run(local)
+        if result:
+            return int(result)
+        write_resolved_config(modules[name].config_out(stage_args), name, stage_args)
+    if stego_writer is not None:
+        write_resolved_config(modules["stego"].config_out(sa), "stego", sa)
     log.info("shard-pass: shard %d done (features %s)", fa.shard, fa.out if args.keep_features else "not kept")
     return 0

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
@@ -31,11 +31,14 @@ from u2seg.maskcut.merge import CATEGORIES
 from u2seg.maskcut.params import MaskCutParams
 from u2seg.overlap import OrderedPool
 
+if TYPE_CHECKING:
+    from u2seg.features import ShardArrays
+
 log = logging.getLogger(__name__)
 
 
 def _shard_images(manifest: dict[str, Any], image_ids: np.ndarray, orig_sizes: np.ndarray,
-                  features: Path) -> list[dict[str, Any]]:
+                  features: "Path | ShardArrays") -> list[dict[str, Any]]:
     """Manifest entries of the shard's images, checked against the shard's stored sizes."""
     by_id = {int(im["id"]): im for im in manifest["images"]}
     out = []
@@ -50,7 +53,7 @@ def _shard_images(manifest: dict[str, Any], image_ids: np.ndarray, orig_sizes: n
     return out
 
 
-def maskcut_shard(*, manifest_path: Path, features_path: Path, out_path: Path, gallery_dir: Path, gallery_size: int,
+def maskcut_shard(*, manifest_path: Path, features_path: "Path | ShardArrays", out_path: Path, gallery_dir: Path, gallery_size: int,
                   params: MaskCutParams, batch_size: int, device: str, threads: int, cpu_workers: int = 0) -> int:
     """``u2seg maskcut``: the MaskCut masks of one feature shard -> its COCO json + overlay PNGs.
 

@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from u2seg.images import load_rgb
 from u2seg.manifest import image_path, shard_images
 from u2seg.pseudo.instances.embed import crop_embeddings, crop_instance, pooled_embeddings
 from u2seg.pseudo.io import check_shard_images, load_json, read_manifest, set_threads, shard_annotations
+
+if TYPE_CHECKING:
+    from u2seg.features import ShardArrays
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ def load_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dic
         raise UserError(f"{path}: not a u2seg embedding file ({exc})") from exc
 
 
-def embed_shard(*, manifest_path: Path, shard: int, shard_size: int, masks_path: Path, features_path: Path,
+def embed_shard(*, manifest_path: Path, shard: int, shard_size: int, masks_path: Path, features_path: "Path | ShardArrays",
                 method: str, backbone_name: str | None, weights: str, background: list[int], margin: float,
                 crop_size: int, batch_size: int, device: str, threads: int | None, out_path: Path) -> int:
     """``u2seg embed``: one embedding per MaskCut mask of one shard -> the shard's embedding file."""

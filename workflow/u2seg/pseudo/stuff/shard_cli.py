@@ -54,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
     model = load_stuff_model(args.model)
     manifest = load_manifest(fa.manifest)
     backbone = build_backbone(fa.backbone, fa.weights or None, fa.device)
-    feats = compute_features(manifest, fa.shard, fa.shard_size, backbone, fa.input_size, fa.batch_size)
+    feats = compute_features(manifest, fa.shard, fa.shard_size, backbone, fa.input_size, fa.batch_size,
+                             Path(fa.out).name)
     del backbone
-    write_shard_maps(model, feats.dense, shard_images(manifest, fa.shard, fa.shard_size),
+    write_shard_maps(model, feats["dense"], shard_images(manifest, fa.shard, fa.shard_size),
                      lambda im: load_rgb(image_path(manifest, im)), crf_params(args), args.out_maps)
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from u2seg.errors import UserError
 from u2seg.features import open_shard
 from u2seg.pseudo.io import check_shard_images, png_name, read_manifest, set_threads, shard_files, shard_iter
 from u2seg.pseudo.stuff.stego.params import StegoInferenceParams, StegoTrainParams
+
+if TYPE_CHECKING:
+    from u2seg.features import ShardArrays
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +156,7 @@ def plot_history(history: list[dict[str, float]], path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- infer
-def infer_job(*, manifest_path: Path, shard: int, shard_size: int, features: Path, model_path: Path | None,
+def infer_job(*, manifest_path: Path, shard: int, shard_size: int, features: "Path | ShardArrays", model_path: Path | None,
               checkpoint: str | None, input_size: int, crf: CRFParams | None, device: str, threads: int | None,
               out_maps: Path, inference: StegoInferenceParams | None = None) -> int:
     """``stego infer``: the stuff maps of one shard from a trained model npz or an official checkpoint
