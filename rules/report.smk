@@ -10,7 +10,8 @@ report: "../docs/report/workflow.rst"
 
 
 _REP = f"{RES}/report/{{ds}}"
-_REP_ROUNDS = int(config["train"]["rounds"])
+# the trained runs the report shows: rounds r1..r{train.rounds}, or r1 + CUPS self-training (train/cups)
+_REP_RUNS = ["r1", "cups"] if _METHOD == "cups" else [f"r{n}" for n in range(1, _ROUNDS + 1)]
 _CAT_FEATURES = "1. Ingest and features"
 _CAT_MASKCUT = "2. MaskCut"
 _CAT_PSEUDO = "3. Pseudo-labels"
@@ -30,7 +31,7 @@ def evaluated_metrics(ds):
     """metrics.md files the report's evaluation page shows for dataset ``ds`` ([] without GT)."""
     if not has_ground_truth(ds):
         return []
-    model = f"{ds}-r{_REP_ROUNDS}"
+    model = f"{ds}-{_FINAL_MODEL}"
     files = [f"{RES}/eval/{ds}/{m}/metrics.md" for m in ("maskcut", "pseudo", model)]
     if ds == COCO_TRAIN:  # the paper's protocol: trained on train2017, evaluated on val2017
         files.append(f"{RES}/eval/{COCO_VAL}/{model}/metrics.md")
@@ -40,7 +41,7 @@ def evaluated_metrics(ds):
 def report_items(ds):
     """Every report item of dataset ``ds`` (the `inspect` target)."""
     rep = f"{RES}/report/{ds}"
-    model = f"{ds}-r{_REP_ROUNDS}"
+    model = f"{ds}-{_FINAL_MODEL}"
     items = [
         f"{RES}/{ds}/ingest_summary.json",
         f"{rep}/features/summary.html",
@@ -52,8 +53,8 @@ def report_items(ds):
         f"{rep}/predict/{model}/gallery",
         f"{rep}/evaluation/metrics.html",
     ]
-    for n in range(1, _REP_ROUNDS + 1):
-        items += [f"{rep}/train/r{n}/summary.html", f"{rep}/train/r{n}/loss.png"]
+    for run in _REP_RUNS:
+        items += [f"{rep}/train/{run}/summary.html", f"{rep}/train/{run}/loss.png"]
     return items
 
 
@@ -173,36 +174,36 @@ rule report_pseudo:
 
 
 rule report_train:
-    """Report page + loss curve of training round {n} on dataset {ds}."""
+    """Report page + loss curve of training run {run} (round r{n} or CUPS self-training, cups) on dataset {ds}."""
     input:
-        summary=f"{RES}/{{ds}}/train/r{{n}}/summary.json",
-        metrics=f"{RES}/{{ds}}/train/r{{n}}/metrics.jsonl",
-        plot=f"{RES}/{{ds}}/train/r{{n}}/loss.png",
+        summary=f"{RES}/{{ds}}/train/{{run}}/summary.json",
+        metrics=f"{RES}/{{ds}}/train/{{run}}/metrics.jsonl",
+        plot=f"{RES}/{{ds}}/train/{{run}}/loss.png",
     output:
         html=report(
-            f"{_REP}/train/r{{n}}/summary.html",
+            f"{_REP}/train/{{run}}/summary.html",
             caption="../docs/report/train.rst",
             category=_CAT_TRAIN,
             subcategory="summary",
-            labels={"round": "r{n}", "dataset": "{ds}"},
+            labels={"round": "{run}", "dataset": "{ds}"},
         ),
         plot=report(
-            f"{_REP}/train/r{{n}}/loss.png",
+            f"{_REP}/train/{{run}}/loss.png",
             caption="../docs/report/train.rst",
             category=_CAT_TRAIN,
             subcategory="loss curve",
-            labels={"round": "r{n}", "dataset": "{ds}"},
+            labels={"round": "{run}", "dataset": "{ds}"},
         ),
     wildcard_constraints:
-        n=r"[1-9]\d*",
+        run=r"r[1-9]\d*|cups",
     threads: 1
     resources:
         mem_mb=mem_mb(1000),
         runtime=10,
     log:
-        f"{RES}/logs/{{ds}}/report/train_r{{n}}.log",
+        f"{RES}/logs/{{ds}}/report/train_{{run}}.log",
     shell:
-        "{U2SEG} report train --title 'Training round r{wildcards.n}: {wildcards.ds}'"
+        "{U2SEG} report train --title 'Training {wildcards.run}: {wildcards.ds}'"
         " --summary {input.summary:q} --metrics {input.metrics:q} --plot {input.plot:q}"
         " --out-plot {output.plot:q} --out-html {output.html:q} > {log:q} 2>&1"
 
@@ -239,7 +240,10 @@ rule report_predictions:
             {
                 "gallery_size": config["maskcut"]["gallery_size"],
                 "seed": config["maskcut"]["seed"],
-                "score_thresh": config["predict"]["instance_score_thresh"],
+                # the panoptic fusion's instance threshold: tta_score_thresh when predicting with TTA
+                "score_thresh": config["predict"][
+                    "tta_score_thresh" if config["predict"]["tta"] else "instance_score_thresh"
+                ],
                 "k": config["clustering"]["k"],
                 "num_stuff": config["stuff"]["k"],
             }

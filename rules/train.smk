@@ -167,6 +167,7 @@ rule self_train_cups:
         teacher=f"{RES}/{{ds}}/train/cups/teacher_final.pth",
         metrics=f"{RES}/{{ds}}/train/cups/metrics.jsonl",
         summary=f"{RES}/{{ds}}/train/cups/summary.json",
+        plot=f"{RES}/{{ds}}/train/cups/loss.png",
     params:
         out_dir=lambda wc: f"{RES}/{wc.ds}/train/cups",
         # unset keys keep the CLI defaults (u2seg.detector.params.CupsSelfTrainParams)

@@ -269,6 +269,14 @@ def test_cups_method_dag_and_command(tmp_path):
     assert len([x for x in out.splitlines() if re.search(r" -m u2seg train ", x)]) == 1
     predicts = [x for x in out.splitlines() if " -m u2seg predict " in x]
     assert len(predicts) == 1 and "train/cups/model_final.pth" in predicts[0] and "predict/samples-cups" in predicts[0]
+    # the report shows r1 and the CUPS run (not the rounds of train.rounds) and the CUPS student's predictions
+    cfg.write_text(cfg.read_text() + "train:\n  rounds: 2\n")
+    out = run_snakemake(tmp_path, ["inspect"], {"results": str(tmp_path / "results")}, extra=["-n", "-p"],
+                        configfiles=[cfg]).stdout
+    titles = re.findall(r"report train --title 'Training (\S+): samples'", out)
+    assert sorted(titles) == ["cups", "r1"], out[-3000:]
+    assert "train/cups/loss.png" in out and "train/r2/" not in out
+    assert re.search(r"report predictions --title 'Predictions of samples-cups on samples'", out)
 
 
 def test_cli_parses_every_config_key():

@@ -14,6 +14,7 @@ import yaml
 
 from tests.conftest import REPO
 from u2seg import preflight, registry
+from u2seg.detector.params import SELFTRAIN_METHODS
 from u2seg.registry import BACKBONES, DATASET_KINDS, DETECTOR_BACKBONES, OPT_IN_PROTOCOLS
 
 
@@ -33,6 +34,8 @@ def test_schema_enums_are_the_records():
     # a `datasets` name may not shadow a built-in dataset or one of their keys
     reserved = set(named["propertyNames"]["not"]["enum"])
     assert set(registry.BUILTIN_DATASETS) | set(registry.DATASET_KEYS) <= reserved
+    method = props["selftrain"]["properties"]["method"]
+    assert method["enum"] == list(SELFTRAIN_METHODS) and method["default"] == SELFTRAIN_METHODS[0]
 
 
 # ------------------------------------------------------------------------ README / docs table

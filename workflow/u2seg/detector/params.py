@@ -240,7 +240,7 @@ class PredictConfig:
         return params
 
 
-SELFTRAIN_METHODS = ("cutler", "cups")
+SELFTRAIN_METHODS = ("cutler", "cups")  # config selftrain.method (the schema enum, default first; tested)
 
 
 @dataclass

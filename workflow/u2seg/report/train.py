@@ -24,9 +24,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         with atomic_path(args.out_plot) as tmp:
             shutil.copyfile(args.plot, tmp)
     body = ["<h2>At a glance</h2>", kv_table([
-        ("iterations", summary.get("iterations")), ("loss (start)", summary.get("loss_start")),
+        # `train` writes iterations / seconds_per_iter, `self-train-ema` (CUPS) steps / seconds_per_step
+        ("iterations", summary.get("iterations", summary.get("steps"))), ("loss (start)", summary.get("loss_start")),
         ("loss (end)", summary.get("loss_end")), ("seconds", summary.get("seconds")),
-        ("seconds per iteration", summary.get("seconds_per_iter")), ("device", summary.get("device")),
+        ("seconds per iteration", summary.get("seconds_per_iter", summary.get("seconds_per_step"))),
+        ("teacher seconds per step", summary.get("teacher_seconds_per_step")), ("device", summary.get("device")),
         ("images", summary.get("num_images")), ("instances", summary.get("num_instances")),
         ("classes (K)", summary.get("num_classes")), ("backbone", summary.get("backbone")),
     ])]
