@@ -82,7 +82,7 @@ class Preset:
 
 PRESETS = (
     Preset("u2seg-coco", "COCO train2017", 118_287, 256, True, "stego_checkpoint", True, 3, 300, 90_000, 8),
-    Preset("u2seg-imagenet", "ImageNet-1K train", 1_281_167, 256, False, "kmeans", False, 3, 800, 90_000, 8),
+    Preset("u2seg-imagenet", "ImageNet-1K train", 1_281_167, 1000, False, "kmeans", False, 3, 800, 90_000, 8),
 )
 
 

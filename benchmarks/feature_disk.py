@@ -18,7 +18,7 @@ the upper bound U = every feature file, and the state "every feature
 producer and its dependencies finished, J more ready jobs running" that reaches it when each feature
 file has a reader outside that set (then the peak is exactly U; the json says whether it is reached).
 
-  python benchmarks/feature_disk.py --images 1281167 --shard-size 256 --work /tmp/fdisk \
+  python benchmarks/feature_disk.py --images 1281167 --work /tmp/fdisk \
       --mode fused-checkpoint fused-kmeans separate-kmeans --jobs 1 8
 """
 from __future__ import annotations
@@ -212,7 +212,7 @@ def dry_run(work: Path, results: Path, mode: str, preset: Path, shard_size: int)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=1281167)
-    ap.add_argument("--shard-size", type=int, default=256, help="the presets' features.shard_size")
+    ap.add_argument("--shard-size", type=int, default=None, help="default: the preset's features.shard_size")
     ap.add_argument("--bytes-per-image", type=int, default=BYTES_PER_IMAGE)
     ap.add_argument("--preset", type=Path, default=REPO / "configs" / "u2seg-imagenet.yaml")
     ap.add_argument("--mode", nargs="+", default=["fused-checkpoint"], choices=sorted(MODES))
@@ -220,6 +220,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="scratch folder (emptied first)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    if args.shard_size is None:
+        import yaml
+
+        args.shard_size = int(yaml.safe_load(args.preset.read_text())["features"]["shard_size"])
     if args.work.exists():
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
