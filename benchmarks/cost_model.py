@@ -186,6 +186,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     def row(name: str, fn) -> None:
         lines.append(f"| {name} | " + " | ".join(fn(r) for r in rows) + " |")
 
+    def kind(r: dict[str, Any], figure: str) -> str:
+        """Whether a GPU figure is measured or the projection (every cell says which)."""
+        return ", projection" if "projection" in r["sources"][figure] else ", measured on a GPU"
+
     row("images / shards", lambda r: f"{r['images']:,} / {r['shards']:,} of {r['shard_size']}")
     row("feature disk, kept", lambda r: f"{r['feature_disk']['kept_gb']:,.0f} GB")
     row("feature disk, not kept, this preset's stuff model",
@@ -196,11 +200,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     row("fused pass: ViT-B/8 forwards per image", lambda r: str(r["fused_pass"]["forwards_per_image"]))
     row("fused pass: images/s on one GPU (GPU bound / CPU-half bound)",
         lambda r: f"{r['fused_pass']['images_per_s']} ({r['fused_pass']['gpu_images_per_s']} / "
-                  f"{r['fused_pass']['cpu_bound_images_per_s']})")
-    row("fused pass: GPU-hours", lambda r: f"{r['fused_pass']['gpu_hours']}")
-    row("MaskCut CRF: CPU-hours", lambda r: f"{r['maskcut_crf_cpu_hours']:,}")
+                  f"{r['fused_pass']['cpu_bound_images_per_s']}){kind(r, 'gpu_pass_images_per_s')}")
+    row("fused pass: GPU-hours", lambda r: f"{r['fused_pass']['gpu_hours']}{kind(r, 'gpu_pass_images_per_s')}")
+    row("MaskCut CRF: CPU-hours (measured per image on CPU)", lambda r: f"{r['maskcut_crf_cpu_hours']:,}")
     row("instance clustering: CPU-hours", lambda r: f"{r['clustering_cpu_hours']}")
-    row("training (90,000 iterations, batch 16, 8 GPUs): GPU-hours", lambda r: f"{r['training_gpu_hours']}")
+    row("training (90,000 iterations, batch 16, 8 GPUs): GPU-hours",
+        lambda r: f"{r['training_gpu_hours']}{kind(r, 'train_s_per_iter_8gpu_batch16')}")
     return "\n".join(lines)
 
 
