@@ -87,3 +87,21 @@ def test_fused_kmeans_without_kept_features(tmp_path):
     assert (logs / "pseudo" / "stuff_fit.log").is_file() and (logs / "pseudo" / "stuff_maps_00001.log").is_file()
     assert "stuff sample rows" in (logs / "shard_pass" / "shard_00000.log").read_text()
     assert not list(results.rglob("stuff_sample/*.npy"))  # temp(): removed after the fit
+
+
+@pytest.mark.slow
+def test_fused_trained_stego_head_equals_the_separate_jobs(tmp_path):
+    """stuff.model stego (a head trained on the stored features), features not kept: the pass writes the zarr
+    shard as temp() for the kNN table and the training, which see the same bytes, so the STEGO model, its maps
+    and the pseudo-labels equal the separate jobs'; the shards are gone afterwards."""
+    from tests.pseudo.test_stego_rules import TINY_STEGO
+
+    base = tiny_config("small", dataset="samples", stuff={"model": "stego", "k": 4, "stego": TINY_STEGO})
+    base["features"] = dict(base["features"], keep_features=False)
+    separate = _run(tmp_path / "separate", dict(base, pipeline={"fused": False}))
+    fused = _run(tmp_path / "fused", dict(base, pipeline={"fused": True}))
+    assert "samples/pseudo/stego/trained.npz" in separate
+    assert any(k.startswith("samples/pseudo/stego/maps/shard_00001/") for k in separate)
+    _same(separate, fused)
+    assert (tmp_path / "fused" / "results" / "logs" / "samples" / "shard_pass" / "shard_00001.log").is_file()
+    assert not list((tmp_path / "fused" / "results" / "samples").rglob("*.zarr"))  # temp(): removed after use
