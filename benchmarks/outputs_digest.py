@@ -25,7 +25,7 @@ SKIP_SUFFIXES = (".pth", ".pkl", ".pt", ".log", ".tsv", ".html", ".lock")
 SKIP_PARTS = ("work", "logs", "benchmarks", ".snakemake", "report")
 SKIP_NAMES = (".snakemake_timestamp", "last_run.yaml")
 VOLATILE_KEYS = {"seconds", "seconds_total", "seconds_waiting_for_cpu", "seconds_per_image", "seconds_per_iter", "seconds_by_step",
-                 "time", "data_time", "elapsed", "timestamp", "date_created", "u2seg_version"}
+                 "time", "data_time", "elapsed", "timestamp", "date_created", "u2seg_version", "peak_rss_mb"}
 
 
 def _strip(value: Any, root: str) -> Any:
