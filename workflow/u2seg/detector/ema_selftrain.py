@@ -256,7 +256,7 @@ def _finish(out: Path, model: nn.Module, teacher: nn.Module, model_cfg: ModelCon
         "seconds": round(elapsed, 1), "seconds_per_step": round(elapsed / ran, 3) if ran else None,
         "teacher_seconds_per_step": round(float(np.mean([r["teacher_time"] for r in rows])), 3) if rows else None,
         "teacher_mb": round(_tensor_bytes(teacher) / 2**20, 1),
-        "instance_thresholds": [p.instance_threshold + r * p.confidence_step for r in range(p.rounds)],
+        "instance_thresholds": [round(p.instance_threshold + r * p.confidence_step, 6) for r in range(p.rounds)],
         "device": str(device), "processes": world, "batch_size": p.batch_size, "num_images": len(dataset),
         "init": str(init), "inputs": inputs,
     }
