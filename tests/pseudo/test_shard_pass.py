@@ -91,10 +91,18 @@ def test_fused_pass_writes_the_separate_jobs_files(tmp_path: Path, monkeypatch):
     for shard in (0, 1):
         run_separate(sep, segments(sep, manifest, shard, "random_vit_tiny", "", 64, None))
         run_fused(segments(fused, manifest, shard, "random_vit_tiny", "", 64, None))
+    reads = []
+
+    def counting_open(path, *args, **kwargs):
+        reads.append(str(path))
+        return open(path, *args, **kwargs)
+
     with monkeypatch.context() as m:  # features not kept: MaskCut and embed read them in memory, no zarr anywhere
         m.setattr("u2seg.features.store_shard", lambda *a: pytest.fail("--no-keep-features wrote a feature shard"))
+        m.setattr("u2seg.manifest.open", counting_open, raising=False)
         for shard in (0, 1):
             run_fused(segments(nokeep, manifest, shard, "random_vit_tiny", "", 64, None), keep=False)
+    assert reads == [str(manifest)] * 2  # one manifest read per pass, handed to MaskCut and embed
     a, b, c = digest_tree(sep), digest_tree(fused), digest_tree(nokeep)
     assert any(k.startswith("maskcut/shard_00001_gallery/") for k in a)  # the gallery sample is not empty
     masks = json.loads((sep / "maskcut" / "shard_00000.json").read_text())

@@ -2,12 +2,31 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 
-def load_manifest(path: str | Path) -> dict[str, Any]:
-    """Read a manifest written by ``u2seg ingest``."""
+class LoadedManifest(os.PathLike):
+    """A manifest already read, passed where a manifest path is expected: the fused pass (``u2seg
+    shard-pass``) hands its one copy to MaskCut, embed and stego infer instead of each reading the file again
+    (1.6 CPU-s and 550 MiB per copy at 1.28M images). It is its path for messages and ``os.fspath``; its
+    content for :func:`load_manifest`."""
+
+    def __init__(self, path: str | Path, data: dict[str, Any]):
+        self.path, self.data = Path(path), data
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def load_manifest(path: str | Path | LoadedManifest) -> dict[str, Any]:
+    """Read a manifest written by ``u2seg ingest`` (a :class:`LoadedManifest` gives its content as it is)."""
+    if isinstance(path, LoadedManifest):
+        return path.data
     with open(path) as fh:
         manifest = json.load(fh)
     for key in ("root", "images"):

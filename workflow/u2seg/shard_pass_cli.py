@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from u2seg.cli import STAGES, stage_parser
     from u2seg.device import resolve_device
     from u2seg.features import store_shard
-    from u2seg.manifest import load_manifest
+    from u2seg.manifest import LoadedManifest, load_manifest
     from u2seg.params import write_resolved_config
     from u2seg.shard_pass import StegoMapWriter, compute_features, shares_forward
 
@@ -158,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
     for name, stage_args in calls:
         local = copy.copy(stage_args)
         local.features = feats  # the stages read the in-memory shard as they read the zarr group
+        local.manifest = LoadedManifest(stage_args.manifest, manifest)  # and the manifest read once
         result = modules[name].run(local)
         if result:
             return int(result)
