@@ -2,9 +2,10 @@
 
 The separate jobs of one shard (``features`` -> ``maskcut`` -> ``embed`` [-> ``stego infer``]) each start a
 process, build their models and read what the previous one wrote. The fused pass computes the backbone
-features once, keeps them in memory for the forward pass and hands them to the stages' own library
-functions through a zarr shard that is either the kept output (``features.keep_features``) or a
-throw-away copy in the job's scratch folder. Its outputs are the very files the separate jobs write.
+features once, keeps them in memory and hands them to the stages' own library functions as an in-memory
+shard (:class:`u2seg.features.ShardArrays`, read as the zarr group is); the zarr store is written only when
+kept (``features.keep_features``) or read by a later step. Its outputs are the very files the separate
+jobs write.
 
 With an official STEGO checkpoint (``stuff.model: stego_checkpoint``) whose ViT has the feature backbone's
 weights (decided by a digest of the tensors, :func:`vit_digest`, never by name), one forward serves both
@@ -31,8 +32,8 @@ if TYPE_CHECKING:  # torch and the models load in the pass, not for --help
     import torch
 
     from u2seg.backbones import Backbone
-    from u2seg.features import ShardArrays
     from u2seg.crf import CRFParams
+    from u2seg.features import ShardArrays
     from u2seg.pseudo.stuff.stego.checkpoint import CheckpointTokens
     from u2seg.pseudo.stuff.stego.model import StegoStuffModel
 
