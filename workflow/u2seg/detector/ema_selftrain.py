@@ -45,7 +45,7 @@ from u2seg.detector.ema import (
 )
 from u2seg.detector.model import ModelConfig, build_model
 from u2seg.detector.params import CupsSelfTrainParams
-from u2seg.detector.train import init_distributed, load_init_weights, plot_losses, resume_state
+from u2seg.detector.train import init_distributed, load_init_weights, plot_losses, restart_metrics, restore_training
 from u2seg.device import resolve_device
 from u2seg.errors import UserError
 from u2seg.manifest import image_path
@@ -111,19 +111,6 @@ def make_batch(teacher: nn.Module, dataset: PseudoLabelDataset, batches: Iterati
     return out_samples, stats
 
 
-def _resume(work: Path, inputs: dict[str, str], total: int, model: nn.Module, teacher: nn.Module,
-            optimizer: torch.optim.Optimizer) -> int:
-    """Resume student, teacher, optimizer and RNG from :func:`resume_state`; its step, or 0 (fresh start)."""
-    state = resume_state(work, inputs, total, "self-training")
-    if state is None:
-        return 0
-    model.load_state_dict(state["model"])
-    teacher.load_state_dict(state["teacher"])
-    optimizer.load_state_dict(state["optimizer"])
-    ckpt.set_rng_state(state["rng"])
-    return int(state["iteration"])
-
-
 def _tensor_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
@@ -156,7 +143,8 @@ def self_train(dataset: PseudoLabelDataset, model_cfg: ModelConfig, p: CupsSelfT
         dist.broadcast_object_list(shared, src=0)
         inputs = shared[0]
     total = p.total_steps
-    start = _resume(work, inputs, total, model, teacher, optimizer)
+    start = restore_training(work, inputs, total, "self-training",
+                             {"model": model, "teacher": teacher, "optimizer": optimizer})
     if world > 1:
         dist.barrier()
     if start == 0 and rank == 0:
@@ -167,13 +155,7 @@ def self_train(dataset: PseudoLabelDataset, model_cfg: ModelConfig, p: CupsSelfT
             model, device_ids=[local_rank] if device.type == "cuda" else None, find_unused_parameters=True)
     batches = IterationBatches(dataset, BatchConfig(batch_size=p.batch_size, seed=p.seed), rank=rank, world=world)
     metrics_path = work / "metrics.jsonl"
-    rows: list[dict[str, Any]] = []
-    if rank == 0:
-        work.mkdir(parents=True, exist_ok=True)
-        if metrics_path.is_file():
-            rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
-            rows = [r for r in rows if r["iter"] <= start]
-        write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+    rows = restart_metrics(metrics_path, start) if rank == 0 else []
     fh = open(metrics_path, "a") if rank == 0 else None
     prog = ProgressLog(log, "self-train step", total, "it", period=30.0, start=start)
     bar = tqdm(total=total, initial=start, desc="self-train", disable=not progress or rank != 0, mininterval=5.0)

@@ -189,15 +189,15 @@ def plot_losses(rows: list[dict[str, Any]], path: str | Path) -> None:
     plt.close(fig)
 
 
-def _read_metrics(path: Path, before: int) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
+def restart_metrics(path: Path, start: int) -> list[dict[str, Any]]:
+    """The rows of ``path`` (metrics.jsonl) up to step ``start``, written back as the file (later rows of an
+    interrupted run dropped; its folder made); the caller appends from ``start`` on."""
     rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if row["iter"] <= before:
-                rows.append(row)
+    if path.is_file():
+        rows = [row for row in map(json.loads, filter(str.strip, path.read_text().splitlines()))
+                if row["iter"] <= start]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
 
@@ -218,16 +218,14 @@ def resume_state(work: Path, inputs: dict[str, str], last: int, what: str) -> di
     return state
 
 
-def _resume(work: Path, inputs: dict[str, str], max_iter: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any, scaler: torch.amp.GradScaler) -> int:
-    """Resume model, optimizer, scheduler, scaler and RNG from :func:`resume_state`; its iteration or 0."""
-    state = resume_state(work, inputs, max_iter, "training")
+def restore_training(work: Path, inputs: dict[str, str], last: int, what: str, parts: dict[str, Any]) -> int:
+    """Load the :func:`resume_state` checkpoint into ``parts`` (checkpoint key -> object with
+    ``load_state_dict``) and the RNG states; its step, or 0 (a fresh start)."""
+    state = resume_state(work, inputs, last, what)
     if state is None:
         return 0
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
+    for key, part in parts.items():
+        part.load_state_dict(state[key])
     ckpt.set_rng_state(state["rng"])
     return int(state["iteration"])
 
@@ -267,7 +265,8 @@ def train(dataset: PseudoLabelDataset, model_cfg: ModelConfig, cfg: TrainConfig,
         dist.broadcast_object_list(shared, src=0)
         inputs = shared[0]
     log.info("input fingerprint of %d images: %.1f s", len(dataset), time.perf_counter() - t_fp)
-    start = _resume(work, inputs, cfg.max_iter, model, optimizer, scheduler, scaler)
+    start = restore_training(work, inputs, cfg.max_iter, "training",
+                             {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler})
     if world > 1:
         import torch.distributed as dist
 
@@ -284,10 +283,7 @@ def train(dataset: PseudoLabelDataset, model_cfg: ModelConfig, cfg: TrainConfig,
     loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, cfg.max_iter),
                                          num_workers=cfg.workers, collate_fn=_identity)
     metrics_path = work / "metrics.jsonl"
-    rows = _read_metrics(metrics_path, start) if rank == 0 else []
-    if rank == 0:
-        work.mkdir(parents=True, exist_ok=True)
-        write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+    rows = restart_metrics(metrics_path, start) if rank == 0 else []
     t_start = time.perf_counter()
     bar = tqdm(total=cfg.max_iter, initial=start, desc="train", disable=not progress or rank != 0,
                mininterval=5.0)
