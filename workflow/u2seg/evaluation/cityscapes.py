@@ -124,22 +124,9 @@ def _pixel_pass(pgt: gtmod.PanopticGT, pan_preds: dict, pred_ids: list[int], gt_
 
 def _semantic_scores(conf: np.ndarray, assignment: np.ndarray, classes: list[gtmod.Category]) -> dict[str, Any]:
     """PixelAcc / mIoU (x100) of a label -> class assignment (unmatched labels' pixels are errors)."""
-    n_c = len(classes)
-    body = conf[:-1, :n_c].astype(np.float64)
-    tp, fp = np.zeros(n_c), np.zeros(n_c)
-    for r, c in enumerate(assignment):
-        if c >= 0:
-            tp[c] += body[r, c]
-            fp[c] += body[r].sum() - body[r, c]
-    fn = body.sum(axis=0) - tp
-    denom = tp + fp + fn
-    valid = denom > 0
-    iou = np.where(valid, tp / np.where(valid, denom, 1), np.nan)
-    total = body.sum()
-    return {"pixel_acc": float(100 * tp.sum() / total) if total else None,
-            "miou": float(100 * np.nanmean(iou)) if valid.any() else None,
-            "per_class_iou": {classes[c].name: float(100 * iou[c]) for c in range(n_c) if valid[c]},
-            "pixels": int(total)}
+    body = conf[:-1, :len(classes)].astype(np.float64)
+    tp, fp, fn = semantic.iou_stats(body, assignment, len(classes))
+    return semantic.iou_scores(tp, fp, fn, body.sum(), [c.name for c in classes])
 
 
 def _pred_ids(pred_cats: list[dict[str, Any]]) -> tuple[list[int], set[int]]:

@@ -39,6 +39,7 @@ from scipy.optimize import linear_sum_assignment
 
 from u2seg.evaluation.gt import Category
 from u2seg.evaluation.panoptic import PQStats
+from u2seg.evaluation.semantic import iou_scores
 
 
 def assign(cost: np.ndarray) -> np.ndarray:
@@ -128,11 +129,4 @@ def semantic_scores(conf: np.ndarray, assignment: np.ndarray, classes: Sequence[
     tp = np.diag(mapped)
     fp = mapped.sum(axis=1) - tp
     fn = mapped.sum(axis=0) - tp
-    denom = tp + fp + fn
-    valid = denom > 0
-    iou = np.where(valid, tp / np.where(valid, denom, 1), np.nan)
-    total = conf.sum()
-    return {"pixel_acc": float(100 * tp.sum() / total) if total else None,
-            "miou": float(100 * np.nanmean(iou)) if valid.any() else None,
-            "per_class_iou": {classes[c].name: float(100 * iou[c]) for c in range(n_c) if valid[c]},
-            "pixels": int(total)}
+    return iou_scores(tp, fp, fn, conf.sum(), [c.name for c in classes])

@@ -87,7 +87,7 @@ def u2seg_votes(conf16: np.ndarray, min_iou: float = 0.15) -> np.ndarray:
     return votes.astype(np.int64)
 
 
-def _iou_stats(conf: np.ndarray, assignment: np.ndarray, n_gt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def iou_stats(conf: np.ndarray, assignment: np.ndarray, n_gt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tp, fp, fn) per GT class of a (labels x classes) matrix under a label -> class assignment
     (-1 = unmapped: its pixels are false negatives of their GT class)."""
     tp = np.zeros(n_gt, np.float64)
@@ -98,6 +98,18 @@ def _iou_stats(conf: np.ndarray, assignment: np.ndarray, n_gt: int) -> tuple[np.
             fp[c] += conf[r].sum() - conf[r, c]
     fn = conf.sum(axis=0)[:n_gt] - tp
     return tp, fp, fn
+
+
+def iou_scores(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, total: float, names: Sequence[str]) -> dict[str, Any]:
+    """PixelAcc / mIoU (x100) from per-class TP / FP / FN and the scored pixels: classes without
+    TP + FP + FN are left out of the mean and of ``per_class_iou`` (None where nothing is scored)."""
+    denom = tp + fp + fn
+    valid = denom > 0
+    iou = np.where(valid, tp / np.where(valid, denom, 1), np.nan)
+    return {"pixel_acc": float(100 * tp.sum() / total) if total else None,
+            "miou": float(100 * np.nanmean(iou)) if valid.any() else None,
+            "per_class_iou": {names[c]: float(100 * iou[c]) for c in range(len(names)) if valid[c]},
+            "pixels": int(total)}
 
 
 def stego_unsupervised_metrics(conf27: np.ndarray, n_classes: int = N27,
@@ -154,19 +166,8 @@ def stego27_metrics(conf27: np.ndarray) -> dict[str, Any]:
     n_pred = conf27.shape[0] - 1
     conf = conf27[:n_pred, :N27].astype(np.float64)
     assignment = hungarian_assign(conf)
-    total = conf.sum()
-    tp, fp, fn = _iou_stats(conf, assignment, N27)
-    denom = tp + fp + fn
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(denom > 0, tp / denom, np.nan)
-    valid = ~np.isnan(iou)
-    return {
-        "pixel_acc": float(100 * tp.sum() / total) if total else None,
-        "miou": float(100 * np.nanmean(iou)) if valid.any() else None,
-        "per_class_iou": {gtmod.COCOSTUFF27_NAMES[c]: float(100 * iou[c]) for c in range(N27) if valid[c]},
-        "pixels": int(total),
-        "assignment": assignment,
-    }
+    tp, fp, fn = iou_stats(conf, assignment, N27)
+    return dict(iou_scores(tp, fp, fn, conf.sum(), gtmod.COCOSTUFF27_NAMES[:N27]), assignment=assignment)
 
 
 def u2seg16_metrics(conf16: np.ndarray, votes: np.ndarray) -> dict[str, Any]:
